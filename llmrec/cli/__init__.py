@@ -1,0 +1,22 @@
+"""The `llmrec` command line: one typer app; each command group registers itself from its own module."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="llmrec",
+    help="LLM-powered recommendation: narratives, LLM interests and tags, three-tower retrieval, explanations.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Command groups (each module defines `register(app)`); keep one line per module.
+from llmrec.cli import data as _data  # noqa: E402
+
+_data.register(app)
+
+
+def main() -> None:
+    app()
