@@ -258,3 +258,53 @@ def resolve_dataset(spec: str | Path, config: DataConfig | None = None) -> Datas
     if Path(spec).is_dir():
         return load_dataset_dir(spec)
     raise DataError(f"unknown dataset {spec!r}: use a built-in name (ml-100k) or a dataset folder")
+
+
+# --- Integer ids for models ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ItemVocab:
+    """Item id <-> dense index 1..N (0 is padding), in the items table's order; saved with every model."""
+
+    ids: tuple[str, ...]
+
+    @classmethod
+    def from_items(cls, items: pd.DataFrame) -> "ItemVocab":
+        ids = tuple(items["item_id"].astype(str))
+        if len(set(ids)) != len(ids):
+            raise DataError("items table has duplicate item_id values")
+        return cls(ids=ids)
+
+    @property
+    def size(self) -> int:
+        """Number of rows in a score matrix: N items + the padding index 0."""
+        return len(self.ids) + 1
+
+    @property
+    def index(self) -> dict[str, int]:
+        if "_index" not in self.__dict__:
+            object.__setattr__(self, "_index", {i: n + 1 for n, i in enumerate(self.ids)})
+        return self.__dict__["_index"]
+
+    def encode(self, item_ids) -> np.ndarray:
+        idx = self.index
+        try:
+            return np.fromiter((idx[str(i)] for i in item_ids), dtype=np.int64)
+        except KeyError as e:
+            raise DataError(f"unknown item id {e.args[0]!r} (not in the items table)") from None
+
+    def decode(self, indices) -> list[str]:
+        return [self.ids[int(i) - 1] for i in indices]
+
+
+def user_sequences(events: pd.DataFrame, vocab: ItemVocab) -> dict[str, np.ndarray]:
+    """Per user, item indices in time order (events must be sorted, as `Dataset.events` is)."""
+    codes = vocab.encode(events["item_id"])
+    users = events["user_id"].to_numpy()
+    if len(users) == 0:
+        return {}
+    # Boundaries of each user's run in the sorted table.
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    ends = np.r_[starts[1:], len(users)]
+    return {users[s]: codes[s:e] for s, e in zip(starts, ends)}
