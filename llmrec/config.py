@@ -67,3 +67,48 @@ class NarrativeConfig(StageConfig):
         if self.monthly_days <= self.recent_days:
             raise ValueError(f"monthly_days ({self.monthly_days}) must exceed recent_days ({self.recent_days})")
         return self
+
+
+# --- Batch jobs, explanations, cold start (llmrec.jobs, explain, llmrec.coldstart) ------------------
+
+from typing import Literal  # noqa: E402
+
+
+class JobConfig(StageConfig):
+    """How a batch job shards its keys and where it runs (see `llmrec.jobs.run_sharded`)."""
+
+    shard_size: int = Field(default=32, ge=1)  # keys (users) per shard: the unit of atomic write and resume
+    executor: Literal["local", "ray"] = "local"
+    key_column: str = Field(default="user_id", min_length=1)  # column of the output rows naming their key
+    ray_num_cpus: int = Field(default=2, ge=1)  # ray.init(num_cpus=...) when the job starts Ray itself
+    ray_concurrency: int = Field(default=1, ge=1)  # actors, each holding one engine
+    progress: bool = True  # tqdm bar with users/min
+
+
+class ExplainConfig(StageConfig):
+    """RecGPT-style explanations per (interest, item) pair (see `explain.explain`)."""
+
+    batch_size: int = Field(default=16, ge=1)  # prompts per backend.generate call
+    max_tokens: int = Field(default=64, ge=8)  # decoding budget per explanation
+    max_chars: int = Field(default=160, ge=20)  # maxLength of the explanation string in the JSON schema
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    retry_temperature: float = Field(default=0.7, ge=0.0, le=2.0)  # regeneration must not repeat greedy output
+    retries: int = Field(default=1, ge=0, le=3)  # regenerations of unfaithful/invalid ones before the template
+    max_genres: int = Field(default=3, ge=1)  # genres named in prompt and template
+
+
+class ColdStartConfig(StageConfig):
+    """Imagined histories for cold users (see `llmrec.coldstart`), after the RecSys 2025 ICL paper."""
+
+    max_events: int = Field(default=5, ge=0)  # users with at most this many events are cold
+    n_imagined: int = Field(default=5, ge=1, le=20)  # k imagined items per user
+    n_examples: int = Field(default=3, ge=0, le=10)  # c in-context examples from similar users
+    example_items: int = Field(default=5, ge=1, le=20)  # first items rendered per example user
+    sim_threshold: float = Field(default=0.5, ge=-1.0, le=1.0)  # cosine to accept a catalogue match
+    max_tokens: int = Field(default=200, ge=16)
+    batch_size: int = Field(default=8, ge=1)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    retries: int = Field(default=1, ge=0, le=3)  # re-asks after invalid JSON before the flagged fallback
+    imagined_behavior: str = Field(default="liked", min_length=1)  # behaviour of imagined events
+    spacing_hours: float = Field(default=24.0, gt=0.0)  # time between imagined events, ending before the first real one
+    fusion: Literal["early", "late"] = "early"
