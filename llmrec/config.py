@@ -112,3 +112,46 @@ class ColdStartConfig(StageConfig):
     imagined_behavior: str = Field(default="liked", min_length=1)  # behaviour of imagined events
     spacing_hours: float = Field(default=24.0, gt=0.0)  # time between imagined events, ending before the first real one
     fusion: Literal["early", "late"] = "early"
+
+
+class IndexConfig(StageConfig):
+    """FAISS index over item vectors (inner product): exact by default, IVF or HNSW for large catalogues."""
+
+    kind: Literal["flat", "ivf", "hnsw"] = "flat"
+    nlist: int = Field(default=1024, ge=1)  # IVF: number of k-means cells
+    nprobe: int = Field(default=16, ge=1)  # IVF: cells visited per query (recall vs speed)
+    train_size: int = Field(default=100_000, ge=1)  # IVF: vectors sampled to train the k-means quantiser
+    hnsw_m: int = Field(default=32, ge=2)  # HNSW: links per node
+    ef_construction: int = Field(default=40, ge=1)  # HNSW: beam width while building
+    ef_search: int = Field(default=64, ge=1)  # HNSW: beam width while searching (must cover k)
+    seed: int = 0  # IVF training sample and k-means initialisation
+
+    @model_validator(mode="after")
+    def _probe(self) -> Self:
+        if self.nprobe > self.nlist:
+            raise ValueError(f"nprobe ({self.nprobe}) must not exceed nlist ({self.nlist})")
+        return self
+
+
+class SASRecConfig(StageConfig):
+    """SASRec (Kang & McAuley 2018); loss "bce" = the paper's one sampled negative, "ce" = full softmax (SASRec+)."""
+
+    loss: Literal["bce", "ce"] = "ce"
+    maxlen: int = Field(default=200, ge=2)  # most recent items fed to the model
+    hidden: int = Field(default=64, ge=8)  # embedding / model width
+    blocks: int = Field(default=2, ge=1)  # self-attention blocks
+    heads: int = Field(default=1, ge=1)
+    dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
+    lr: float = Field(default=1e-3, gt=0.0)
+    epochs: int = Field(default=200, ge=1)  # upper bound; early stopping usually ends sooner
+    batch_size: int = Field(default=128, ge=1)
+    patience: int = Field(default=5, ge=1)  # evaluations without a better validation NDCG@10 before stopping
+    eval_every: int = Field(default=2, ge=1)  # epochs between validation evaluations
+    seed: int = 0
+    threads: int = Field(default=2, ge=1)  # torch CPU threads
+
+    @model_validator(mode="after")
+    def _heads(self) -> Self:
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        return self
