@@ -155,3 +155,47 @@ class SASRecConfig(StageConfig):
         if self.hidden % self.heads:
             raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
         return self
+
+
+class FinetuneConfig(StageConfig):
+    """LoRA SFT on targets derived from the events themselves (see `finetune.build_sft`, `finetune.train_lora`)."""
+
+    # SFT data (finetune.build_sft)
+    cut_fractions: tuple[float, ...] = (0.75,)  # cut each train history at these shares of its events
+    min_events_before_cut: int = Field(default=10, ge=2)  # users with fewer events before t give no example
+    narrative_max_tokens: int = Field(default=512, ge=32)  # budget of the input narrative (inference uses the same)
+    n_interests: int = Field(default=5, ge=1, le=20)  # interests in the target (genre combinations before t)
+    n_evidence: int = Field(default=3, ge=1, le=10)  # evidence item ids per target interest
+    n_tags: int = Field(default=10, ge=1, le=50)  # tags in the target (items taken after t)
+    # LoRA (peft.LoraConfig)
+    r: int = Field(default=8, ge=1, le=256)
+    alpha: float = Field(default=16.0, gt=0.0)
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    # Training (finetune.train_lora)
+    learning_rate: float = Field(default=3e-4, gt=0.0)
+    warmup_steps: int = Field(default=4, ge=0)
+    epochs: int = Field(default=1, ge=1)
+    max_train_tokens: int = Field(default=150_000, ge=1)  # stop after this many tokens (~120 tok/s on 2 cores)
+    batch_size: int = Field(default=4, ge=1)  # examples per optimizer step (accumulated one by one, no padding)
+    max_seq_len: int = Field(default=1024, ge=16)  # longer examples are skipped and counted
+    valid_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)  # share of USERS held out for validation loss
+    max_valid_examples: int = Field(default=16, ge=1)  # validation examples scored per evaluation
+    eval_every_steps: int = Field(default=20, ge=1)
+    seed: int = 0
+    num_threads: int = Field(default=2, ge=1)  # torch CPU threads
+
+    @model_validator(mode="after")
+    def _finetune(self) -> Self:
+        bad = [f for f in self.cut_fractions if not 0.0 < f < 1.0]
+        if not self.cut_fractions or bad:
+            raise ValueError(f"cut_fractions must be a non-empty list of values in (0, 1), got {self.cut_fractions}")
+        allowed = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+        unknown = sorted(set(self.target_modules) - allowed)
+        if not self.target_modules or unknown:
+            raise ValueError(f"target_modules must be a non-empty subset of {sorted(allowed)}, got "
+                             f"{list(self.target_modules)}")
+        if self.narrative_max_tokens >= self.max_seq_len:
+            raise ValueError(f"narrative_max_tokens ({self.narrative_max_tokens}) must be below max_seq_len "
+                             f"({self.max_seq_len}) to leave room for the instructions and the answer")
+        return self
