@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from llmrec.prompts import PROMPTS_ENV, PromptError, prompt_hash, prompt_path, render_prompt
+
+TASKS = {
+    "interests": dict(narrative="NARR", min_interests=5, max_interests=8, max_evidence=3),
+    "tags": dict(narrative="NARR", interests=["space opera", "romcoms"], max_tags=50),
+    "rank": dict(narrative="NARR", interests=["space opera"], candidate="Toy Story (1995)"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_each_task_renders_a_system_and_user_message(name):
+    messages = render_prompt(name, **TASKS[name])
+    assert [m["role"] for m in messages] == ["system", "user"]
+    assert "NARR" in messages[1]["content"] and all(m["content"] for m in messages)
+
+
+def test_tags_prompt_numbers_interests_and_forbids_titles():
+    user = render_prompt("tags", **TASKS["tags"])[1]["content"]
+    assert "0. space opera" in user and "1. romcoms" in user and "title" in user
+
+
+def test_missing_variable_is_an_error_naming_it():
+    with pytest.raises(PromptError, match="candidate"):
+        render_prompt("rank", narrative="N", interests=[])
+
+
+def test_unknown_prompt_lists_known_ones():
+    with pytest.raises(PromptError, match="interests"):
+        prompt_path("no-such-prompt")
+
+
+def test_hash_is_sha256_of_file_and_changes_with_it(tmp_path, monkeypatch):
+    assert prompt_hash("rank") == hashlib.sha256(prompt_path("rank").read_bytes()).hexdigest()
+    monkeypatch.setenv(PROMPTS_ENV, str(tmp_path))
+    (tmp_path / "p.jinja").write_text("{% block system %}s{% endblock %}{% block user %}u {{ x }}{% endblock %}")
+    h1 = prompt_hash("p")
+    assert render_prompt("p", x=1)[1]["content"] == "u 1"
+    (tmp_path / "p.jinja").write_text("{% block system %}s2{% endblock %}{% block user %}u{% endblock %}")
+    assert prompt_hash("p") != h1
+
+
+def test_prompt_without_blocks_is_rejected(tmp_path, monkeypatch):
+    monkeypatch.setenv(PROMPTS_ENV, str(tmp_path))
+    (tmp_path / "bad.jinja").write_text("just text {{ x }}")
+    with pytest.raises(PromptError, match="missing block"):
+        render_prompt("bad", x=1)
