@@ -199,3 +199,38 @@ class FinetuneConfig(StageConfig):
             raise ValueError(f"narrative_max_tokens ({self.narrative_max_tokens}) must be below max_seq_len "
                              f"({self.max_seq_len}) to leave room for the instructions and the answer")
         return self
+
+
+# --- Interest mining, tag prediction and 360Brew ranking (llmrec.interests, llmrec.rerank) ----------
+
+
+class MiningConfig(StageConfig):
+    """Interest mining and tag prediction (see `llmrec.interests`): two batched, JSON-constrained calls."""
+
+    min_interests: int = Field(default=5, ge=1, le=20)  # minItems of the interest list (RecGPT asks >= 5)
+    max_interests: int = Field(default=8, ge=1, le=20)  # maxItems of the interest list
+    max_evidence: int = Field(default=3, ge=1, le=10)  # evidence items cited per interest
+    max_tags: int = Field(default=50, ge=1, le=50)  # tags per user (RecGPT: up to 50); also the fallback's size
+    max_name_chars: int = Field(default=48, ge=8)  # maxLength of an interest name
+    max_tag_chars: int = Field(default=40, ge=8)  # maxLength of a tag
+    max_evidence_chars: int = Field(default=80, ge=4)  # maxLength of one cited item (an id or a title)
+    interest_max_tokens: int = Field(default=384, ge=16)  # decoding budget of the interest answer
+    tag_max_tokens: int = Field(default=512, ge=16)  # decoding budget of the tag answer
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    retry_temperature: float = Field(default=0.7, ge=0.0, le=2.0)  # the one retry must not repeat greedy output
+    batch_size: int = Field(default=64, ge=1)  # prompts per backend.generate call
+
+    @model_validator(mode="after")
+    def _mining(self) -> Self:
+        if self.min_interests > self.max_interests:
+            raise ValueError(f"min_interests ({self.min_interests}) must not exceed max_interests "
+                             f"({self.max_interests})")
+        return self
+
+
+class RerankConfig(StageConfig):
+    """360Brew-style Yes/No ranking of retrieved candidates (see `llmrec.rerank`)."""
+
+    batch_size: int = Field(default=64, ge=1)  # (user, candidate) prompts per backend.score_choices call
+    max_narrative_chars: int = Field(default=2000, ge=100)  # narrative text kept in each ranking prompt
+    max_interests: int = Field(default=8, ge=0)  # interests of the profile named in the prompt
