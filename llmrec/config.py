@@ -234,3 +234,49 @@ class RerankConfig(StageConfig):
     batch_size: int = Field(default=64, ge=1)  # (user, candidate) prompts per backend.score_choices call
     max_narrative_chars: int = Field(default=2000, ge=100)  # narrative text kept in each ranking prompt
     max_interests: int = Field(default=8, ge=0)  # interests of the profile named in the prompt
+
+
+class TowerConfig(StageConfig):
+    """User/item/tag three-tower retriever (see `retrieval.towers`, `retrieval.losses`, `retrieval.train`)."""
+
+    encoder: Literal["minilm", "hashed-bow"] = "minilm"  # frozen text features of items and tags
+    encoder_batch_size: int = Field(default=128, ge=1)
+    cache_dir: str | None = None  # text-feature cache; None -> $LLMREC_HOME/cache/text-features
+    dim: int = Field(default=64, ge=4)  # width of every tower's output
+    hidden: int = Field(default=256, ge=4)  # MLP width of the item and tag towers
+    year_bucket: int = Field(default=5, ge=1)  # release years per year-bucket embedding
+    id_embedding: bool = True  # item tower adds a learned ID embedding (zero-initialised) to content features
+    profile_features: bool = True  # user tower adds hashed profile features (age bucket, gender, occupation)
+    profile_buckets: int = Field(default=256, ge=1)  # hashlib buckets shared by all profile features
+    max_len: int = Field(default=50, ge=2)  # most recent items fed to the user tower (with a start token)
+    layers: int = Field(default=2, ge=1)  # causal self-attention blocks of the user tower
+    heads: int = Field(default=2, ge=1)
+    dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
+    logq: bool = True  # subtract log q(item) from sampled-softmax logits
+    mixed_negatives: bool = True  # in-batch negatives plus `uniform_negatives` uniform draws (else in-batch only)
+    uniform_negatives: int = Field(default=256, ge=1)
+    learnable_temperature: bool = True  # else `temperature` stays fixed
+    temperature: float = 0.1  # initial (or fixed) cosine temperature, within [0.01, 100]
+    alpha: float = Field(default=0.5, ge=0.0, le=1.0)  # L = L_col + alpha L_tag + (1 - alpha) L_cate
+    tag_batch_size: int = Field(default=256, ge=1)  # (tag, item) pairs per step for L_tag and L_cate
+    batch_size: int = Field(default=64, ge=1)  # users per step (every position of each is a next-item example)
+    lr: float = Field(default=1e-3, gt=0.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    epochs: int = Field(default=60, ge=1)  # upper bound; early stopping on validation NDCG@10 ends sooner
+    patience: int = Field(default=5, ge=1)  # epochs without a validation gain before stopping
+    beta_grid: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+    tag_pooling: Literal["mean", "max"] = "mean"  # s_tag = mean (or max) over the user's tags of tag . item
+    user_tags: int = Field(default=10, ge=1)  # heuristic tags per user (history_tags k) when no tags table
+    seed: int = 0
+    threads: int = Field(default=2, ge=1)  # torch CPU threads while training
+    index: IndexConfig = Field(default_factory=IndexConfig)  # FAISS index over the item vectors
+
+    @model_validator(mode="after")
+    def _towers(self) -> Self:
+        if not 0.01 <= self.temperature <= 100.0:
+            raise ValueError(f"temperature must be within [0.01, 100], got {self.temperature}")
+        if self.dim % self.heads:
+            raise ValueError(f"heads ({self.heads}) must divide dim ({self.dim})")
+        if not self.beta_grid or any(not 0.0 <= b <= 1.0 for b in self.beta_grid):
+            raise ValueError(f"beta_grid must be a non-empty list of values in [0, 1], got {list(self.beta_grid)}")
+        return self
