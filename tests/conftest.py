@@ -30,3 +30,11 @@ def tiny(ml100k: Dataset) -> Dataset:
     ev = ml100k.events[ml100k.events["user_id"].isin(TINY_USERS)].reset_index(drop=True)
     users = ml100k.users[ml100k.users["user_id"].isin(TINY_USERS)].reset_index(drop=True)
     return Dataset(name="ml-100k-tiny", events=ev, items=ml100k.items, users=users)
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    """The real packaged SmolLM2-135M-Instruct as a HF folder, prepared once ($LLMREC_HOME cache, ~1 min cold)."""
+    from llmrec.model import prepare_default_model
+
+    return prepare_default_model()

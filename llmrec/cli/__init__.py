@@ -16,6 +16,9 @@ app = typer.Typer(
 from llmrec.cli import data as _data  # noqa: E402
 
 _data.register(app)
+from llmrec.cli import model as _model  # noqa: E402
+
+_model.register(app)
 
 
 def main() -> None:
