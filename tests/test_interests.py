@@ -1,0 +1,199 @@
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import pytest
+
+from llmrec.config import MiningConfig
+from llmrec.interests import (
+    _parse,
+    interests_wire,
+    mine_interests,
+    narrative_items,
+    profiles_from_table,
+    profiles_to_table,
+    resolve_citation,
+    salvage_truncated,
+    tags_wire,
+)
+from llmrec.llm import FakeBackend
+from llmrec.schema import Narrative
+from llmrec.tags import history_tags
+
+N_ITEMS = 12  # items per test narrative
+
+
+def render_test_narratives(ds, users):
+    """A stand-in for llmrec.narrative in the format it renders: "liked | Title (1977; Action, Sci-Fi)"."""
+    out = []
+    for u in users:
+        ids = ds.events.loc[ds.events["user_id"] == u, "item_id"].tolist()[:N_ITEMS]
+        lines = []
+        for iid in ids:
+            it = ds.item_index[iid]
+            base = it.title.rsplit(" (", 1)[0]
+            lines.append(f"liked | {base} ({it.year}; {', '.join(it.genres)})")
+        text = "\n".join(lines)
+        out.append(Narrative(user_id=u, text=text, as_of=datetime(1998, 4, 1, tzinfo=timezone.utc),
+                             n_events_in=len(ids), n_items_out=len(ids), n_tokens=len(text.split()), max_tokens=1024))
+    return out
+
+
+def history_of(narrative):
+    return [line.split("|")[1].strip().rsplit(" (", 1)[0] for line in narrative.text.splitlines()]
+
+
+def is_interest_call(schema):
+    return "i" in schema["properties"]
+
+
+def good_answer(messages, schema, bogus=True):
+    """A valid answer citing the first titles of the narrative (and one bogus citation)."""
+    titles = history_of(Narrative.model_construct(text=messages[1]["content"].split("History:\n", 1)[1]
+                                                  .split("\n\n", 1)[0]))
+    if is_interest_call(schema):
+        return json.dumps({"i": [{"n": f"interest {k}", "e": [titles[k]] + (["Nonexistent Movie"] if bogus and k == 0 else [])}
+                                 for k in range(5)]})
+    return json.dumps({"t": [{"t": "romantic comedy", "i": 0}, {"t": "Romantic  comedy", "i": 1},
+                             {"t": f"{titles[0].lower()} sequel", "i": 0}, {"t": "dark stuff", "i": 7}]})
+
+
+@pytest.fixture(scope="module")
+def narratives(tiny):
+    return render_test_narratives(tiny, ["1", "2", "3"])
+
+
+def test_narrative_items_resolve_titles_and_id_markers(tiny, narratives):
+    keys = narrative_items(narratives[0].text, tiny.item_index)
+    first_id = tiny.events.loc[tiny.events["user_id"] == "1", "item_id"].iloc[0]
+    title = tiny.item_index[first_id].title
+    assert resolve_citation(title, keys) == first_id  # as stored, with year
+    assert resolve_citation(history_of(narratives[0])[0], keys) == first_id  # as the narrative shows it
+    assert resolve_citation(narratives[0].text.splitlines()[0], keys) == first_id  # the whole line
+    assert resolve_citation("Nonexistent Movie", keys) is None
+    assert narrative_items("seen [42] and [9999]", None) == {"42": "42", "9999": "9999"}
+    assert narrative_items("seen [42] and [9999]", tiny.item_index) == {"42": "42"}
+
+
+def test_valid_answers_become_llm_profiles_with_grounded_evidence(tiny, narratives):
+    backend = FakeBackend(good_answer)
+    profiles, stats = mine_interests(narratives, backend, MiningConfig(), items=tiny.item_index)
+    assert [c["n"] for c in backend.calls] == [3, 3]  # one batched call per stage, never one per user
+    assert all(p.source == "llm" and len(p.interests) == 5 for p in profiles)
+    for p, n in zip(profiles, narratives):
+        seen = set(narrative_items(n.text, tiny.item_index).values())
+        assert all(set(i.evidence) <= seen and i.evidence for i in p.interests)
+        # duplicate (case/space) and the tag containing a seen title are dropped; bad interest index -> None
+        assert [t.text for t in p.tags] == ["romantic comedy", "dark stuff"]
+        assert p.tags[0].interest == "interest 0" and p.tags[1].interest is None
+    assert stats.interests_valid_first == stats.tags_valid_first == 3
+    assert stats.evidence_cited == 18 and stats.evidence_dropped == 3
+    assert stats.grounding == pytest.approx(15 / 18)
+    assert (stats.tags_title_dropped, stats.tags_duplicate_dropped, stats.tags_bad_interest) == (3, 3, 3)
+    assert stats.tags_unmapped == 3 and stats.tags_kept == 6 and stats.valid_rate == 1.0
+
+
+def test_invalid_then_valid_is_retried_once_in_one_batch(tiny, narratives):
+    seen_prompts: dict[str, int] = {}
+
+    def flaky(messages, schema):
+        key = messages[1]["content"] + str(is_interest_call(schema))
+        seen_prompts[key] = seen_prompts.get(key, 0) + 1
+        return "Sure! Here are the interests:" if seen_prompts[key] == 1 else good_answer(messages, schema)
+
+    backend = FakeBackend(flaky)
+    profiles, stats = mine_interests(narratives, backend, MiningConfig(), items=tiny.item_index)
+    assert [c["n"] for c in backend.calls] == [3, 3, 3, 3]
+    assert stats.interests_valid_retry == stats.tags_valid_retry == 3 and stats.interests_valid_first == 0
+    assert all(p.source == "llm" for p in profiles)
+    assert stats.errors and stats.errors[0]["raw"].startswith("Sure!")
+
+
+def test_invalid_twice_falls_back_flagged_and_counted(tiny, narratives):
+    backend = FakeBackend(lambda m, s: '{"i": [{"n": "only one", "e": []}]}')  # < min_interests
+    cfg = MiningConfig(max_tags=7)
+    profiles, stats = mine_interests(narratives, backend, cfg, items=tiny.item_index)
+    assert stats.interests_fallback == 3 and stats.tags_valid_first == 0
+    assert len(backend.calls) == 2  # first try + retry; no tag call for users without interests
+    for p, n in zip(profiles, narratives):
+        hist = [tiny.item_index[i] for i in dict.fromkeys(narrative_items(n.text, tiny.item_index).values())]
+        assert p.source == "fallback"
+        assert [t.text for t in p.tags] == history_tags(hist, 7)
+        assert len(p.interests) <= cfg.max_interests and all(i.evidence for i in p.interests)
+
+
+def test_tags_failing_twice_keep_llm_interests_but_flag_the_profile(tiny, narratives):
+    def no_tags(messages, schema):
+        return good_answer(messages, schema) if is_interest_call(schema) else '{"t": []}'
+
+    profiles, stats = mine_interests(narratives, FakeBackend(no_tags), MiningConfig(), items=tiny.item_index)
+    assert stats.tags_fallback == 3 and stats.interests_valid_first == 3
+    assert all(p.source == "fallback" and p.interests[0].name == "interest 0" and p.tags for p in profiles)
+
+
+def test_min_interests_rejects_duplicate_names(tiny, narratives):
+    dup = json.dumps({"i": [{"n": "Same", "e": []}] * 5})
+    _, stats = mine_interests(narratives[:1], FakeBackend(lambda m, s: dup), MiningConfig(), items=tiny.item_index)
+    assert stats.interests_fallback == 1 and "distinct interests" in stats.errors[0]["reason"]
+    _, stats = mine_interests(narratives[:1], FakeBackend(lambda m, s: dup if is_interest_call(s) else
+                              good_answer(m, s)), MiningConfig(min_interests=1), items=tiny.item_index)
+    assert stats.interests_valid_first == 1 and stats.duplicate_interests_dropped == 4
+
+
+class RecordingBackend(FakeBackend):
+    def __init__(self, responder=None):
+        super().__init__(responder)
+        self.settings: list[tuple[int, float, int, str | None]] = []
+
+    def generate(self, prompts, *, json_schema=None, max_tokens=256, temperature=0.0, adapter=None):
+        self.settings.append((len(prompts), temperature, max_tokens, adapter))
+        return super().generate(prompts, json_schema=json_schema, max_tokens=max_tokens,
+                                temperature=temperature, adapter=adapter)
+
+
+def test_config_fields_reach_the_backend(tiny, narratives):
+    cfg = MiningConfig(batch_size=2, interest_max_tokens=100, tag_max_tokens=200, temperature=0.1,
+                       retry_temperature=0.9)
+    backend = RecordingBackend(lambda m, s: "not json")
+    profiles, _ = mine_interests(narratives, backend, cfg, adapter="lora1", items=tiny.item_index)
+    assert backend.settings == [(2, 0.1, 100, "lora1"), (1, 0.1, 100, "lora1"),
+                                (2, 0.9, 100, "lora1"), (1, 0.9, 100, "lora1")]
+    assert profiles[0].model == "fake+lora1"
+    backend = RecordingBackend(good_answer)
+    mine_interests(narratives, backend, cfg, items=tiny.item_index)
+    assert backend.settings[-1][2] == 200
+
+
+def test_wire_schemas_follow_the_config():
+    cfg = MiningConfig(min_interests=2, max_interests=3, max_evidence=2, max_tags=4, max_name_chars=10,
+                       max_tag_chars=12, max_evidence_chars=6)
+    s = json.dumps(interests_wire(cfg).model_json_schema())
+    for frag in ('"minItems": 2', '"maxItems": 3', '"maxItems": 2', '"maxLength": 10', '"maxLength": 6'):
+        assert frag in s
+    t = json.dumps(tags_wire(cfg).model_json_schema())
+    assert '"maxItems": 4' in t and '"maxLength": 12' in t and '"maximum": 2' in t
+    with pytest.raises(ValueError, match="min_interests"):
+        MiningConfig(min_interests=6, max_interests=5)
+
+
+def test_truncated_answer_is_salvaged_only_when_cut_by_the_budget():
+    wire = tags_wire(MiningConfig())
+    cut = '{"t":[{"t":"romantic comedy","i":0},{"t":"dark {sci","i":1},{"t":"90s'
+    assert salvage_truncated(cut) == '{"t":[{"t":"romantic comedy","i":0},{"t":"dark {sci","i":1}]}'
+    obj, salvaged = _parse(wire, cut, "length")
+    assert salvaged and [t.t for t in obj.t] == ["romantic comedy", "dark {sci"]
+    with pytest.raises(ValueError):
+        _parse(wire, cut, "stop")
+    assert salvage_truncated('{"t":[{"t":"x') is None
+
+
+def test_profiles_round_trip_through_parquet(tiny, narratives, tmp_path):
+    import pyarrow.parquet as pq
+
+    profiles, _ = mine_interests(narratives, FakeBackend(good_answer), MiningConfig(), items=tiny.item_index)
+    pq.write_table(profiles_to_table(profiles), tmp_path / "p.parquet")
+    assert profiles_from_table(pq.read_table(tmp_path / "p.parquet")) == profiles
+    bad = profiles_to_table(profiles).drop_columns(["source"])
+    with pytest.raises(ValueError, match="source"):
+        profiles_from_table(bad)
