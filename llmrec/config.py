@@ -280,3 +280,40 @@ class TowerConfig(StageConfig):
         if not self.beta_grid or any(not 0.0 <= b <= 1.0 for b in self.beta_grid):
             raise ValueError(f"beta_grid must be a non-empty list of values in [0, 1], got {list(self.beta_grid)}")
         return self
+
+
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the values vLLM accepts for max_lora_rank
+
+
+class LLMConfig(StageConfig):
+    """Which LLM serves the stages and how (see `llmrec.llm.make_backend`).
+
+    CPU defaults are the measured ones (fp32, eager, ~35% of the KV budget); on a CUDA machine `dtype="auto"`
+    lets vLLM pick bf16/fp16.
+    """
+
+    model: str | None = None  # local HF model folder; None = packaged SmolLM2-135M-Instruct
+    backend: Literal["vllm", "transformers", "server"] = "vllm"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: float32 on CPU, model dtype on CUDA
+    max_model_len: int = Field(default=4096, ge=256)  # prompt + output tokens per request
+    gpu_memory_utilization: float = Field(default=0.35, gt=0.0, le=1.0)  # vLLM KV-cache budget share
+    enforce_eager: bool = True  # no CUDA graphs / torch.compile: faster start, needed on CPU
+    enable_lora: bool = True  # vLLM engine accepts LoRARequests (costs decoding speed even without one)
+    max_lora_rank: int = 16  # largest adapter rank the vLLM engine accepts
+    max_loras: int = Field(default=2, ge=1)  # adapters resident in one vLLM batch
+    seed: int = 0
+    batch_size: int = Field(default=16, ge=1)  # transformers: prompts per forward; server: concurrent requests
+    server_url: str | None = None  # backend="server": e.g. http://127.0.0.1:8000
+    server_model: str | None = None  # backend="server": served base model name (default: the first listed)
+    request_timeout_s: float = Field(default=600.0, gt=0.0)  # backend="server": per HTTP request
+
+    @model_validator(mode="after")
+    def _llm(self) -> Self:
+        if self.max_lora_rank not in VLLM_LORA_RANKS:
+            raise ValueError(f"max_lora_rank must be one of {VLLM_LORA_RANKS} (vLLM's choices), "
+                             f"got {self.max_lora_rank}")
+        if self.backend == "server" and not self.server_url:
+            raise ValueError("backend='server' needs server_url (e.g. http://127.0.0.1:8000)")
+        if self.server_url is not None and not self.server_url.startswith(("http://", "https://")):
+            raise ValueError(f"server_url must start with http:// or https://, got {self.server_url!r}")
+        return self
