@@ -19,6 +19,9 @@ _data.register(app)
 from llmrec.cli import model as _model  # noqa: E402
 
 _model.register(app)
+from llmrec.cli import mine as _mine  # noqa: E402
+
+_mine.register(app)
 
 
 def main() -> None:

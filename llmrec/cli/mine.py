@@ -1,0 +1,88 @@
+"""`llmrec mine-interests`: narratives -> LLM interests + tags per user -> Parquet + manifest.
+
+The narratives are rendered as of each user's TEST target from the events a model may see for it
+(`Split.history("test")`), so nothing mined here leaks the held-out item. The output folder holds
+`profiles.parquet` (one row per user, `llmrec.interests.PROFILES_SCHEMA`), `config.json` (mining and
+narrative configs, command options) and `manifest.json` (split hash, prompt hashes, model, adapter,
+package version, `MiningStats`); the last stdout line is a JSON summary.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import pyarrow.parquet as pq
+import typer
+
+from llmrec.config import MiningConfig, NarrativeConfig
+from llmrec.interests import PROMPTS, MiningStats, profiles_to_table
+from llmrec.prompts import prompt_hashes
+from llmrec.schema import InterestProfile
+
+
+def save_profiles(out: str | Path, profiles: Sequence[InterestProfile], stats: MiningStats,
+                  config: dict[str, Any], manifest: dict[str, Any]) -> Path:
+    """Write profiles.parquet, config.json and manifest.json (with prompt hashes and stats) to `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "profiles.parquet.tmp"
+    pq.write_table(profiles_to_table(profiles), tmp)
+    tmp.replace(out / "profiles.parquet")
+    full = {**manifest, "prompt_hashes": prompt_hashes(PROMPTS), "stats": stats.to_dict(),
+            "llmrec_version": importlib.metadata.version("llmrec")}
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
+    (out / "manifest.json").write_text(json.dumps(full, indent=2, sort_keys=True, default=str) + "\n")
+    return out
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("mine-interests")
+    def mine_interests_cmd(
+        dataset: str = typer.Option("ml-100k", help="Built-in name (ml-100k) or a dataset folder."),
+        out: Path = typer.Option(..., help="Output folder (e.g. artifacts/interests); created if missing."),
+        model: str = typer.Option(None, help="Local HF model folder; default: the packaged SmolLM2-135M-Instruct."),
+        adapter: str = typer.Option(None, help="LoRA adapter folder (peft format) to decode with."),
+        backend: str = typer.Option("vllm", help="LLM backend: vllm or transformers."),
+        users: int = typer.Option(None, min=1, help="Mine only the first N users (by id order); default all."),
+        max_tokens: int = typer.Option(None, min=32, help="Narrative token budget; default NarrativeConfig's."),
+        batch_size: int = typer.Option(64, min=1, help="Prompts per backend call."),
+    ) -> None:
+        """Mine interests and predict tags for every user; write Parquet + manifest, print a JSON summary."""
+        from llmrec.data import resolve_dataset
+        from llmrec.interests import mine_interests
+        from llmrec.llm import make_backend
+        from llmrec.config import LLMConfig
+        from llmrec.model import load_tokenizer
+        from llmrec.narrative import render_narratives
+        from llmrec.split import split_leave_one_out
+
+        if backend not in ("vllm", "transformers"):
+            raise typer.BadParameter(f"--backend must be vllm or transformers, got {backend!r}")
+        ds = resolve_dataset(dataset)
+        split = split_leave_one_out(ds.events)
+        as_of = split.as_of("test")
+        chosen = sorted(as_of.index, key=lambda u: (len(u), u))[:users] if users else list(as_of.index)
+        events = split.history("test")
+        events = events[events["user_id"].isin(set(chosen))]
+        ncfg = NarrativeConfig(max_tokens=max_tokens) if max_tokens else NarrativeConfig()
+        mcfg = MiningConfig(batch_size=batch_size)
+        lcfg = LLMConfig(model=model, backend=backend)
+        narratives = render_narratives(events, ds.item_index, as_of.loc[chosen], ncfg, load_tokenizer(model))
+        llm = make_backend(lcfg)
+        try:
+            profiles, stats = mine_interests(narratives, llm, mcfg, adapter=adapter, items=ds.item_index)
+        finally:
+            llm.close()
+        save_profiles(
+            out, profiles, stats,
+            config={"mining": mcfg.model_dump(mode="json"), "narrative": ncfg.model_dump(mode="json"),
+                    "llm": lcfg.model_dump(mode="json"), "dataset": dataset, "users": users},
+            manifest={"split_hash": split.hash, "model": llm.name, "model_path": model, "adapter": adapter,
+                      "dataset": ds.name, "n_users": len(profiles)},
+        )
+        summary = {"out": str(out), "users": len(profiles), "model": llm.name, "adapter": adapter,
+                   **{k: v for k, v in stats.to_dict().items() if k != "errors"}}
+        print(json.dumps(summary))
