@@ -142,4 +142,5 @@ class Recommendation(Record):
     interest: str | None = None
     tag: str | None = None
     explanation: str | None = None
+    explanation_flagged: bool = False  # True when a template stood in for an LLM explanation
     source: Literal["user_tower", "tag_tower", "cold_start", "popularity"] = "user_tower"

@@ -22,6 +22,9 @@ _model.register(app)
 from llmrec.cli import mine as _mine  # noqa: E402
 
 _mine.register(app)
+from llmrec.cli import demo as _demo  # noqa: E402
+
+_demo.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,197 @@
+"""The batch side of the product: build a recommender folder from a dataset, stage by stage.
+
+    narratives -> mine interests/tags (sharded job) -> train three towers with the LLM tags
+    -> explanations for the (interest, item) pairs the API serves (sharded job)
+    -> imagined histories per cold-start profile segment -> Recommender.save_pretrained
+
+Every LLM stage runs through `llmrec.jobs.run_sharded`, so a killed build resumes where it stopped
+(finished shards are skipped). With the local executor one LLM backend is built once and shared by all
+stages; with the Ray executor each job's actors build their own (`_BackendProcess`).
+Narratives and mined tags are computed as of each user's test target (`Split.history("test")`), so the
+same mined tags serve the offline evaluation without leaking the held-out item.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from explain.explain import ExplanationTable, make_explain_process, pair_key
+from llmrec.coldstart import Catalogue, ExamplePool, imagine_histories
+from llmrec.config import LLMConfig, RecommenderConfig
+from llmrec.data import Dataset
+from llmrec.interests import PROMPTS, mine_interests, profiles_from_table, profiles_to_table
+from llmrec.jobs import read_shards, run_sharded
+from llmrec.llm import LLMBackend, make_backend
+from llmrec.narrative import load_narrative_tokenizer, render_narratives
+from llmrec.pipeline import Recommender, profile_segment
+from llmrec.prompts import prompt_hashes
+from llmrec.schema import InterestProfile, Narrative
+from llmrec.split import Split, split_leave_one_out
+from retrieval.encoder import TextEncoder
+from retrieval.train import build_manifest, train_towers
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class _BackendProcess:
+    """A picklable process factory for Ray actors: builds the backend once, inside the worker."""
+
+    llm: LLMConfig
+    make: Callable[[LLMBackend], Callable[[list[str]], pd.DataFrame]]
+
+    def __call__(self) -> Callable[[list[str]], pd.DataFrame]:
+        return self.make(make_backend(self.llm))
+
+
+def _run_llm_job(keys: Sequence[str], make: Callable[[LLMBackend], Callable[[list[str]], pd.DataFrame]],
+                 out: Path, config: RecommenderConfig, backend: LLMBackend | None, executor: str, meta: dict,
+                 key_column: str = "user_id"):
+    jobs = config.jobs.model_copy(update={"key_column": key_column})
+    if executor == "ray":
+        return run_sharded(keys, None, out, jobs, executor="ray", actor_factory=_BackendProcess(config.llm, make),
+                           meta=meta)
+    return run_sharded(keys, make(backend), out, jobs, executor="local", meta=meta)
+
+
+def mine_all(narratives: Sequence[Narrative], dataset: Dataset, out: Path, config: RecommenderConfig,
+             backend: LLMBackend | None, executor: str = "local", adapter: str | None = None) -> list[InterestProfile]:
+    """Interests and tags for every narrative, as a resumable sharded job; returns validated profiles."""
+    by_user = {n.user_id: n for n in narratives}
+    items = dataset.item_index
+
+    def make(llm: LLMBackend):
+        def process(keys: list[str]) -> pd.DataFrame:
+            profiles, _ = mine_interests([by_user[k] for k in keys], llm, config.mining, adapter=adapter, items=items)
+            return profiles_to_table(profiles).to_pandas()
+        return process
+
+    meta = {"stage": "mine", "mining": config.mining.model_dump(mode="json"), "adapter": adapter,
+            "prompt_hashes": prompt_hashes(PROMPTS)}
+    run_sharded_result = _run_llm_job(list(by_user), make, out, config, backend, executor, meta)
+    frame = read_shards(run_sharded_result.out_dir)
+    return profiles_from_table(pa.Table.from_pandas(frame, preserve_index=False))
+
+
+def explain_all(pairs: Sequence[tuple[str, str]], dataset: Dataset, out: Path, config: RecommenderConfig,
+                backend: LLMBackend | None, executor: str = "local", adapter: str | None = None) -> ExplanationTable:
+    """Explanations for (interest, item_id) pairs, as a resumable sharded job keyed by pair."""
+    items = dataset.item_index
+    keys = sorted({pair_key(i, item) for i, item in pairs})
+    meta = {"stage": "explain", "explain": config.explain.model_dump(mode="json"), "adapter": adapter}
+    result = _run_llm_job(keys, lambda llm: make_explain_process(items, llm, config.explain, adapter=adapter),
+                          out, config, backend, executor, meta, key_column="pair_key")
+    frame = read_shards(result.out_dir).drop(columns=["pair_key"])
+    from llmrec.schema import Explanation  # noqa: PLC0415
+
+    return ExplanationTable(Explanation(**r) for r in frame.to_dict("records"))
+
+
+def imagine_segments(dataset: Dataset, split: Split, config: RecommenderConfig, backend: LLMBackend,
+                     cache: Path, adapter: str | None = None) -> tuple[dict[str, list[str]], dict]:
+    """Imagined early histories per profile segment (occupation, gender, age decade), matched to the catalogue."""
+    profiles = {str(u): dataset.profile(str(u)) for u in dataset.users["user_id"]}
+    segments: dict[str, dict[str, str]] = {}
+    for profile in profiles.values():
+        segments.setdefault(profile_segment(profile), profile)
+    items = dataset.item_index
+    encoder = TextEncoder(config.towers.encoder, config.towers.cache_dir, config.towers.encoder_batch_size)
+
+    def encode(texts: Sequence[str]) -> np.ndarray:
+        vecs = encoder.encode(list(texts))
+        return vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+
+    catalogue = Catalogue(list(items.values()), encode)
+    pool = ExamplePool.from_events(split.train, profiles, items, config.coldstart.example_items)
+    users = [(f"segment:{seg}", {k: v for k, v in p.items() if k in ("age", "gender", "occupation")}, [])
+             for seg, p in sorted(segments.items())]
+    imagined, stats = imagine_histories(users, backend, config.coldstart, catalogue, pool, cache_path=cache,
+                                        adapter=adapter)
+    out = {h.user_id.removeprefix("segment:"): [i.item_id for i in h.items if i.item_id is not None] for h in imagined}
+    return {k: v for k, v in out.items() if v}, stats.to_dict()
+
+
+def build_recommender(dataset: Dataset, out: str | Path, config: RecommenderConfig | None = None, *,
+                      executor: str = "local", adapter: str | None = None, explain_users: int | None = 100,
+                      k: int = 10, backend: LLMBackend | None = None, log: Log = print) -> Recommender:
+    """Run every batch stage and write the recommender folder `out` (resumable: rerun after a kill).
+
+    `backend` (local executor only) replaces the one `config.llm` would build, e.g. a FakeBackend in tests;
+    the caller keeps ownership of it.
+    """
+    config = config or RecommenderConfig()
+    out = Path(out)
+    work = out / "work"
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    split = split_leave_one_out(dataset.events, config.data.min_events_for_split)
+    as_of = split.as_of("test")
+    narratives = render_narratives(split.history("test"), dataset.items, as_of, config.narrative,
+                                   load_narrative_tokenizer(config.llm.model))
+    timings["narratives"] = time.perf_counter() - t
+    log(f"[1/5] narratives: {len(narratives)} users in {timings['narratives']:.1f}s")
+
+    if backend is not None and executor != "local":
+        raise ValueError("an explicit backend needs executor='local' (Ray actors build their own)")
+    owned = backend is None and executor == "local"
+    backend = make_backend(config.llm) if owned else backend
+    try:
+        t = time.perf_counter()
+        profiles = mine_all(narratives, dataset, work / "interests", config, backend, executor, adapter)
+        timings["mine"] = time.perf_counter() - t
+        n_llm = sum(p.source == "llm" for p in profiles)
+        log(f"[2/5] interests/tags: {len(profiles)} users ({n_llm} valid LLM, {len(profiles) - n_llm} flagged "
+            f"fallback) in {timings['mine']:.0f}s")
+
+        t = time.perf_counter()
+        llm_tags = {p.user_id: [tag.text for tag in p.tags] for p in profiles}
+        result = train_towers(dataset, split, config.towers, llm_tags=llm_tags, tags_info={"source": "llm"})
+        timings["towers"] = time.perf_counter() - t
+        log(f"[3/5] three towers: beta={result.report['beta']}, test NDCG@10={result.report['test']['ndcg@10']:.4f} "
+            f"in {timings['towers']:.0f}s")
+
+        manifest = {**build_manifest(split, config.towers, result.report, {"source": "llm"}),
+                    "prompt_hashes": prompt_hashes(PROMPTS), "adapter": adapter, "llm": config.llm.model_dump(mode="json"),
+                    "llmrec_version": importlib.metadata.version("llmrec")}
+        rec = Recommender(config, dataset, result.model, profiles, manifest=manifest)
+
+        t = time.perf_counter()
+        users = sorted(as_of.index, key=lambda u: (len(u), u))[:explain_users] if explain_users else list(as_of.index)
+        served = [(r.interest, r.item.item_id) for u in users for r in rec.recommend(user_id=u, k=k) if r.interest]
+        rec.explanations = explain_all(served, dataset, work / "explanations", config, backend, executor, adapter)
+        timings["explain"] = time.perf_counter() - t
+        flagged = int(rec.explanations.to_frame()["flagged"].sum())
+        log(f"[4/5] explanations: {len(rec.explanations)} pairs for {len(users)} users ({flagged} flagged templates) "
+            f"in {timings['explain']:.0f}s")
+
+        t = time.perf_counter()
+        cold_backend = backend if backend is not None else make_backend(config.llm)
+        try:
+            rec.imagined, cold_stats = imagine_segments(dataset, split, config, cold_backend,
+                                                        work / "coldstart.json", adapter)
+        finally:
+            if cold_backend is not backend:
+                cold_backend.close()
+        timings["coldstart"] = time.perf_counter() - t
+        log(f"[5/5] cold start: {len(rec.imagined)} profile segments imagined in {timings['coldstart']:.0f}s")
+    finally:
+        if owned:
+            backend.close()
+    rec.manifest.update(timings_s={k: round(v, 1) for k, v in timings.items()}, split_hash=split.hash,
+                        tower_report={k: v for k, v in result.report.items() if k != "history"},
+                        coldstart=cold_stats)
+    rec.save_pretrained(out)
+    (out / "build_report.json").write_text(json.dumps(rec.manifest, indent=2, default=str) + "\n")
+    return rec
+
+
+__all__ = ["build_recommender", "mine_all", "explain_all", "imagine_segments"]

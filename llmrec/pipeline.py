@@ -1,0 +1,229 @@
+"""The product: `Recommender` returns items with explanations, with no LLM call on the request path.
+
+A recommender folder (written by `llmrec.build.build_recommender`, read by `Recommender.load`) holds:
+
+    config.json            RecommenderConfig
+    manifest.json          split hash, prompt hashes, package version, stage reports
+    dataset/               canonical tables (known users' histories and profiles, the catalogue)
+    towers/                three-tower model + FAISS index (retrieval.towers)
+    interests.parquet      mined interests and tags per user (llmrec.interests)
+    explanations/          (interest, item) -> explanation lookup table (explain.explain)
+    coldstart.parquet      imagined early histories per profile segment (llmrec.coldstart), optional
+
+Request path (`recommend`): history -> user vector (user tower, item table cached at load) fused with the
+user's tag vectors (β from validation) -> FAISS top k (seen items excluded) -> per item the user's best
+matching interest (tag tower cosine) -> explanation looked up, or a flagged template when the table has
+none. Users with at most `coldstart.max_events` events get their segment's imagined history prepended (early
+fusion); users with no history and no profile get the popularity list.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+
+from explain.explain import ExplanationTable, template_explanation
+from llmrec.config import RecommenderConfig
+from llmrec.data import Dataset, DataError, ItemVocab, load_dataset_dir, user_sequences
+from llmrec.interests import profiles_from_table
+from llmrec.schema import Event, InterestProfile, Item, Recommendation
+from llmrec.tags import history_tags
+from retrieval.towers import ThreeTowerModel
+
+
+class RecommendError(ValueError):
+    """A request the recommender cannot serve; the message says which argument and why."""
+
+
+class UnknownUserError(RecommendError, KeyError):
+    pass
+
+
+class UnknownItemError(RecommendError):
+    pass
+
+
+def profile_segment(profile: Mapping[str, str]) -> str:
+    """The cold-start segment of a profile: occupation, gender and age decade (ML-100K fields when present)."""
+    age = str(profile.get("age", "")).strip()
+    decade = f"{int(age) // 10 * 10}s" if age.isdigit() else "?"
+    return "|".join([str(profile.get("occupation", "?")).lower(), str(profile.get("gender", "?")).upper(), decade])
+
+
+class Recommender:
+    """Serve recommendations from a built folder. Thread-safe: requests share read-only state."""
+
+    def __init__(self, config: RecommenderConfig, dataset: Dataset, towers: ThreeTowerModel,
+                 profiles: Iterable[InterestProfile] = (), explanations: ExplanationTable | None = None,
+                 imagined: Mapping[str, Sequence[str]] | None = None, manifest: Mapping[str, Any] | None = None):
+        self.config, self.dataset, self.towers = config, dataset, towers
+        self.vocab: ItemVocab = towers.vocab
+        self.items: dict[str, Item] = dataset.item_index
+        self.profiles = {p.user_id: p for p in profiles}
+        self.explanations = explanations or ExplanationTable()
+        self.imagined = {k: list(v) for k, v in (imagined or {}).items()}
+        self.manifest = dict(manifest or {})
+        self._sequences = user_sequences(dataset.events, self.vocab)
+        self._lock = threading.Lock()  # guards the tag-vector memo (the text encoder is not thread-safe)
+        self._tag_vecs: dict[str, np.ndarray] = {}
+        towers.eval()
+        with torch.no_grad():
+            self._item_table = towers.item_table()  # [N+1, d] raw item-tower outputs, fed to the user tower
+        self._item_vecs = towers.item_vectors()  # [N+1, d] L2-normalised; row 0 = padding
+        counts = np.bincount(np.concatenate(list(self._sequences.values())), minlength=self.vocab.size)
+        counts[0] = -1
+        self._popular = np.argsort(-counts, kind="stable")  # item indices, most popular first
+        if towers._index is None:
+            towers.build_index()
+
+    # --- persistence --------------------------------------------------------------------------------
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write the recommender folder; `Recommender.load(path)` reverses it exactly."""
+        from llmrec.interests import profiles_to_table  # noqa: PLC0415 (writer only)
+
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        self.config.to_json(out / "config.json")
+        self.dataset.save(out / "dataset")
+        self.towers.save_pretrained(out / "towers", manifest=self.manifest)
+        pq.write_table(profiles_to_table(list(self.profiles.values())), out / "interests.parquet")
+        self.explanations.save(out / "explanations", self.config.explain)
+        imagined = pd.DataFrame({"segment": list(self.imagined), "item_ids": list(self.imagined.values())})
+        imagined.to_parquet(out / "coldstart.parquet", index=False)
+        (out / "manifest.json").write_text(json.dumps(self.manifest, indent=2, sort_keys=True, default=str) + "\n")
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Recommender":
+        """Load a folder written by `save_pretrained` (safetensors, Parquet, JSON, FAISS; nothing unpickled)."""
+        root = Path(path)
+        if not (root / "config.json").is_file():
+            raise FileNotFoundError(f"{root}: not a recommender folder (no config.json); build one with `llmrec demo`")
+        config = RecommenderConfig.from_json(root / "config.json")
+        profiles = profiles_from_table(pq.read_table(root / "interests.parquet"))
+        explanations = ExplanationTable.load(root / "explanations") if (root / "explanations").is_dir() else None
+        imagined = {}
+        if (root / "coldstart.parquet").is_file():
+            frame = pd.read_parquet(root / "coldstart.parquet")
+            imagined = {r.segment: [str(i) for i in r.item_ids] for r in frame.itertuples(index=False)}
+        manifest = json.loads((root / "manifest.json").read_text()) if (root / "manifest.json").is_file() else {}
+        return cls(config, load_dataset_dir(root / "dataset"), ThreeTowerModel.from_pretrained(root / "towers"),
+                   profiles, explanations, imagined, manifest)
+
+    from_pretrained = load
+
+    # --- requests -----------------------------------------------------------------------------------
+
+    def recommend(self, user_id: str | None = None, *, history: Sequence[Event | Mapping | str] | None = None,
+                  profile: Mapping[str, str] | None = None, k: int = 10) -> list[Recommendation]:
+        """Top-k items for a known user (`user_id`) or a user we have not seen (`history`, `profile`).
+
+        Raises UnknownUserError for an unknown `user_id`, UnknownItemError for history items outside the
+        catalogue, RecommendError for a bad `k` or conflicting arguments.
+        """
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k <= 0:
+            raise RecommendError(f"k must be a positive integer, got {k!r}")
+        k = min(int(k), len(self.vocab.ids))
+        if user_id is not None and history is not None:
+            raise RecommendError("pass either user_id (a known user) or history (a new user), not both")
+        if user_id is not None:
+            user_id = str(user_id)
+            if user_id not in self._sequences:
+                raise UnknownUserError(f"unknown user_id {user_id!r}; pass history=[...] for a user we have not seen")
+            seq = self._sequences[user_id]
+            profile = self.dataset.profile(user_id) if profile is None else dict(profile)
+            mined = self.profiles.get(user_id)
+        else:
+            seq = self._encode_history(history or [])
+            profile = dict(profile or {})
+            mined = None
+        return self._recommend(seq, profile, mined, k)
+
+    def _encode_history(self, history: Sequence[Event | Mapping | str]) -> np.ndarray:
+        ids = []
+        for n, ev in enumerate(history):
+            if isinstance(ev, Event):
+                ids.append(ev.item_id)
+            elif isinstance(ev, Mapping) and "item_id" in ev:
+                ids.append(str(ev["item_id"]))
+            elif isinstance(ev, (str, int)):
+                ids.append(str(ev))
+            else:
+                raise RecommendError(f"history[{n}] must be an Event, a mapping with item_id, or an item id; got {ev!r}")
+        unknown = [i for i in ids if i not in self.vocab.index]
+        if unknown:
+            raise UnknownItemError(f"history names items not in the catalogue: {unknown[:10]}")
+        return self.vocab.encode(ids)
+
+    def _recommend(self, seq: np.ndarray, profile: dict[str, str], mined: InterestProfile | None,
+                   k: int) -> list[Recommendation]:
+        seen = set(seq.tolist())
+        source = "user_tower"
+        if len(seq) <= self.config.coldstart.max_events:
+            imagined = self.imagined.get(profile_segment(profile)) if profile else None
+            if imagined:
+                seq = np.r_[self.vocab.encode(imagined), seq]  # early fusion: imagined events come first
+                source = "cold_start"
+            elif len(seq) == 0:
+                return self._popular_items(k, seen)
+        tags = [t.text for t in mined.tags] if mined else history_tags([self.items[i] for i in self.vocab.decode(seq)],
+                                                                        self.config.towers.user_tags)
+        interests = [i.name for i in mined.interests] if mined else tags[:5]
+        beta = self.towers.beta
+        user = self._encode_user(seq, profile)  # [d]
+        tag_mean = self._tag_vectors(tags).mean(axis=0) if tags and beta < 1.0 else np.zeros_like(user)
+        query = beta * user + (1.0 - beta) * tag_mean  # exact fusion for mean pooling
+        _, idx = self.towers.retrieve(query[None, :].astype(np.float32), k + len(seen))
+        chosen = [int(i) for i in idx[0] if i > 0 and int(i) not in seen][:k]
+        return [self._describe(i, user, tag_mean, beta, tags, interests, source) for i in chosen]
+
+    def _encode_user(self, seq: np.ndarray, profile: Mapping[str, str]) -> np.ndarray:
+        with torch.no_grad():
+            s, prof = self.towers.sequence_batch([seq], [profile])
+            states = self.towers.user_tower(s, self._item_table, prof)  # [1, L, d]
+            return F.normalize(states[:, -1], dim=-1)[0].numpy()
+
+    def _tag_vectors(self, texts: Sequence[str]) -> np.ndarray:
+        """[T, d] tag-tower vectors, memoised per text (new texts are encoded once, under the lock)."""
+        missing = [t for t in dict.fromkeys(texts) if t not in self._tag_vecs]
+        if missing:
+            with self._lock:
+                missing = [t for t in missing if t not in self._tag_vecs]
+                if missing:
+                    self._tag_vecs.update(zip(missing, self.towers.encode_tags(missing)))
+        return np.stack([self._tag_vecs[t] for t in texts])
+
+    def _describe(self, index: int, user: np.ndarray, tag_mean: np.ndarray, beta: float, tags: list[str],
+                  interests: list[str], source: str) -> Recommendation:
+        item_vec = self._item_vecs[index]
+        s_user, s_tag = float(user @ item_vec), float(tag_mean @ item_vec)
+        if source == "user_tower" and (1.0 - beta) * s_tag > beta * s_user:
+            source = "tag_tower"
+        tag = tags[int(np.argmax(self._tag_vectors(tags) @ item_vec))] if tags else None
+        interest = interests[int(np.argmax(self._tag_vectors(interests) @ item_vec))] if interests else None
+        item = self.items[self.vocab.ids[index - 1]]
+        explanation = None
+        if interest is not None:
+            explanation = self.explanations.get(interest, item.item_id) or template_explanation(
+                interest, item, self.config.explain)
+        return Recommendation(item=item, score=beta * s_user + (1.0 - beta) * s_tag, interest=interest, tag=tag,
+                              explanation=explanation.text if explanation else None,
+                              explanation_flagged=bool(explanation and explanation.flagged), source=source)
+
+    def _popular_items(self, k: int, seen: set[int]) -> list[Recommendation]:
+        chosen = [int(i) for i in self._popular if i > 0 and int(i) not in seen][:k]
+        return [Recommendation(item=self.items[self.vocab.ids[i - 1]], score=float(-rank), source="popularity",
+                               explanation="Popular with other viewers.", explanation_flagged=True)
+                for rank, i in enumerate(chosen)]
+
+
+__all__ = ["Recommender", "RecommendError", "UnknownUserError", "UnknownItemError", "profile_segment", "DataError"]
