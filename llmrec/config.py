@@ -7,8 +7,9 @@ the key, and a bad value is an error that names the field, the value and what is
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -56,6 +57,12 @@ class NarrativeConfig(StageConfig):
     max_tokens: int = Field(default=1024, ge=32)
     max_pairs_per_item: int = Field(default=4, ge=1)  # (time, behaviour) pairs kept per item entry
     max_genres: int = Field(default=3, ge=0)  # attributes rendered per item
+    # Informativeness of an event = behaviour weight * 0.5 ** (age in days / half-life); the budget drops the
+    # lowest-scored item entries first.
+    recency_half_life_days: float = Field(default=180.0, gt=0)
+    # "auto": sum cached part counts when the tokenizer makes that exact (byte-level BPE), else re-tokenize
+    # each narrative whole; "exact": always re-tokenize whole (slow; the reference the fast path is tested on).
+    count_mode: Literal["auto", "exact"] = "auto"
 
     @model_validator(mode="after")
     def _weights(self) -> Self:
@@ -64,6 +71,11 @@ class NarrativeConfig(StageConfig):
         bad = {k: v for k, v in self.behavior_weights.items() if v <= 0}
         if bad:
             raise ValueError(f"behavior_weights must be positive, got {bad}")
+        # Names go into the text between separators: letters/digits at both ends keep token counts additive.
+        odd = [k for k in self.behavior_weights if not re.fullmatch(r"[^\W_](?:[\w -]*[^\W_])?", k)]
+        if odd:
+            raise ValueError(f"behavior_weights keys {odd} must be words (letters, digits, space, '-', '_') "
+                             f"that start and end with a letter or digit")
         if self.monthly_days <= self.recent_days:
             raise ValueError(f"monthly_days ({self.monthly_days}) must exceed recent_days ({self.recent_days})")
         return self
@@ -317,3 +329,16 @@ class LLMConfig(StageConfig):
         if self.server_url is not None and not self.server_url.startswith(("http://", "https://")):
             raise ValueError(f"server_url must start with http:// or https://, got {self.server_url!r}")
         return self
+
+
+class RecommenderConfig(StageConfig):
+    """The root config: every stage's config, saved with a recommender folder (`llmrec.pipeline`)."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    narrative: NarrativeConfig = Field(default_factory=NarrativeConfig)
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    mining: MiningConfig = Field(default_factory=MiningConfig)
+    towers: TowerConfig = Field(default_factory=TowerConfig)
+    explain: ExplainConfig = Field(default_factory=ExplainConfig)
+    coldstart: ColdStartConfig = Field(default_factory=ColdStartConfig)
+    jobs: JobConfig = Field(default_factory=JobConfig)
