@@ -25,6 +25,9 @@ _mine.register(app)
 from llmrec.cli import demo as _demo  # noqa: E402
 
 _demo.register(app)
+from llmrec.cli import narrate as _narrate  # noqa: E402
+
+_narrate.register(app)
 
 
 def main() -> None:

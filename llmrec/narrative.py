@@ -1,0 +1,506 @@
+"""User history -> a text narrative under a token budget (RecGPT §2.1.1). Pure and deterministic.
+
+Steps, all vectorised over every user at once (`render_narratives`):
+
+1. Leakage guard: only events strictly before the user's `as_of` are read (`as_of=None`: one second after
+   the user's last event, i.e. the whole history).
+2. Intentional behaviours only: events whose behaviour is not a key of `NarrativeConfig.behavior_weights`
+   are dropped and counted per behaviour in `NarrativeReport.dropped_behaviors`.
+3. Time buckets relative to `as_of` (age in whole days, `d`):
+   `d == 0` -> `today`; `d < recent_days` -> `{d}d ago`; `d < monthly_days` -> the event's calendar month,
+   `Mar 1998`; older -> its year, `1997`.
+4. Reverse aggregation: one entry per item. Its events collapse into distinct (bucket, behaviour) pairs,
+   repeated pairs get a count (`clicked x3`); at most `max_pairs_per_item` pairs stay (the most informative),
+   shown most recent first. The item is rendered by key attributes only: title, year, first `max_genres`
+   genres.
+5. Budget: each event scores `weight(behaviour) * 0.5 ** (age_days / recency_half_life_days)`; an entry
+   scores its best event. Entries are taken best-first (ties: more recent, then item id) while the whole
+   text fits `max_tokens` tokens of the LLM's own tokenizer; the rest, the least informative and oldest
+   material, is dropped whole (never cut mid-entry). Kept entries are printed most recent first.
+
+Exact format, one line per item, lines joined by "\\n", no header and no trailing newline::
+
+    <pair>[, <pair>...] | <title> (<year>; <genre>, <genre>)
+    pair := <bucket> <behaviour>[ x<count>]
+
+e.g. ``2d ago liked, Mar 1998 watched x2 | Star Wars (1977; Action, Adventure, Sci-Fi)``. Without a year
+the item reads ``Title (Genre, Genre)``, without genres ``Title (1977)``, with neither just ``Title``.
+
+Token counting is fast because the format only joins parts at pre-tokenizer boundaries: for byte-level BPE
+tokenizers with the GPT-2 split regex (SmolLM2's), tokens never span "<behaviour>", ", <pair>", " | <item>"
+and "\\n", so a text's count is the sum of its parts' counts, each part tokenized once (and cached). A probe
+checks that property per tokenizer; when it does not hold, or `count_mode="exact"`, every narrative is
+re-tokenized whole and trimmed entry by entry until it fits.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from llmrec.config import NarrativeConfig
+from llmrec.schema import Item, Narrative, UserHistory
+
+SECOND_NS = 1_000_000_000
+DAY_S = 86_400
+_MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_MONTH_CODE, _YEAR_CODE = 1 << 24, 1 << 25  # bucket codes: days < 2^24 <= months < 2^25 <= years
+
+
+@dataclass
+class NarrativeReport:
+    """What the narrative step left out, so nothing is dropped silently."""
+
+    users: int = 0
+    events_in: int = 0  # events strictly before as_of
+    events_after_as_of: int = 0  # not read: at or after the user's as_of (or the user has no as_of)
+    dropped_behaviors: dict[str, int] = field(default_factory=dict)  # not intentional, by behaviour
+    unknown_items: int = 0  # events whose item is missing from the items table
+    pairs_over_cap: int = 0  # (bucket, behaviour) pairs beyond max_pairs_per_item
+    entries_over_budget: int = 0  # whole item entries left out to fit max_tokens
+
+    def to_dict(self) -> dict:
+        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.__dict__.items()}
+
+
+# --- Token counting ------------------------------------------------------------------------------
+
+
+class TokenCounter:
+    """Counts tokens of strings with the LLM's tokenizer, memoising parts that recur (items, pairs)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self._backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._cache: dict[str, int] = {}
+        self.additive = self._probe_additive()
+
+    def encode_lengths(self, texts: list[str]) -> np.ndarray:
+        """Token counts of `texts`, in one batched call, no special tokens, nothing cached."""
+        if not texts:
+            return np.zeros(0, dtype=np.int64)
+        if self._backend is not None:
+            enc = self._backend.encode_batch(texts, add_special_tokens=False)
+            return np.fromiter((len(e.ids) for e in enc), dtype=np.int64, count=len(texts))
+        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return np.fromiter((len(i) for i in ids), dtype=np.int64, count=len(texts))
+
+    def count(self, texts: list[str] | np.ndarray) -> np.ndarray:
+        """Memoised token counts (for the recurring parts of entries)."""
+        cache = self._cache
+        missing = [t for t in dict.fromkeys(texts) if t not in cache]
+        if missing:
+            cache.update(zip(missing, self.encode_lengths(missing).tolist()))
+        return np.fromiter((cache[t] for t in texts), dtype=np.int64, count=len(texts))
+
+    def _probe_additive(self) -> bool:
+        """True when joining our parts never merges tokens across a join (checked on typical parts)."""
+        parts = [
+            ["today liked", ", 3d ago clicked x12", " | Star Wars (1977; Action, Sci-Fi)"],
+            ["Mar 1998 watched", ", 1997 disliked", " | 'Til There Was You (1997; Drama)", "\n"],
+            ["12d ago purchased x2", " | 101 Dalmatians (1996; Children's, Comedy)", "\n", "1995 liked",
+             " | Ça ira... (Élan)", "\n", "today watched", " | M*A*S*H!"],
+        ]
+        joined = self.encode_lengths(["".join(p) for p in parts])
+        split = [int(self.encode_lengths(p).sum()) for p in parts]
+        return joined.tolist() == split
+
+
+_COUNTERS: "weakref.WeakKeyDictionary[Any, TokenCounter]" = weakref.WeakKeyDictionary()
+
+
+def token_counter(tokenizer: Any) -> TokenCounter:
+    """One memoising counter per tokenizer object, reused across calls (the item cache is the speed-up)."""
+    if isinstance(tokenizer, TokenCounter):
+        return tokenizer
+    try:
+        counter = _COUNTERS.get(tokenizer)
+        if counter is None:
+            counter = _COUNTERS[tokenizer] = TokenCounter(tokenizer)
+        return counter
+    except TypeError:  # not weak-referenceable: no reuse
+        return TokenCounter(tokenizer)
+
+
+def load_narrative_tokenizer(model: str | Path | None = None) -> Any:
+    """The LLM's tokenizer, offline. A model folder -> its tokenizer (`llmrec.model.load_tokenizer`).
+
+    `None` -> the default SmolLM2: from the prepared default model when it exists, else straight from the
+    packaged GGUF, saved once as a tokenizer-only folder under $LLMREC_HOME/tokenizers (parsing the GGUF takes
+    ~10-30 s; the saved folder loads in ~1 s), so narrating never needs the full model prepared.
+    """
+    from llmrec import model as llm_model
+
+    if model is not None or llm_model.is_model_dir(llm_model.default_model_dir()):
+        return llm_model.load_tokenizer(model)
+    return _load_packaged_tokenizer(str(llm_model.llmrec_home() / "tokenizers" / llm_model.DEFAULT_MODEL_NAME))
+
+
+_PACKAGED_TOKENIZERS: dict[str, Any] = {}
+
+
+def _load_packaged_tokenizer(folder: str) -> Any:
+    import shutil
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    from llmrec import model as llm_model
+
+    if folder in _PACKAGED_TOKENIZERS:
+        return _PACKAGED_TOKENIZERS[folder]
+    out = Path(folder)
+    if not (out / "tokenizer.json").is_file():
+        gguf = llm_model.packaged_gguf()
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        try:
+            tok.save_pretrained(tmp)
+            if out.exists():
+                shutil.rmtree(out)
+            tmp.rename(out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    tok = AutoTokenizer.from_pretrained(str(out), local_files_only=True)
+    _PACKAGED_TOKENIZERS[folder] = tok
+    return tok
+
+
+# --- Rendering parts -------------------------------------------------------------------------------
+
+
+def render_item(title: str, year: int | None, genres, max_genres: int) -> str:
+    """`Title (1977; Action, Sci-Fi)`: key attributes only, on one line."""
+    title = " ".join(str(title).split())
+    attrs = ", ".join(" ".join(str(g).split()) for g in list(genres)[:max_genres])
+    inner = "; ".join(x for x in (None if year is None else str(int(year)), attrs or None) if x)
+    return f"{title} ({inner})" if inner else title
+
+
+def bucket_label(code: int) -> str:
+    """Label of a bucket code from `_bucket_codes`."""
+    if code >= _YEAR_CODE:
+        return str(code - _YEAR_CODE + 1970)
+    if code >= _MONTH_CODE:
+        months = code - _MONTH_CODE
+        return f"{_MONTH_NAMES[months % 12]} {1970 + months // 12}"
+    return "today" if code == 0 else f"{code}d ago"
+
+
+def _to_ns(values) -> np.ndarray:
+    """Any datetime-like array/Series -> int64 ns since epoch (UTC; naive taken as UTC; NaT -> int64 min)."""
+    return pd.to_datetime(pd.Series(values), utc=True).dt.as_unit("ns").array.asi8
+
+
+def _epoch_seconds(ts: pd.Series) -> np.ndarray:
+    """(E,) int64 seconds since epoch, without materialising Timestamp objects."""
+    if not isinstance(ts.dtype, pd.DatetimeTZDtype) and ts.dtype.kind != "M":
+        ts = pd.to_datetime(ts, utc=True)
+    return ts.array.as_unit("s").asi8
+
+
+def _runs(keys: np.ndarray) -> np.ndarray:
+    """Start index of each run of equal values in a sorted key array."""
+    if len(keys) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+
+
+def _run_start_of(keys: np.ndarray) -> np.ndarray:
+    """For a sorted key array, each row's index of the first row of its run."""
+    starts = _runs(keys)
+    return np.repeat(starts, np.diff(np.r_[starts, len(keys)]))
+
+
+def _rank_in_runs(keys: np.ndarray) -> np.ndarray:
+    """For a sorted key array, each row's position within its run (0 = first)."""
+    return np.arange(len(keys)) - _run_start_of(keys)
+
+
+def _bucket_codes(ts_s: np.ndarray, age_days: np.ndarray, config: NarrativeConfig) -> np.ndarray:
+    """(K,) bucket code per event: age in days, or _MONTH_CODE + months / _YEAR_CODE + years since 1970."""
+    days = ts_s // DAY_S
+    codes, uniq = pd.factorize(days)  # calendar maths only on the distinct days
+    day64 = uniq.astype("datetime64[D]")
+    months = day64.astype("datetime64[M]").astype(np.int64)[codes]
+    years = day64.astype("datetime64[Y]").astype(np.int64)[codes]
+    return np.where(age_days < config.recent_days, age_days,
+                    np.where(age_days < config.monthly_days, _MONTH_CODE + months, _YEAR_CODE + years))
+
+
+# --- The batch path --------------------------------------------------------------------------------
+
+
+def render_narratives(
+    events: pd.DataFrame,
+    items: pd.DataFrame | Mapping[str, Item],
+    as_of: pd.Timestamp | datetime | pd.Series | None = None,
+    config: NarrativeConfig | None = None,
+    tokenizer: Any = None,
+    report: NarrativeReport | None = None,
+) -> list[Narrative]:
+    """One narrative per user, ordered by user id.
+
+    Args:
+        events: canonical events (user_id, item_id, timestamp, behavior).
+        items: canonical items table (item_id, title, genres, year), or `Dataset.item_index`.
+        as_of: one time for everyone, a per-user Series indexed by user_id (users only in the Series get an
+            empty narrative; events of users not in it are not read), or None (each user's whole history).
+        tokenizer: the LLM's tokenizer (`load_narrative_tokenizer()`), or a `TokenCounter`.
+        report: filled with what was left out (dropped behaviours, events after as_of, ...).
+    """
+    config = config or NarrativeConfig()
+    if tokenizer is None:
+        raise ValueError("render_narratives needs the LLM's tokenizer: pass load_narrative_tokenizer(model)")
+    counter = token_counter(tokenizer)
+    report = report if report is not None else NarrativeReport()
+    if isinstance(items, Mapping):
+        items = items_frame(items)
+    ev = _visible_events(events, items, as_of, config, report)
+    cat_ids = items["item_id"].astype(str).to_numpy()
+    n_users, n_cat = len(ev.users), len(cat_ids)
+
+    # Pairs: (user, item, bucket, behaviour) -> count, last time, best score. Sorting by one int64 key groups
+    # events by entry (user, item) and, inside it, by pair.
+    entry = ev.u.astype(np.int64) * n_cat + ev.cat  # (K,)
+    b_idx, b_uniq = pd.factorize(ev.bucket)
+    n_beh = max(len(ev.beh_names), 1)
+    order = np.argsort((entry * len(b_uniq) + b_idx) * n_beh + ev.beh, kind="stable")
+    pkey = ((entry * len(b_uniq) + b_idx) * n_beh + ev.beh)[order]
+    starts = _runs(pkey)  # (P,)
+    p_entry, p_bucket, p_beh = entry[order][starts], b_uniq[b_idx[order][starts]], ev.beh[order][starts]
+    p_n = np.diff(np.r_[starts, len(pkey)])
+    p_ts = np.maximum.reduceat(ev.ts[order], starts) if len(starts) else ev.ts[:0]
+    p_score = np.maximum.reduceat(ev.score[order], starts) if len(starts) else ev.score[:0]
+
+    if len(p_entry) and np.diff(np.r_[_runs(p_entry), len(p_entry)]).max() > 1:  # some item has several pairs
+        # Keep the best max_pairs_per_item pairs of each entry (score, then recency, then behaviour name).
+        by_rank = np.lexsort((p_beh, -p_ts, -p_score, p_entry))
+        keep = np.zeros(len(p_entry), dtype=bool)
+        keep[by_rank] = _rank_in_runs(p_entry[by_rank]) < config.max_pairs_per_item
+        report.pairs_over_cap += int((~keep).sum())
+        # Display order inside an entry: most recent first, then behaviour name.
+        disp = np.flatnonzero(keep)[np.lexsort((p_beh[keep], -p_ts[keep], p_entry[keep]))]
+        p_entry, p_bucket, p_beh, p_n, p_ts, p_score = (a[disp] for a in (p_entry, p_bucket, p_beh, p_n, p_ts,
+                                                                          p_score))
+
+    # Distinct pair texts are few: render and count each once, at the head of an entry or after ", ".
+    pair_code, pair_uniq = pd.factorize((p_bucket * n_beh + p_beh) * (p_n.max(initial=1) + 1) + p_n)
+    pn_u = pair_uniq % (p_n.max(initial=1) + 1)
+    pb_u = pair_uniq // (p_n.max(initial=1) + 1)
+    pair_text = np.array([f"{bucket_label(int(b // n_beh))} {ev.beh_names[b % n_beh]}" + (f" x{n}" if n > 1 else "")
+                          for b, n in zip(pb_u, pn_u)], dtype=object)
+    e_start = _runs(p_entry)  # (N,) first pair of each entry
+    e_len = np.diff(np.r_[e_start, len(p_entry)])
+    head = np.zeros(len(p_entry), dtype=bool)
+    head[e_start] = True
+    tok_head, tok_tail = counter.count(list(pair_text)), counter.count([", " + t for t in pair_text])
+    p_tok = np.where(head, tok_head[pair_code], tok_tail[pair_code])
+
+    # Entries: one per (user, item).
+    e_u, e_cat = p_entry[e_start] // n_cat, p_entry[e_start] % n_cat
+    e_score = np.maximum.reduceat(p_score, e_start) if len(e_start) else p_score[:0]
+    e_ts = np.maximum.reduceat(p_ts, e_start) if len(e_start) else p_ts[:0]
+    cat_used = np.unique(e_cat)
+    item_text = np.empty(n_cat, dtype=object)
+    item_text[cat_used] = _render_items(items, cat_used, config)
+    item_tok = np.zeros(n_cat, dtype=np.int64)
+    item_tok[cat_used] = counter.count([" | " + t for t in item_text[cat_used]])
+    e_tok = (np.add.reduceat(p_tok, e_start) if len(e_start) else p_tok[:0]) + item_tok[e_cat]
+    id_rank = np.argsort(np.argsort(cat_ids, kind="stable"), kind="stable")[e_cat]  # item id order, for ties
+
+    # Budget: best entries first; sum(tok + newline) - newline <= max_tokens, a prefix of the best-first order.
+    nl = int(counter.count(["\n"])[0])
+    best = np.lexsort((id_rank, -e_ts, -e_score, e_u))
+    cum = np.cumsum(e_tok[best] + nl)
+    cum -= (cum - e_tok[best] - nl)[_run_start_of(e_u[best])]  # restart the running sum at each user
+    fits = np.zeros(len(best), dtype=bool)
+    fits[best] = cum <= config.max_tokens + nl
+    report.entries_over_budget += int((~fits).sum())
+    parts = _Parts(pair_text, pair_code, e_start, e_len, item_text, e_u, e_cat, e_ts, e_score, e_tok, id_rank, nl)
+    texts, n_tok, n_items = _assemble(parts, np.flatnonzero(fits), n_users)
+    if config.count_mode == "exact" or not counter.additive:
+        _trim_exact(parts, fits, counter, config, report, texts, n_tok, n_items)
+
+    as_of_dt = pd.to_datetime(ev.cut_ns, utc=True).to_pydatetime()
+    return [
+        Narrative(user_id=str(ev.users[i]), text=texts[i], as_of=as_of_dt[i], n_events_in=int(ev.n_in[i]),
+                  n_items_out=int(n_items[i]), n_tokens=int(n_tok[i]), max_tokens=config.max_tokens)
+        for i in range(n_users)
+    ]
+
+
+@dataclass
+class _Visible:
+    """Events that may enter a narrative; arrays are (K,), per-user arrays (U,)."""
+
+    users: np.ndarray
+    cut_ns: np.ndarray
+    n_in: np.ndarray
+    u: np.ndarray
+    cat: np.ndarray
+    ts: np.ndarray
+    beh: np.ndarray
+    beh_names: np.ndarray
+    score: np.ndarray
+    bucket: np.ndarray
+
+
+def _visible_events(events: pd.DataFrame, items: pd.DataFrame, as_of, config: NarrativeConfig,
+                    report: NarrativeReport) -> _Visible:
+    """Leakage guard, intentional behaviours, known items; scores and time buckets per event."""
+    ts_s = _epoch_seconds(events["timestamp"])  # (E,)
+    if isinstance(as_of, pd.Series):
+        cut = as_of.copy()
+        cut.index = cut.index.astype(str)
+        cut = cut[cut.notna()]
+        users = np.array(sorted(set(events["user_id"].unique()) | set(cut.index)), dtype=object)
+        users = users[pd.Index(users).isin(cut.index)]
+        u = pd.Index(users).get_indexer(events["user_id"])  # -1: user without as_of
+        cut_ns = _to_ns(cut.reindex(users).to_numpy())
+    else:
+        u, users = pd.factorize(events["user_id"], sort=True)
+        users = np.asarray(users, dtype=object)
+        if as_of is None:  # one second after each user's last event
+            last = np.full(len(users), np.iinfo(np.int64).min)
+            np.maximum.at(last, u, ts_s)
+            cut_ns = (last + 1) * SECOND_NS
+        else:
+            cut_ns = np.full(len(users), _to_ns([as_of])[0])
+    cut_ceil_s = -(-cut_ns // SECOND_NS)  # ts (whole seconds) < as_of  <=>  ts < ceil(as_of)
+    keep = (u >= 0) & (ts_s < cut_ceil_s[np.maximum(u, 0)])
+    report.users += len(users)
+    report.events_after_as_of += int((~keep).sum())
+    n_in = np.bincount(u[keep], minlength=len(users))  # (U,)
+    report.events_in += int(n_in.sum())
+
+    beh_codes, beh_names = pd.factorize(events["behavior"], sort=True)  # whole column: arrow's fast path
+    beh_codes = beh_codes[keep]
+    weights = np.array([config.behavior_weights.get(b, np.nan) for b in beh_names], dtype=np.float64)
+    w = weights[beh_codes] if len(beh_names) else np.zeros(0)
+    intentional = ~np.isnan(w)
+    for b, n in zip(beh_names, np.bincount(beh_codes[~intentional], minlength=len(beh_names))):
+        if n:
+            report.dropped_behaviors[b] = report.dropped_behaviors.get(b, 0) + int(n)
+
+    rows = np.flatnonzero(keep)[intentional]
+    it_codes, it_names = pd.factorize(events["item_id"])
+    cat = pd.Index(items["item_id"].astype(str)).get_indexer(np.asarray(it_names).astype(str))[it_codes[rows]]
+    known = cat >= 0
+    report.unknown_items += int((~known).sum())
+    rows, cat = rows[known], cat[known]
+    ku, kts = u[rows], ts_s[rows]
+    age_days = (cut_ns[ku] // SECOND_NS - kts) // DAY_S  # (K,) >= 0
+    return _Visible(
+        users=users, cut_ns=cut_ns, n_in=n_in, u=ku, cat=cat.astype(np.int64), ts=kts,
+        beh=beh_codes[intentional][known].astype(np.int64), beh_names=np.asarray(beh_names, dtype=object),
+        score=w[intentional][known] * 0.5 ** (age_days / config.recency_half_life_days),
+        bucket=_bucket_codes(kts, age_days, config),
+    )
+
+
+def _render_items(items: pd.DataFrame, rows: np.ndarray, config: NarrativeConfig) -> list[str]:
+    """`render_item` for many rows, without per-row pandas access."""
+    sub = items.iloc[rows]
+    titles = sub["title"].tolist()
+    years = sub["year"].astype("Float64").fillna(-1).astype(np.int64).tolist() if "year" in sub else [-1] * len(sub)
+    genres = sub["genres"].tolist() if "genres" in sub else [()] * len(sub)
+    return [render_item(t, None if y < 0 else y, () if g is None else g, config.max_genres)
+            for t, y, g in zip(titles, years, genres)]
+
+
+@dataclass
+class _Parts:
+    """Rendered pieces: pairs (P,) in display order, entries (N,) pointing at their pair runs."""
+
+    pair_text: np.ndarray
+    pair_code: np.ndarray
+    e_start: np.ndarray
+    e_len: np.ndarray
+    item_text: np.ndarray
+    e_u: np.ndarray
+    e_cat: np.ndarray
+    e_ts: np.ndarray
+    e_score: np.ndarray
+    e_tok: np.ndarray
+    id_rank: np.ndarray
+    nl: int
+
+
+def _assemble(parts: _Parts, kept: np.ndarray, n_users: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Texts of the kept entries (indices), most recent first; token counts as the sum of the parts."""
+    p = parts
+    kept = kept[np.lexsort((p.id_rank[kept], -p.e_ts[kept], p.e_u[kept]))]
+    start, n = p.e_start[kept], p.e_len[kept]
+    head = p.pair_text[p.pair_code[start]]
+    for r in range(1, int(n.max(initial=1))):  # pairs at position 1, 2, ... (at most max_pairs_per_item - 1)
+        more = np.flatnonzero(n > r)
+        head[more] = head[more] + ", " + p.pair_text[p.pair_code[start[more] + r]]
+    lines = head + " | " + p.item_text[p.e_cat[kept]] if len(kept) else head
+    ku = p.e_u[kept]
+    bounds = np.searchsorted(ku, np.arange(n_users + 1))
+    texts = ["\n".join(lines[bounds[i]:bounds[i + 1]]) for i in range(n_users)]
+    n_items = np.diff(bounds)
+    tok = np.bincount(ku, weights=p.e_tok[kept], minlength=n_users).astype(np.int64)
+    n_tok = np.where(n_items > 0, tok + p.nl * (n_items - 1), 0)
+    return texts, n_tok, n_items
+
+
+def _trim_exact(parts: _Parts, fits: np.ndarray, counter: TokenCounter, config: NarrativeConfig,
+                report: NarrativeReport, texts: list[str], n_tok: np.ndarray, n_items: np.ndarray) -> None:
+    """Exact mode: re-tokenize every text whole; drop the lowest-scored entry until it fits (in place)."""
+    n_tok[:] = counter.encode_lengths(texts)
+    p = parts
+    for i in np.flatnonzero(n_tok > config.max_tokens):
+        mine = np.flatnonzero(fits & (p.e_u == i))
+        mine = mine[np.lexsort((p.id_rank[mine], -p.e_ts[mine], -p.e_score[mine]))]  # best first
+        while n_tok[i] > config.max_tokens and len(mine):
+            mine = mine[:-1]
+            report.entries_over_budget += 1
+            t, _, _ = _assemble(p, mine, len(n_tok))
+            texts[i], n_items[i] = t[i], len(mine)
+            n_tok[i] = counter.encode_lengths([t[i]])[0] if t[i] else 0
+
+
+# --- One user ------------------------------------------------------------------------------------
+
+
+def render_narrative(history: UserHistory, items: dict[str, Item], as_of: datetime | pd.Timestamp | None,
+                     config: NarrativeConfig | None = None, tokenizer: Any = None,
+                     report: NarrativeReport | None = None) -> Narrative:
+    """One user's narrative; the same code path as `render_narratives` (a one-user batch)."""
+    events = pd.DataFrame(
+        {
+            "user_id": [history.user_id] * len(history.events),
+            "item_id": [e.item_id for e in history.events],
+            "timestamp": pd.to_datetime([e.timestamp for e in history.events], utc=True),
+            "behavior": [e.behavior for e in history.events],
+        }
+    )
+    if as_of is None and not history.events:
+        raise ValueError(f"user {history.user_id!r} has no events: pass as_of for an empty narrative")
+    needed = {e.item_id: items[e.item_id] for e in history.events if e.item_id in items}
+    cut = pd.Series([as_of], index=[history.user_id]) if as_of is not None else None
+    return render_narratives(events, items_frame(needed), cut, config, tokenizer, report)[0]
+
+
+def items_frame(items: Mapping[str, Item]) -> pd.DataFrame:
+    """`Dataset.item_index`-style records -> the items table the batch path reads."""
+    ids = sorted(items)
+    return pd.DataFrame(
+        {
+            "item_id": ids,
+            "title": [items[i].title for i in ids],
+            "genres": [list(items[i].genres) for i in ids],
+            "year": pd.array([items[i].year for i in ids], dtype="Int32"),
+        }
+    )
