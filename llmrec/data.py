@@ -242,6 +242,8 @@ def load_dataset_dir(path: str | Path) -> Dataset:
         if not (root / name).is_file():
             raise DataError(f"{root}: not a dataset folder, missing {name} (write one with `llmrec data import`)")
     events = pq.read_table(root / "events.parquet").to_pandas()
+    # pyarrow -> pandas may widen timestamp[s] to [ms]; the canonical unit is whole seconds, UTC.
+    events["timestamp"] = pd.to_datetime(events["timestamp"], utc=True).astype("datetime64[s, UTC]")
     items = pq.read_table(root / "items.parquet").to_pandas()
     items["genres"] = items["genres"].map(list)
     items["year"] = items["year"].astype("Int32")

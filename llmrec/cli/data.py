@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import typer
 
-from llmrec.data import resolve_dataset
+from llmrec.data import DataError, resolve_dataset
+
+
+def fail(err: Exception) -> typer.Exit:
+    """Bad input ends the command with its message (file, row, field) on stderr and exit code 2."""
+    print(f"error: {err}", file=sys.stderr)
+    return typer.Exit(code=2)
 
 
 def register(app: typer.Typer) -> None:
@@ -16,5 +24,49 @@ def register(app: typer.Typer) -> None:
     def info(dataset: str = typer.Option("ml-100k", help="Built-in name (ml-100k) or a dataset folder.")) -> None:
         """Print a dataset's counts and load report as JSON."""
         print(json.dumps(resolve_dataset(dataset).summary()))
+
+    @data_app.command("import")
+    def import_cmd(
+        events: Path = typer.Option(..., help="Events table: CSV (.tsv = tab-separated) or Parquet."),
+        items: Path = typer.Option(..., help="Items table: CSV or Parquet."),
+        users: Path = typer.Option(None, help="Optional users table; columns besides user_id become the profile."),
+        map: str = typer.Option("", "--map", help="Column mapping CANONICAL=COLUMN,... e.g. "
+                                "user_id=uid,item_id=movie,timestamp=ts,value=rating; prefix items./events./users. "
+                                "for one table only (items.item_id=movie_id)."),
+        out: Path = typer.Option(..., help="Dataset folder to write (events/items/users.parquet, dataset.json)."),
+        strict: bool = typer.Option(False, "--strict", help="Fail at the first bad row instead of skipping it."),
+        encoding: str = typer.Option("utf-8", help="Text encoding of CSV files, e.g. latin-1 or cp1252."),
+        genre_sep: str = typer.Option("|", help="Separator of the genres field in CSV files."),
+        name: str = typer.Option(None, help="Dataset name (default: the events file's stem)."),
+    ) -> None:
+        """Import your own logs into a dataset folder; print its summary and load report as JSON."""
+        from llmrec.ingest import import_tables, parse_mapping
+
+        try:
+            ds = import_tables(events, items, users, parse_mapping(map), strict=strict, encoding=encoding,
+                               genre_sep=genre_sep, name=name)
+        except (DataError, ValueError) as e:
+            raise fail(e) from None
+        ds.save(out)
+        print(json.dumps({"out": str(out), **ds.summary()}))
+
+    @data_app.command("download")
+    def download(
+        dataset: str = typer.Argument(..., help="Dataset to fetch; only ml-100k is known."),
+        dest: Path = typer.Option(None, help="Target folder (default: $LLMREC_HOME/datasets/ml-100k, where "
+                                  "`--dataset ml-100k` looks when $LLMREC_ML100K_DIR is unset)."),
+        url: str = typer.Option(None, help="Mirror URL of ml-100k.zip (default: the GroupLens URL)."),
+        md5: str = typer.Option(None, help="Expected MD5 of the zip (default: the official archive's)."),
+        force: bool = typer.Option(False, "--force", help="Download again even if a complete copy exists."),
+    ) -> None:
+        """Fetch the official MovieLens-100K zip, verify its checksum and unpack it; print the folder."""
+        from llmrec.download import GROUPLENS_URL, ML100K_MD5, download_ml100k
+
+        if dataset != "ml-100k":
+            raise fail(ValueError(f"unknown dataset {dataset!r}: only ml-100k can be downloaded"))
+        try:
+            print(download_ml100k(dest, url=url or GROUPLENS_URL, md5=md5 or ML100K_MD5, force=force))
+        except DataError as e:
+            raise fail(e) from None
 
     app.add_typer(data_app, name="data")

@@ -1,0 +1,198 @@
+import json
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from llmrec.cli import app
+from llmrec.config import DataConfig
+from llmrec.data import DataError, load_dataset_dir, resolve_dataset
+from llmrec.ingest import import_tables, parse_mapping, parse_timestamps
+
+MAP = {"user_id": "uid", "item_id": "movie", "timestamp": "ts", "value": "rating", "title": "name",
+       "genres": "cats", "year": "yr"}
+ITEMS = "movie,name,cats,yr\n1,Toy Story,Animation|Comedy,1995\n2,Heat,Action|Crime,1995\n3,Casino,Drama,1995\n"
+GOOD = "uid,movie,ts,rating\nu1,1,874965478,5\nu1,2,1998-03-01T10:00:00+02:00,3\nu2,3,874965479,1\n"
+
+
+def write(tmp_path, name, text, encoding="utf-8"):
+    path = tmp_path / name
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+def load(tmp_path, events, items=ITEMS, strict=False, **kw):
+    return import_tables(write(tmp_path, "events.csv", events), write(tmp_path, "items.csv", items),
+                         mapping=MAP, strict=strict, **kw)
+
+
+def test_clean_import_maps_columns_times_and_behaviours(tmp_path):
+    ds = load(tmp_path, GOOD)
+    assert ds.report.total_skipped == 0
+    ev = ds.events.set_index("item_id")
+    assert str(ds.events["timestamp"].dtype) == "datetime64[s, UTC]"
+    assert ev.loc["2", "timestamp"] == pd.Timestamp("1998-03-01T08:00:00Z")  # offset converted to UTC
+    assert ev.loc["1", "timestamp"] == pd.Timestamp(874965478, unit="s", tz="UTC")
+    assert ev["behavior"].to_dict() == {"1": "liked", "2": "watched", "3": "disliked"}
+    assert ds.items.set_index("item_id").loc["1", "genres"] == ["Animation", "Comedy"]
+    assert list(ds.users["user_id"]) == ["u1", "u2"]
+
+
+def test_rating_thresholds_come_from_data_config(tmp_path):
+    ds = load(tmp_path, GOOD, config=DataConfig(like_threshold=5.0, dislike_threshold=3.0))
+    assert ds.events.set_index("item_id")["behavior"].to_dict() == {"1": "liked", "2": "disliked",
+                                                                     "3": "disliked"}
+
+
+def test_behavior_column_is_used_as_is(tmp_path):
+    ev = "uid,movie,ts,action\nu1,1,874965478,purchased\nu1,2,874965479,clicked\n"
+    ds = import_tables(write(tmp_path, "e.csv", ev), write(tmp_path, "i.csv", ITEMS),
+                       mapping={**MAP, "behavior": "action", "value": "none"})
+    assert list(ds.events["behavior"]) == ["purchased", "clicked"]
+    assert ds.events["value"].isna().all()
+
+
+@pytest.mark.parametrize(
+    "events, reason, row, field",
+    [
+        (GOOD + "u3,1,not-a-time,4\n", "bad_timestamp", 4, "timestamp"),
+        (GOOD + "u3,99,874965478,4\n", "unknown_item", 4, "item_id"),
+        (GOOD + "u1,1,874965478,5\n", "duplicate_event", 4, "timestamp"),
+        (GOOD + "u3,1,,4\n", "empty_field", 4, "timestamp"),
+        (GOOD + ",1,874965478,4\n", "empty_field", 4, "user_id"),
+        (GOOD + "u3,1,874965478,five\n", "bad_value", 4, "value"),
+    ],
+)
+def test_bad_event_rows_are_skipped_and_counted_or_strict_errors(tmp_path, events, reason, row, field):
+    ds = load(tmp_path, events)
+    assert ds.report.skipped == {reason: 1}
+    assert ds.report.examples[reason] == [f"events.csv:row {row} ({field})"]
+    assert len(ds.events) == 3
+    with pytest.raises(DataError, match=rf"events\.csv: row {row}, field '{field}'"):
+        load(tmp_path, events, strict=True)
+
+
+@pytest.mark.parametrize(
+    "items, reason, row, field, n_items",
+    [
+        (ITEMS + "4,,Drama,1990\n", "empty_field", 4, "title", 3),
+        (ITEMS + "3,Casino again,Drama,1995\n", "duplicate_item", 4, "item_id", 3),
+        (ITEMS + "4,Fargo,Drama,19x6\n", "bad_year", 4, "year", 4),  # the item stays, without its year
+    ],
+)
+def test_bad_item_rows_are_skipped_and_counted_or_strict_errors(tmp_path, items, reason, row, field, n_items):
+    ds = load(tmp_path, GOOD, items)
+    assert ds.report.skipped == {reason: 1}
+    assert ds.report.examples[reason] == [f"items.csv:row {row} ({field})"]
+    assert len(ds.items) == n_items
+    with pytest.raises(DataError, match=rf"items\.csv: row {row}, field '{field}'"):
+        load(tmp_path, GOOD, items, strict=True)
+
+
+def test_bad_year_keeps_item_without_year(tmp_path):
+    ds = load(tmp_path, GOOD, ITEMS + "4,Fargo,Drama,19x6\n")
+    assert pd.isna(ds.items.set_index("item_id").loc["4", "year"])
+
+
+def test_duplicate_and_empty_users_are_counted(tmp_path):
+    users = write(tmp_path, "users.csv", "uid,age\nu1,24\nu1,25\n,30\nu2,40\n")
+    ds = import_tables(write(tmp_path, "events.csv", GOOD), write(tmp_path, "items.csv", ITEMS), users, MAP)
+    assert ds.report.skipped == {"duplicate_user": 1, "empty_field": 1}
+    assert ds.profile("u1") == {"age": "24"}
+
+
+def test_many_skips_keep_five_examples_and_the_full_count(tmp_path):
+    ds = load(tmp_path, GOOD + "".join(f"u9,77,87496547{k},4\n" for k in range(8)))
+    assert ds.report.skipped == {"unknown_item": 8}
+    assert len(ds.report.examples["unknown_item"]) == 5
+
+
+def test_missing_columns_name_file_and_column(tmp_path):
+    with pytest.raises(DataError, match=r"events\.csv: missing column 'ts'.*'timestamp'"):
+        load(tmp_path, "uid,movie,rating\nu1,1,5\n")
+    with pytest.raises(DataError, match=r"items\.csv: missing column 'name'"):
+        load(tmp_path, GOOD, "movie,cats\n1,Drama\n")
+    with pytest.raises(DataError, match=r"events\.csv: missing column 'behavior' or 'rating'"):
+        load(tmp_path, "uid,movie,ts\nu1,1,874965478\n")
+
+
+def test_wrong_encoding_names_file_and_byte_offset(tmp_path):
+    items = ITEMS + "4,Amélie,Comedy,2001\n"
+    ipath = write(tmp_path, "items.csv", items, encoding="latin-1")
+    epath = write(tmp_path, "events.csv", GOOD)
+    offset = items.encode("latin-1").index("é".encode("latin-1"))
+    with pytest.raises(DataError, match=rf"items\.csv: not valid utf-8 at byte offset {offset} \(line 5"):
+        import_tables(epath, ipath, mapping=MAP)
+    ds = import_tables(epath, ipath, mapping=MAP, encoding="latin-1")
+    assert "Amélie" in set(ds.items["title"])
+
+
+def test_parquet_inputs_with_native_types(tmp_path):
+    events = pd.DataFrame({"uid": ["u1", "u2"], "movie": [1, 2], "rating": [5.0, 2.0],
+                           "ts": pd.to_datetime(["1998-01-01 10:00:00", "1998-01-02 11:30:15.7"], format="ISO8601")})
+    items = pd.DataFrame({"movie": [1, 2], "name": ["Toy Story", "Heat"], "cats": [["Animation"], ["Action"]],
+                          "yr": [1995, 1995]})
+    pq.write_table(pa.Table.from_pandas(events), tmp_path / "e.parquet")
+    pq.write_table(pa.Table.from_pandas(items), tmp_path / "i.parquet")
+    ds = import_tables(tmp_path / "e.parquet", tmp_path / "i.parquet", mapping=MAP)
+    assert list(ds.events["item_id"]) == ["1", "2"]
+    assert ds.events["timestamp"].iloc[1] == pd.Timestamp("1998-01-02 11:30:15", tz="UTC")
+    assert ds.items.set_index("item_id").loc["2", "genres"] == ["Action"]
+
+
+def test_timestamp_parsing_rules():
+    got = parse_timestamps(pd.Series(["874965478", "1998-03-01", "1998-03-01T10:00:00-05:00", "x", "",
+                                      "874965478000"]))
+    assert got.iloc[0] == pd.Timestamp(874965478, unit="s", tz="UTC")
+    assert got.iloc[1] == pd.Timestamp("1998-03-01", tz="UTC")  # naive = UTC
+    assert got.iloc[2] == pd.Timestamp("1998-03-01T15:00:00", tz="UTC")
+    assert got.iloc[3:].isna().all()  # garbage, empty, and milliseconds (not silently misread as seconds)
+
+
+def test_mapping_parser_rejects_unknown_names():
+    assert parse_mapping("user_id=uid, items.item_id=movie_id") == {"user_id": "uid", "items.item_id": "movie_id"}
+    with pytest.raises(ValueError, match="unknown canonical column"):
+        parse_mapping("userid=uid")
+    with pytest.raises(ValueError, match="table must be one of"):
+        parse_mapping("movies.item_id=x")
+    with pytest.raises(ValueError, match="not NAME=COLUMN"):
+        parse_mapping("user_id")
+
+
+def test_table_specific_mapping(tmp_path):
+    items = ITEMS.replace("movie,", "movie_id,", 1)
+    ds = import_tables(write(tmp_path, "e.csv", GOOD), write(tmp_path, "i.csv", items),
+                       mapping={**MAP, "items.item_id": "movie_id"})
+    assert len(ds.events) == 3
+
+
+def test_round_trip_of_ml100k_slice_through_csv(tiny, tmp_path):
+    ev = tiny.events.assign(timestamp=tiny.events["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    ev.to_csv(tmp_path / "events.csv", index=False)
+    items = tiny.items.assign(genres=tiny.items["genres"].map("|".join))
+    items.to_csv(tmp_path / "items.csv", index=False)
+    tiny.users.to_csv(tmp_path / "users.csv", index=False)
+    ds = import_tables(tmp_path / "events.csv", tmp_path / "items.csv", tmp_path / "users.csv")
+    assert ds.report.total_skipped == 0
+    pd.testing.assert_frame_equal(ds.events, tiny.events)
+    back = load_dataset_dir(ds.save(tmp_path / "out"))
+    pd.testing.assert_frame_equal(back.events, tiny.events)
+    assert back.items[["item_id", "title"]].equals(tiny.items[["item_id", "title"]])
+    assert list(back.items["genres"]) == list(tiny.items["genres"])
+    assert back.profile("3") == tiny.profile("3")
+
+
+def test_import_cli_writes_a_dataset_folder_and_prints_the_report(tmp_path):
+    e = write(tmp_path, "events.csv", GOOD + "u3,99,874965478,4\n")
+    i = write(tmp_path, "items.csv", ITEMS)
+    mapping = ",".join(f"{k}={v}" for k, v in MAP.items())
+    args = ["data", "import", "--events", str(e), "--items", str(i), "--map", mapping, "--out", str(tmp_path / "ds")]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["report"]["skipped"] == {"unknown_item": 1} and out["events"] == 3
+    assert len(resolve_dataset(tmp_path / "ds").events) == 3
+    strict = CliRunner().invoke(app, args + ["--strict"])
+    assert strict.exit_code == 2 and "row 4, field 'item_id'" in strict.output
