@@ -221,6 +221,12 @@ def _run_start_of(keys: np.ndarray) -> np.ndarray:
     return np.repeat(starts, np.diff(np.r_[starts, len(keys)]))
 
 
+def _running_sum_per_user(values: np.ndarray, users: np.ndarray) -> np.ndarray:
+    """Cumulative sum of `values` that restarts where the (sorted) `users` value changes."""
+    cum = np.cumsum(values)
+    return cum - (cum - values)[_run_start_of(users)]
+
+
 def _rank_in_runs(keys: np.ndarray) -> np.ndarray:
     """For a sorted key array, each row's position within its run (0 = first)."""
     return np.arange(len(keys)) - _run_start_of(keys)
@@ -306,25 +312,31 @@ def render_narratives(
     tok_head, tok_tail = counter.count(list(pair_text)), counter.count([", " + t for t in pair_text])
     p_tok = np.where(head, tok_head[pair_code], tok_tail[pair_code])
 
-    # Entries: one per (user, item).
+    # Entries: one per (user, item), best first (score, recency, item id).
     e_u, e_cat = p_entry[e_start] // n_cat, p_entry[e_start] % n_cat
     e_score = np.maximum.reduceat(p_score, e_start) if len(e_start) else p_score[:0]
     e_ts = np.maximum.reduceat(p_ts, e_start) if len(e_start) else p_ts[:0]
-    cat_used = np.unique(e_cat)
-    item_text = np.empty(n_cat, dtype=object)
-    item_text[cat_used] = _render_items(items, cat_used, config)
-    item_tok = np.zeros(n_cat, dtype=np.int64)
-    item_tok[cat_used] = counter.count([" | " + t for t in item_text[cat_used]])
-    e_tok = (np.add.reduceat(p_tok, e_start) if len(e_start) else p_tok[:0]) + item_tok[e_cat]
-    id_rank = np.argsort(np.argsort(cat_ids, kind="stable"), kind="stable")[e_cat]  # item id order, for ties
-
-    # Budget: best entries first; sum(tok + newline) - newline <= max_tokens, a prefix of the best-first order.
-    nl = int(counter.count(["\n"])[0])
+    id_order = np.argsort(cat_ids, kind="stable")
+    id_rank = np.empty(n_cat, dtype=np.int64)
+    id_rank[id_order] = np.arange(n_cat)
+    id_rank = id_rank[e_cat]  # item id order, for ties
     best = np.lexsort((id_rank, -e_ts, -e_score, e_u))
-    cum = np.cumsum(e_tok[best] + nl)
-    cum -= (cum - e_tok[best] - nl)[_run_start_of(e_u[best])]  # restart the running sum at each user
-    fits = np.zeros(len(best), dtype=bool)
-    fits[best] = cum <= config.max_tokens + nl
+    e_tok = np.add.reduceat(p_tok, e_start) if len(e_start) else p_tok[:0]  # pairs only, items added below
+    nl = int(counter.count(["\n"])[0])
+    # Budget: sum(tok + newline) - newline <= max_tokens over a prefix of the best-first order. An item part
+    # has >= 1 token, so with additive counts only entries whose lower-bound running sum fits can be kept:
+    # render and count items for those candidates only (a 37k-event user has thousands of entries).
+    lower = _running_sum_per_user(e_tok[best] + 1 + nl, e_u[best])
+    cand = best[lower <= config.max_tokens + nl] if counter.additive else best
+    item_text = np.empty(n_cat, dtype=object)
+    item_tok = np.zeros(n_cat, dtype=np.int64)
+    cat_used = np.unique(e_cat[cand])
+    item_text[cat_used] = _render_items(items, cat_used, config)
+    item_tok[cat_used] = counter.count([" | " + t for t in item_text[cat_used]])
+    e_tok = e_tok + item_tok[e_cat]  # exact for candidates; the rest cannot fit anyway
+    cum = _running_sum_per_user(e_tok[cand] + nl, e_u[cand])
+    fits = np.zeros(len(e_u), dtype=bool)
+    fits[cand] = cum <= config.max_tokens + nl
     report.entries_over_budget += int((~fits).sum())
     parts = _Parts(pair_text, pair_code, e_start, e_len, item_text, e_u, e_cat, e_ts, e_score, e_tok, id_rank, nl)
     texts, n_tok, n_items = _assemble(parts, np.flatnonzero(fits), n_users)
