@@ -35,11 +35,9 @@ re-tokenized whole and trimmed entry by entry until it fits.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,6 +45,10 @@ import pandas as pd
 
 from llmrec.config import NarrativeConfig
 from llmrec.schema import Item, Narrative, UserHistory
+from llmrec.tokens import TokenCounter, load_narrative_tokenizer, token_counter
+
+__all__ = ["NarrativeReport", "TokenCounter", "bucket_label", "items_frame", "load_narrative_tokenizer",
+           "render_item", "render_narrative", "render_narratives", "token_counter"]
 
 SECOND_NS = 1_000_000_000
 DAY_S = 86_400
@@ -68,111 +70,6 @@ class NarrativeReport:
 
     def to_dict(self) -> dict:
         return {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.__dict__.items()}
-
-
-# --- Token counting ------------------------------------------------------------------------------
-
-
-class TokenCounter:
-    """Counts tokens of strings with the LLM's tokenizer, memoising parts that recur (items, pairs)."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer = tokenizer
-        self._backend = getattr(tokenizer, "backend_tokenizer", None)
-        self._cache: dict[str, int] = {}
-        self.additive = self._probe_additive()
-
-    def encode_lengths(self, texts: list[str]) -> np.ndarray:
-        """Token counts of `texts`, in one batched call, no special tokens, nothing cached."""
-        if not texts:
-            return np.zeros(0, dtype=np.int64)
-        if self._backend is not None:
-            enc = self._backend.encode_batch(texts, add_special_tokens=False)
-            return np.fromiter((len(e.ids) for e in enc), dtype=np.int64, count=len(texts))
-        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        return np.fromiter((len(i) for i in ids), dtype=np.int64, count=len(texts))
-
-    def count(self, texts: list[str] | np.ndarray) -> np.ndarray:
-        """Memoised token counts (for the recurring parts of entries)."""
-        cache = self._cache
-        missing = [t for t in dict.fromkeys(texts) if t not in cache]
-        if missing:
-            cache.update(zip(missing, self.encode_lengths(missing).tolist()))
-        return np.fromiter((cache[t] for t in texts), dtype=np.int64, count=len(texts))
-
-    def _probe_additive(self) -> bool:
-        """True when joining our parts never merges tokens across a join (checked on typical parts)."""
-        parts = [
-            ["today liked", ", 3d ago clicked x12", " | Star Wars (1977; Action, Sci-Fi)"],
-            ["Mar 1998 watched", ", 1997 disliked", " | 'Til There Was You (1997; Drama)", "\n"],
-            ["12d ago purchased x2", " | 101 Dalmatians (1996; Children's, Comedy)", "\n", "1995 liked",
-             " | Ça ira... (Élan)", "\n", "today watched", " | M*A*S*H!"],
-        ]
-        joined = self.encode_lengths(["".join(p) for p in parts])
-        split = [int(self.encode_lengths(p).sum()) for p in parts]
-        return joined.tolist() == split
-
-
-_COUNTERS: "weakref.WeakKeyDictionary[Any, TokenCounter]" = weakref.WeakKeyDictionary()
-
-
-def token_counter(tokenizer: Any) -> TokenCounter:
-    """One memoising counter per tokenizer object, reused across calls (the item cache is the speed-up)."""
-    if isinstance(tokenizer, TokenCounter):
-        return tokenizer
-    try:
-        counter = _COUNTERS.get(tokenizer)
-        if counter is None:
-            counter = _COUNTERS[tokenizer] = TokenCounter(tokenizer)
-        return counter
-    except TypeError:  # not weak-referenceable: no reuse
-        return TokenCounter(tokenizer)
-
-
-def load_narrative_tokenizer(model: str | Path | None = None) -> Any:
-    """The LLM's tokenizer, offline. A model folder -> its tokenizer (`llmrec.model.load_tokenizer`).
-
-    `None` -> the default SmolLM2: from the prepared default model when it exists, else straight from the
-    packaged GGUF, saved once as a tokenizer-only folder under $LLMREC_HOME/tokenizers (parsing the GGUF takes
-    ~10-30 s; the saved folder loads in ~1 s), so narrating never needs the full model prepared.
-    """
-    from llmrec import model as llm_model
-
-    if model is not None or llm_model.is_model_dir(llm_model.default_model_dir()):
-        return llm_model.load_tokenizer(model)
-    return _load_packaged_tokenizer(str(llm_model.llmrec_home() / "tokenizers" / llm_model.DEFAULT_MODEL_NAME))
-
-
-_PACKAGED_TOKENIZERS: dict[str, Any] = {}
-
-
-def _load_packaged_tokenizer(folder: str) -> Any:
-    import shutil
-    import tempfile
-
-    from transformers import AutoTokenizer
-
-    from llmrec import model as llm_model
-
-    if folder in _PACKAGED_TOKENIZERS:
-        return _PACKAGED_TOKENIZERS[folder]
-    out = Path(folder)
-    if not (out / "tokenizer.json").is_file():
-        gguf = llm_model.packaged_gguf()
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-        try:
-            tok.save_pretrained(tmp)
-            if out.exists():
-                shutil.rmtree(out)
-            tmp.rename(out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    tok = AutoTokenizer.from_pretrained(str(out), local_files_only=True)
-    _PACKAGED_TOKENIZERS[folder] = tok
-    return tok
 
 
 # --- Rendering parts -------------------------------------------------------------------------------
@@ -331,8 +228,8 @@ def render_narratives(
     item_text = np.empty(n_cat, dtype=object)
     item_tok = np.zeros(n_cat, dtype=np.int64)
     cat_used = np.unique(e_cat[cand])
-    item_text[cat_used] = _render_items(items, cat_used, config)
-    item_tok[cat_used] = counter.count([" | " + t for t in item_text[cat_used]])
+    item_text[cat_used] = [" | " + t for t in _render_items(items, cat_used, config)]  # the entry's tail
+    item_tok[cat_used] = counter.count(list(item_text[cat_used]))
     e_tok = e_tok + item_tok[e_cat]  # exact for candidates; the rest cannot fit anyway
     cum = _running_sum_per_user(e_tok[cand] + nl, e_u[cand])
     fits = np.zeros(len(e_u), dtype=bool)
@@ -438,7 +335,7 @@ class _Parts:
     pair_code: np.ndarray
     e_start: np.ndarray
     e_len: np.ndarray
-    item_text: np.ndarray
+    item_text: np.ndarray  # " | <rendered item>" per catalogue row (only where needed)
     e_u: np.ndarray
     e_cat: np.ndarray
     e_ts: np.ndarray
@@ -457,11 +354,11 @@ def _assemble(parts: _Parts, kept: np.ndarray, n_users: int) -> tuple[list[str],
     for r in range(1, int(n.max(initial=1))):  # pairs at position 1, 2, ... (at most max_pairs_per_item - 1)
         more = np.flatnonzero(n > r)
         head[more] = head[more] + ", " + p.pair_text[p.pair_code[start[more] + r]]
-    lines = head + " | " + p.item_text[p.e_cat[kept]] if len(kept) else head
+    lines = (head + p.item_text[p.e_cat[kept]]).tolist() if len(kept) else []
     ku = p.e_u[kept]
-    bounds = np.searchsorted(ku, np.arange(n_users + 1))
+    bounds = np.searchsorted(ku, np.arange(n_users + 1)).tolist()
     texts = ["\n".join(lines[bounds[i]:bounds[i + 1]]) for i in range(n_users)]
-    n_items = np.diff(bounds)
+    n_items = np.diff(np.asarray(bounds))
     tok = np.bincount(ku, weights=p.e_tok[kept], minlength=n_users).astype(np.int64)
     n_tok = np.where(n_items > 0, tok + p.nl * (n_items - 1), 0)
     return texts, n_tok, n_items
