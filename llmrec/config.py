@@ -342,3 +342,60 @@ class RecommenderConfig(StageConfig):
     explain: ExplainConfig = Field(default_factory=ExplainConfig)
     coldstart: ColdStartConfig = Field(default_factory=ColdStartConfig)
     jobs: JobConfig = Field(default_factory=JobConfig)
+
+
+# --- Offline comparison (llmrec.evaluate) ---------------------------------------------------------
+
+EVAL_MODELS = (
+    "popularity", "item_knn", "sasrec_bce", "sasrec_ce", "three_tower_notag", "three_tower_heuristic_tags",
+    "three_tower_llm_tags", "three_tower_llm_lora_tags", "three_tower_llm_rerank", "three_tower_no_logq",
+    "three_tower_no_mixed_negatives", "three_tower_fixed_temperature", "coldstart_none", "coldstart_early_fusion",
+    "coldstart_late_fusion",
+)  # fmt: skip
+
+
+class EvaluateConfig(StageConfig):
+    """The offline comparison (see `llmrec.evaluate`): one split, one metric code, every model, 3 seeds.
+
+    `models` picks rows (all by default); rows that need an input that is not given (a mined-tags Parquet,
+    an LLM) are left out and the report says why. Model configs are nested so the settings file freezes them.
+    """
+
+    dataset: str = "ml-100k"
+    models: tuple[str, ...] = EVAL_MODELS
+    seeds: tuple[int, ...] = (0, 1, 2)  # each seed trains every learned model anew
+    k: int = Field(default=10, ge=1)  # cut-off of ndcg/hr/coverage/long-tail share
+    cold_lengths: tuple[int, ...] = (0, 1, 3, 5)  # cold_N slices: the last N events before the test item
+    long_tail_mass: float = Field(default=0.8, gt=0.0, lt=1.0)  # head = most popular items holding this share
+    max_users: int | None = Field(default=None, ge=1)  # evaluate a seeded sample of test users (None = all)
+    sample_seed: int = 0  # the user samples (max_users, rerank_users, coldstart_users)
+    score_batch_size: int = Field(default=256, ge=1)  # users per scorer call
+    knn_neighbors: int = Field(default=50, ge=1)
+    knn_shrink: float = Field(default=10.0, ge=0.0)
+    sasrec: SASRecConfig = Field(default_factory=SASRecConfig)  # loss is set per row (bce / ce)
+    towers: TowerConfig = Field(default_factory=TowerConfig)  # ablation rows flip one switch each
+    llm_tags: str | None = None  # mined-tags Parquet (or its folder) of `llmrec mine-interests`, base model
+    llm_lora_tags: str | None = None  # the same, mined with the LoRA adapter
+    use_llm: bool = True  # False: skip the rows that call an LLM (re-ranking, cold start)
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    rerank: RerankConfig = Field(default_factory=RerankConfig)
+    rerank_users: int = Field(default=50, ge=1)  # LLM re-ranking is costly on CPU: a seeded user sample
+    rerank_top: int = Field(default=20, ge=1)  # three-tower candidates the LLM re-orders
+    narrative: NarrativeConfig = Field(default_factory=lambda: NarrativeConfig(max_tokens=384))  # re-rank prompts
+    coldstart: ColdStartConfig = Field(default_factory=ColdStartConfig)  # `fusion` is set per row
+    coldstart_users: int = Field(default=100, ge=1)  # users whose cold histories the LLM augments
+    coldstart_cache: str | None = None  # JSON cache of imagined histories (None: no cache)
+
+    @model_validator(mode="after")
+    def _evaluate(self) -> Self:
+        unknown = [m for m in self.models if m not in EVAL_MODELS]
+        if not self.models or unknown:
+            raise ValueError(f"models must be a non-empty subset of {list(EVAL_MODELS)}, got unknown {unknown}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be a non-empty list of distinct integers, got {list(self.seeds)}")
+        if any(n < 0 for n in self.cold_lengths) or len(set(self.cold_lengths)) != len(self.cold_lengths):
+            raise ValueError(f"cold_lengths must be distinct integers >= 0, got {list(self.cold_lengths)}")
+        if self.coldstart.max_events < max(self.cold_lengths, default=0):
+            raise ValueError(f"coldstart.max_events ({self.coldstart.max_events}) must cover the longest cold "
+                             f"slice ({max(self.cold_lengths)}), or those users are never augmented")
+        return self

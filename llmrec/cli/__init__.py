@@ -28,6 +28,9 @@ _demo.register(app)
 from llmrec.cli import narrate as _narrate  # noqa: E402
 
 _narrate.register(app)
+from llmrec.cli import evaluate as _evaluate  # noqa: E402
+
+_evaluate.register(app)
 
 
 def main() -> None:

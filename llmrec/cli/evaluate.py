@@ -1,0 +1,111 @@
+"""`llmrec evaluate`: the offline comparison -> records JSON, settings JSON, Markdown report and PNG plots.
+
+Writes OUT (records, benchmark "offline_eval"), OUT with `.settings.json` (the frozen EvaluateConfig with
+every model config, split hash, git commit, command), and OUT with `.md` plus two PNG plots beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import typer
+
+from llmrec.config import EvaluateConfig, LLMConfig, SASRecConfig, TowerConfig
+
+
+def quick_config(**overrides) -> EvaluateConfig:
+    """The small version for tests and smoke runs: 1 seed, few epochs, 100 users, tiny LLM samples."""
+    base = dict(
+        seeds=(0,), max_users=100, rerank_users=4, coldstart_users=4,
+        sasrec=SASRecConfig(maxlen=50, epochs=2, eval_every=1, patience=1),
+        towers=TowerConfig(encoder="hashed-bow", epochs=2, patience=1, max_len=20, beta_grid=(0.0, 0.5, 1.0)),
+    )
+    return EvaluateConfig(**{**base, **overrides})
+
+
+def git_commit(repo: Path) -> dict:
+    """The commit the code ran at, and whether the working tree had uncommitted changes."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10,
+                                  check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {"commit": git("rev-parse", "HEAD") or "unknown", "dirty": bool(git("status", "--porcelain"))}
+
+
+def parse_ints(text: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise typer.BadParameter(f"{option} must be comma-separated integers, got {text!r}") from None
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("evaluate")
+    def evaluate_cmd(
+        dataset: str = typer.Option("ml-100k", help="Built-in name (ml-100k) or a dataset folder."),
+        out: Path = typer.Option(None, help="Records JSON; default reports/<dataset>.json. The settings JSON, "
+                                            "the Markdown report and the plots go beside it."),
+        quick: bool = typer.Option(False, "--quick", help="Small version (1 seed, 2 epochs, 100 users, "
+                                                          "hashed-bow text features): minutes, for tests."),
+        seeds: str = typer.Option(None, help="Comma-separated seeds, each retraining every model; default 0,1,2 "
+                                             "(--quick: 0)."),
+        models: str = typer.Option(None, help="Comma-separated rows to run (default all); see EvaluateConfig."),
+        llm_tags: Path = typer.Option(None, help="Mined-tags Parquet (or folder) of `llmrec mine-interests`; "
+                                                 "enables three_tower_llm_tags."),
+        llm_lora_tags: Path = typer.Option(None, help="The same, mined with the LoRA adapter; enables "
+                                                      "three_tower_llm_lora_tags."),
+        no_llm: bool = typer.Option(False, "--no-llm", help="Skip the rows that call the LLM (re-ranking, "
+                                                            "cold start)."),
+        rerank_users: int = typer.Option(None, min=1, help="Users re-ranked by the LLM (seeded sample); "
+                                                           "default 50 (--quick: 4)."),
+        coldstart_users: int = typer.Option(None, min=1, help="Users whose cold histories the LLM augments, per "
+                                                              "cold slice; default 100 (--quick: 4)."),
+        max_users: int = typer.Option(None, min=1, help="Evaluate a seeded sample of test users; default all "
+                                                        "(--quick: 100)."),
+        backend: str = typer.Option("vllm", help="LLM backend for the LLM rows: vllm or transformers."),
+        coldstart_cache: Path = typer.Option(None, help="JSON cache of imagined histories (reused across runs)."),
+    ) -> None:
+        """Train and score every model on one split (3 seeds); write records, settings, Markdown and plots."""
+        from llmrec.bench import write_records
+        from llmrec.data import resolve_dataset
+        from llmrec.evaluate import run_evaluation
+        from llmrec.report import write_report
+
+        if backend not in ("vllm", "transformers"):
+            raise typer.BadParameter(f"--backend must be vllm or transformers, got {backend!r}")
+        over: dict = {"dataset": dataset, "use_llm": not no_llm, "llm": LLMConfig(backend=backend)}
+        for key, value in (("llm_tags", llm_tags), ("llm_lora_tags", llm_lora_tags),
+                           ("coldstart_cache", coldstart_cache)):
+            if value is not None:
+                if key != "coldstart_cache" and not value.exists():
+                    raise typer.BadParameter(f"--{key.replace('_', '-')} {value}: no such file or folder")
+                over[key] = str(value)
+        for key, value in (("rerank_users", rerank_users), ("coldstart_users", coldstart_users),
+                           ("max_users", max_users)):
+            if value is not None:
+                over[key] = value
+        if seeds is not None:
+            over["seeds"] = parse_ints(seeds, "--seeds")
+        if models is not None:
+            over["models"] = tuple(m.strip() for m in models.split(",") if m.strip())
+        try:
+            config = quick_config(**over) if quick else EvaluateConfig(**over)
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from None
+        out = out or Path("reports") / f"{Path(dataset).name}.json"
+        run = run_evaluation(resolve_dataset(dataset), config, log=lambda s: print(s, file=sys.stderr, flush=True))
+        settings = {**run.settings, "command": " ".join(["llmrec", *sys.argv[1:]]),
+                    "git_commit": git_commit(Path(__file__).resolve().parents[2])}
+        write_records(run.records, "offline_eval", out)
+        settings_path = out.with_suffix(".settings.json")
+        settings_path.write_text(json.dumps(settings, indent=2, sort_keys=True, default=str) + "\n")
+        paths = write_report(run.records, settings, out.with_suffix(".md"))
+        print(json.dumps({"records": str(out), "settings": str(settings_path), "report": [str(p) for p in paths],
+                          "n_records": len(run.records), "seconds": run.settings["seconds"],
+                          "absent": run.settings["absent"]}))

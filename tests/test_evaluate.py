@@ -1,0 +1,247 @@
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from llmrec.config import EvaluateConfig, TowerConfig
+from llmrec.data import ItemVocab
+from llmrec.evaluate import (Protocol, SliceView, build_protocol, long_tail_by_mass, run_evaluation, sample_users,
+                             score_slice)
+from llmrec.evaluate_llm import ColdStartScorer, RerankScorer
+from llmrec.report import render_markdown, target_lines, write_report
+
+
+class FixedScorer:
+    """Scores chosen by the test: item i gets `scores[i]` for every user."""
+
+    name = "fixed"
+
+    def __init__(self, scores):
+        self.scores = np.asarray(scores, dtype=np.float32)
+
+    def score(self, histories, user_ids):
+        return np.tile(self.scores, (len(histories), 1))
+
+
+class RecordingScorer:
+    """Remembers every (user, history) it is shown; scores by item index."""
+
+    name = "recording"
+
+    def __init__(self, vocab_size):
+        self.vocab_size, self.seen = vocab_size, []
+
+    def score(self, histories, user_ids):
+        self.seen += [(u, np.asarray(h).copy()) for u, h in zip(user_ids, histories)]
+        return np.tile(np.arange(self.vocab_size, dtype=np.float32), (len(histories), 1))
+
+
+def _toy_protocol():
+    vocab = ItemVocab(ids=tuple("abcdefghijkl"))  # 12 items, indices 1..12
+    # Scores 12..1 for items 1..12: item i ranks i-th before exclusions.
+    view = SliceView("all", ["u1", "u2", "u3"], np.array([1, 4, 12]),
+                     [np.array([], dtype=np.int64), np.array([2], dtype=np.int64), np.array([3], dtype=np.int64)],
+                     pd.DataFrame())
+    return Protocol(split=None, vocab=vocab, slices={"all": view}, long_tail=np.array([10, 11, 12]), k=10), view
+
+
+def test_score_slice_turns_known_ranks_into_known_metrics():
+    proto, view = _toy_protocol()
+    scorer = FixedScorer([0] + list(range(12, 0, -1)))
+    m = score_slice(scorer, view, proto, batch_size=2)
+    # u1: target 1 -> rank 1; u2: target 4, item 2 excluded -> rank 3; u3: target 12, item 3 excluded -> rank 11.
+    ranks = np.array([1, 3, 11])
+    assert m["ndcg@10"] == pytest.approx((1 + 1 / math.log2(4)) / 3)
+    assert m["hr@10"] == pytest.approx(2 / 3)
+    assert m["mrr"] == pytest.approx(np.mean(1 / ranks))
+    # Top-10 lists: u1 items 1..10, u2 and u3 items 1..11 minus their seen item -> items 1..11 recommended.
+    assert m["coverage@10"] == pytest.approx(11 / 12)
+    tail_slots = 1 + 2 + 2  # u1: item 10; u2 and u3: items 10 and 11
+    assert m["long_tail_share@10"] == pytest.approx(tail_slots / 30)
+    assert m == score_slice(scorer, view, proto, batch_size=256)  # batching changes nothing
+
+
+def test_long_tail_is_what_lies_outside_the_head_holding_the_mass():
+    counts = np.array([0, 50, 30, 10, 5, 5, 0])  # 100 interactions; items 1+2 hold 80%
+    assert long_tail_by_mass(counts, 0.8).tolist() == [3, 4, 5, 6]
+    assert long_tail_by_mass(counts, 0.81).tolist() == [4, 5, 6]
+    assert long_tail_by_mass(counts, 0.5).tolist() == [2, 3, 4, 5, 6]
+
+
+def test_sample_users_is_seeded_and_keeps_order():
+    users = [str(i) for i in range(50)]
+    a = sample_users(users, 10, seed=1)
+    assert a == sample_users(users, 10, seed=1) and a != sample_users(users, 10, seed=2)
+    assert a == sorted(a, key=int) and len(set(a)) == 10
+    assert sample_users(users, None, 0) == users and sample_users(users, 99, 0) == users
+
+
+def test_cold_slices_really_truncate_and_no_history_holds_the_test_item(tiny):
+    config = EvaluateConfig(cold_lengths=(0, 1, 3, 5))
+    proto = build_protocol(tiny, config)
+    test = proto.split.targets("test").set_index("user_id")
+    full = dict(zip(proto.slices["all"].users, proto.slices["all"].histories))
+    for name, view in proto.slices.items():
+        rec = RecordingScorer(proto.vocab.size)
+        score_slice(rec, view, proto, batch_size=7)
+        assert [u for u, _ in rec.seen] == view.users
+        for (u, h), target in zip(rec.seen, view.targets):
+            assert target == proto.vocab.index[test.loc[u, "item_id"]]
+            assert target not in h  # no leakage of the test item
+            if name.startswith("cold_"):
+                n = int(name.split("_")[1])
+                assert len(h) == min(n, len(full[u]))
+                assert np.array_equal(h, full[u][len(full[u]) - len(h):])  # the LAST n events
+            else:
+                assert np.array_equal(h, full[u])
+    # The full visible history is train + the validation event, all strictly before the test event.
+    visible = proto.slices["all"].events
+    assert (visible.groupby("user_id")["timestamp"].max() <= test.loc[visible["user_id"].unique(), "timestamp"]).all()
+    assert all(proto.vocab.index[test.loc[u, "item_id"]] in proto.long_tail for u in proto.slices["long_tail"].users)
+
+
+def test_evaluate_config_validates_and_round_trips(tmp_path):
+    with pytest.raises(ValueError, match="models"):
+        EvaluateConfig(models=("sasrec",))
+    with pytest.raises(ValueError, match="seeds"):
+        EvaluateConfig(seeds=(0, 0))
+    with pytest.raises(ValueError, match="cold_lengths"):
+        EvaluateConfig(cold_lengths=(-1,))
+    with pytest.raises(ValueError, match="max_events"):
+        EvaluateConfig(cold_lengths=(0, 8))
+    with pytest.raises(ValueError, match="extra"):
+        EvaluateConfig(sead=1)
+    cfg = EvaluateConfig(seeds=(3,), towers=TowerConfig(epochs=3), llm_tags="x.parquet")
+    assert EvaluateConfig.from_json(cfg.to_json(tmp_path / "c.json")) == cfg
+
+
+def test_baseline_rows_records_and_absent_rows(tiny):
+    config = EvaluateConfig(dataset="tiny", models=("popularity", "item_knn", "three_tower_llm_tags", "coldstart_none"),
+                            seeds=(0, 1), cold_lengths=(0, 2), max_users=15, sample_seed=3, k=5, use_llm=False,
+                            long_tail_mass=0.5, knn_neighbors=5, knn_shrink=0.0, score_batch_size=4)
+    run = run_evaluation(tiny, config, log=lambda s: None)
+    recs = run.records
+    assert {r["model"] for r in recs} == {"popularity", "item_knn"}
+    assert {r["slice"] for r in recs} == {"all", "cold_0", "cold_2", "long_tail"}
+    assert {r["metric"] for r in recs} == {"ndcg@5", "hr@5", "mrr", "coverage@5", "long_tail_share@5"}
+    for r in recs:
+        assert r["benchmark"] == "offline_eval" and r["seeds"] == "0,1" and r["std"] == 0.0 and r["dataset"] == "tiny"
+        assert r["n"] == (15 if r["slice"] != "long_tail" else run.settings["slices"]["long_tail"])
+    assert "mined-tags" in run.settings["absent"]["three_tower_llm_tags"]
+    assert "no-llm" in run.settings["absent"]["coldstart_none"]
+    assert run.settings["long_tail"]["head_mass"] == 0.5
+    assert run.settings["model_configs"]["item_knn"] == {"neighbors": 5, "shrink": 0.0}
+    # A cold_0 user has no history: item-kNN falls back to popularity exactly.
+    get = {(r["model"], r["slice"], r["metric"]): r["value"] for r in recs}
+    assert get[("item_knn", "cold_0", "ndcg@5")] == pytest.approx(get[("popularity", "cold_0", "ndcg@5")])
+
+
+def test_report_files_and_target_ratios(tmp_path):
+    def rec(model, s, metric, value, n=10):
+        return {"benchmark": "offline_eval", "metric": metric, "value": value, "unit": "fraction", "model": model,
+                "slice": s, "std": 0.01, "seeds": "0,1,2", "n": n}
+
+    records = [rec("sasrec_ce", "all", "ndcg@10", 0.10), rec("sasrec_ce", "cold_1", "ndcg@10", 0.02),
+               rec("three_tower_heuristic_tags", "all", "ndcg@10", 0.11), rec("three_tower_heuristic_tags", "cold_1",
+               "ndcg@10", 0.03), rec("three_tower_llm_rerank", "all", "ndcg@10", 0.2, n=3)]
+    records += [dict(r, metric="hr@10") for r in records]
+    lines = "\n".join(target_lines(records))
+    assert "| all | three_tower_heuristic_tags | 0.1100 | 0.1000 | 1.10x | >= 1.05x | met |" in lines
+    assert "| cold_1 | three_tower_heuristic_tags | 0.0300 | 0.0200 | 1.50x | >= 1.3x | met |" in lines
+    settings = {"evaluate_config": {"seeds": [0, 1, 2], "k": 10}, "absent": {"three_tower_llm_tags": "no Parquet"}}
+    paths = write_report(records, settings, tmp_path / "r.md")
+    md = paths[0].read_text()
+    assert "0.2000 ± 0.0100 (n=3)" in md and "three_tower_llm_tags: no Parquet" in md
+    assert md == render_markdown(records, settings, paths[1:])
+    for png in paths[1:]:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+class _Model:
+    """The three-tower surface ColdStartScorer uses: item vectors, user encoding (mean of item vectors)."""
+
+    profiles = {}
+
+    def __init__(self, n):
+        rng = np.random.default_rng(0)
+        self.items = rng.normal(size=(n, 4)).astype(np.float32)
+
+    def item_vectors(self):
+        return self.items
+
+    def encode_users(self, seqs, profiles):  # [S, d], L2-normalised like the real user tower
+        v = np.stack([self.items[s].mean(axis=0) if len(s) else np.ones(4, np.float32) for s in seqs])
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_coldstart_scorer_averages_sequences_and_refuses_foreign_histories():
+    model = _Model(8)
+    fused = {"u": [np.array([5, 1]), np.array([6, 1])]}
+    got = ColdStartScorer("late", model, fused).score([np.array([1])], ["u"])
+    want = model.items[[5, 1]].mean(0) / np.linalg.norm(model.items[[5, 1]].mean(0)) + \
+        model.items[[6, 1]].mean(0) / np.linalg.norm(model.items[[6, 1]].mean(0))
+    want = want / np.linalg.norm(want)
+    assert np.allclose(got[0, 1:], (want @ model.items.T)[1:], atol=1e-5) and got[0, 0] == -np.inf
+    none = ColdStartScorer("none", model, {}).score([np.array([1])], ["u"])
+    assert np.argmax(none[0, 1:]) == np.argmax((model.items[1] @ model.items.T)[1:])
+    with pytest.raises(ValueError, match="does not end with"):
+        ColdStartScorer("x", model, {"u": [np.array([5, 2])]}).score([np.array([1])], ["u"])
+
+
+def test_rerank_scorer_reorders_only_the_top_candidates(tiny):
+    from llmrec.llm import FakeBackend
+    from llmrec.schema import Narrative
+
+    items = [tiny.item_index[i] for i in ItemVocab.from_items(tiny.items).ids]
+    base = FixedScorer([0] + list(range(len(items), 0, -1)))
+    narr = {"1": Narrative(user_id="1", text="1d ago liked | Toy Story (1995; Animation)", as_of="1998-01-01T00:00:00Z",
+                           n_events_in=1, n_items_out=1, n_tokens=10, max_tokens=100)}
+    scorer = RerankScorer(base, narr, items, FakeBackend(), top_n=5, config=None)
+    hist = [np.array([2])]
+    s = scorer.score(hist, ["1"])
+    order = np.argsort(-s[0, 1:], kind="stable") + 1
+    top = order[order != 2][:5]
+    assert sorted(top.tolist()) == [1, 3, 4, 5, 6]  # same candidates, the LLM's order
+    assert order[order != 2][5:12].tolist() == list(range(7, 14))  # the rest keeps the base order
+
+
+@pytest.mark.slow
+def test_llm_rows_run_end_to_end_with_the_fake_backend(tiny, tmp_path):
+    from llmrec.config import ColdStartConfig
+    from llmrec.llm import FakeBackend
+
+    config = EvaluateConfig(models=("three_tower_llm_rerank", "coldstart_none", "coldstart_early_fusion",
+                                    "coldstart_late_fusion"), seeds=(0,), cold_lengths=(0, 1), rerank_users=3,
+                            rerank_top=4, coldstart_users=2, coldstart=ColdStartConfig(max_events=1),
+                            coldstart_cache=str(tmp_path / "cold.json"),
+                            towers=TowerConfig(encoder="hashed-bow", epochs=1, max_len=10, beta_grid=(0.5, 1.0)))
+    backend = FakeBackend()
+    run = run_evaluation(tiny, config, backend=backend, log=lambda s: None)
+    got = {(r["model"], r["slice"]): r["n"] for r in run.records if r["metric"] == "ndcg@10"}
+    assert got == {("three_tower_llm_rerank", "all"): 3, **{(m, s): 2 for m in ("coldstart_none",
+                   "coldstart_early_fusion", "coldstart_late_fusion") for s in ("cold_0", "cold_1")}}
+    assert run.settings["notes"]["three_tower_llm_rerank"]["top"] == 4
+    assert json.loads((tmp_path / "cold.json").read_text())  # imagined histories cached
+    assert backend.calls  # the LLM was asked
+
+
+@pytest.mark.slow
+def test_quick_cli_end_to_end(tiny, tmp_path):
+    from typer.testing import CliRunner
+
+    from llmrec.bench import read_records
+    from llmrec.cli import app
+
+    folder = tiny.save(tmp_path / "tiny")
+    out = tmp_path / "reports" / "tiny.json"
+    res = CliRunner().invoke(app, ["evaluate", "--dataset", str(folder), "--out", str(out), "--quick", "--no-llm",
+                                   "--models", "popularity,sasrec_ce,three_tower_notag,three_tower_heuristic_tags"])
+    assert res.exit_code == 0, res.output
+    recs = read_records(out)
+    assert {r["model"] for r in recs} == {"popularity", "sasrec_ce", "three_tower_notag", "three_tower_heuristic_tags"}
+    settings = json.loads(out.with_suffix(".settings.json").read_text())
+    assert settings["evaluate_config"]["seeds"] == [0] and settings["split_hash"]
+    assert settings["model_configs"]["sasrec_ce"]["loss"] == "ce" and "commit" in settings["git_commit"]
+    assert out.with_suffix(".md").is_file() and (out.parent / "tiny_ndcg_by_history.png").is_file()
