@@ -245,3 +245,25 @@ def test_quick_cli_end_to_end(tiny, tmp_path):
     assert settings["evaluate_config"]["seeds"] == [0] and settings["split_hash"]
     assert settings["model_configs"]["sasrec_ce"]["loss"] == "ce" and "commit" in settings["git_commit"]
     assert out.with_suffix(".md").is_file() and (out.parent / "tiny_ndcg_by_history.png").is_file()
+
+
+def test_cli_config_file_with_option_overrides(tiny, tmp_path):
+    from typer.testing import CliRunner
+
+    from llmrec.bench import read_records
+    from llmrec.cli import app
+
+    folder = tiny.save(tmp_path / "tiny")
+    cfg = EvaluateConfig(models=("popularity", "three_tower_llm_rerank"), seeds=(4,), max_users=12, k=3)
+    path = cfg.to_json(tmp_path / "cfg.json")
+    out = tmp_path / "r.json"
+    res = CliRunner().invoke(app, ["evaluate", "--dataset", str(folder), "--out", str(out), "--config", str(path),
+                                   "--seeds", "5,6", "--no-llm"])
+    assert res.exit_code == 0, res.output
+    recs = read_records(out)
+    assert {r["seeds"] for r in recs} == {"5,6"} and {r["n"] for r in recs if r["slice"] == "all"} == {12}
+    assert "ndcg@3" in {r["metric"] for r in recs}
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert "three_tower_llm_rerank" in summary["absent"]
+    bad = CliRunner().invoke(app, ["evaluate", "--dataset", str(folder), "--out", str(out), "--models", "nope"])
+    assert bad.exit_code != 0 and "models" in bad.output

@@ -70,6 +70,9 @@ def register(app: typer.Typer) -> None:
                                                         "(--quick: 100)."),
         backend: str = typer.Option("vllm", help="LLM backend for the LLM rows: vllm or transformers."),
         coldstart_cache: Path = typer.Option(None, help="JSON cache of imagined histories (reused across runs)."),
+        config_file: Path = typer.Option(None, "--config", help="An EvaluateConfig JSON (e.g. a previous run's "
+                                                                "settings' evaluate_config) to start from; the "
+                                                                "other options override its fields."),
     ) -> None:
         """Train and score every model on one split (3 seeds); write records, settings, Markdown and plots."""
         from llmrec.bench import write_records
@@ -79,7 +82,9 @@ def register(app: typer.Typer) -> None:
 
         if backend not in ("vllm", "transformers"):
             raise typer.BadParameter(f"--backend must be vllm or transformers, got {backend!r}")
-        over: dict = {"dataset": dataset, "use_llm": not no_llm, "llm": LLMConfig(backend=backend)}
+        over: dict = {"dataset": dataset, "use_llm": not no_llm}
+        if backend != "vllm" or config_file is None:
+            over["llm"] = LLMConfig(backend=backend)
         for key, value in (("llm_tags", llm_tags), ("llm_lora_tags", llm_lora_tags),
                            ("coldstart_cache", coldstart_cache)):
             if value is not None:
@@ -95,7 +100,13 @@ def register(app: typer.Typer) -> None:
         if models is not None:
             over["models"] = tuple(m.strip() for m in models.split(",") if m.strip())
         try:
-            config = quick_config(**over) if quick else EvaluateConfig(**over)
+            if config_file is not None:
+                if quick:
+                    raise typer.BadParameter("--config and --quick exclude each other")
+                start = json.loads(config_file.read_text())
+                config = EvaluateConfig(**{**start.get("evaluate_config", start), **over})
+            else:
+                config = quick_config(**over) if quick else EvaluateConfig(**over)
         except ValueError as e:
             raise typer.BadParameter(str(e)) from None
         out = out or Path("reports") / f"{Path(dataset).name}.json"
