@@ -32,3 +32,23 @@ def check_scores(scores: np.ndarray, batch: int, vocab_size: int, name: str = "s
     if not np.isfinite(scores[:, 1:]).all():
         raise ValueError(f"{name}.score returned non-finite scores for real items (columns 1..)")
     return scores.astype(np.float32, copy=False)
+
+
+def rank_split_targets(scorer: SequenceScorer, histories: dict[str, np.ndarray], targets: dict[str, int],
+                       vocab_size: int, batch_size: int = 256) -> np.ndarray:
+    """[U] 1-based ranks of each user's target (full catalogue, the user's history excluded), in `targets` order.
+
+    histories: user -> visible item indices in time order (missing = cold user); targets: user -> item index.
+    The ranking rule lives in `llmrec.metrics.target_ranks`; this only batches the scorer.
+    """
+    from llmrec.metrics import target_ranks  # local: keeps `retrieval.base` importable without llmrec.metrics
+
+    users = list(targets)
+    empty = np.zeros(0, dtype=np.int64)
+    ranks = np.empty(len(users), dtype=np.int64)
+    for start in range(0, len(users), batch_size):
+        batch = users[start : start + batch_size]
+        hist = [np.asarray(histories.get(u, empty), dtype=np.int64) for u in batch]
+        scores = check_scores(scorer.score(hist, batch), len(batch), vocab_size, getattr(scorer, "name", "scorer"))
+        ranks[start : start + len(batch)] = target_ranks(scores, np.array([targets[u] for u in batch]), hist)
+    return ranks
