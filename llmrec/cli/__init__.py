@@ -31,6 +31,9 @@ _narrate.register(app)
 from llmrec.cli import evaluate as _evaluate  # noqa: E402
 
 _evaluate.register(app)
+from llmrec.cli import sasrec as _sasrec  # noqa: E402
+
+_sasrec.register(app)
 
 
 def main() -> None:
