@@ -28,9 +28,15 @@ _demo.register(app)
 from llmrec.cli import narrate as _narrate  # noqa: E402
 
 _narrate.register(app)
+from llmrec.cli import retriever as _retriever  # noqa: E402
+
+_retriever.register(app)
 from llmrec.cli import evaluate as _evaluate  # noqa: E402
 
 _evaluate.register(app)
+from llmrec.cli import finetune as _finetune  # noqa: E402
+
+_finetune.register(app)
 from llmrec.cli import sasrec as _sasrec  # noqa: E402
 
 _sasrec.register(app)
