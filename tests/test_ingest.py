@@ -196,3 +196,8 @@ def test_import_cli_writes_a_dataset_folder_and_prints_the_report(tmp_path):
     assert len(resolve_dataset(tmp_path / "ds").events) == 3
     strict = CliRunner().invoke(app, args + ["--strict"])
     assert strict.exit_code == 2 and "row 4, field 'item_id'" in strict.output
+
+
+def test_malformed_csv_names_file_and_line(tmp_path):
+    with pytest.raises(DataError, match=r"events\.csv: cannot parse as CSV: .*line 5"):
+        load(tmp_path, GOOD + "u3,1,874965478,4,extra\n")
