@@ -8,7 +8,9 @@ tags table is given, each user's LLM tags paired with the training items they hi
 Early stopping watches validation NDCG@10 of the user tower alone (beta = 1). Then beta is chosen on the
 validation targets over `TowerConfig.beta_grid` with the user tags T_u, and the test targets are scored once.
 Heuristic tags (`history_tags`) are computed from exactly the events visible at each stage, so they never see
-the target; an LLM tags table is used as given (mine it as of the validation time to keep test honest).
+the target. An LLM tags table is used as given for both stages: tags mined as of the test target (what
+`llmrec mine-interests` does) have seen the validation event, so the beta chosen on validation may lean
+towards the tags; the test figures stay clean.
 """
 
 from __future__ import annotations
@@ -167,8 +169,15 @@ def train_towers(dataset: Dataset, split: Split, config: TowerConfig | None = No
     report.update(best_epoch=best["epoch"], epochs_run=len(history), history=history,
                   feature_seconds=round(t_features, 1), train_seconds=round(t_train, 1),
                   temperature=round(float(model.temperature().detach()), 4),
-                  tags_source=(tags_info or {}).get("path", "heuristic") if llm_tags is not None else "heuristic")
+                  tags_source=_tags_source(llm_tags, tags_info))
     return TrainResult(model=model, report=report)
+
+
+def _tags_source(llm_tags, tags_info) -> str:
+    if llm_tags is None:
+        return "heuristic"
+    info = tags_info or {}
+    return str(info.get("path") or info.get("source") or "llm")
 
 
 def _fit(model, config, train_seqs, tag_feats, pair_tag, pair_item, split, vocab, rng, gen):

@@ -255,3 +255,12 @@ def test_cli_train_retriever_writes_a_loadable_model(tiny, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["split_hash"] == split_leave_one_out(tiny.events).hash
     assert manifest["encoder"]["name"] == "hashed-bow" and manifest["tags"] == {"source": "heuristic"}
+
+
+def test_training_with_llm_tags_uses_them_for_beta_and_serving(tiny, tmp_path):
+    split = split_leave_one_out(tiny.events)
+    llm = {"1": ["funny animated movies", "dark 90s thrillers"], "2": ["romantic dramas"]}
+    res = train_towers(tiny, split, tiny_config(tmp_path, epochs=1, patience=1), llm_tags=llm,
+                       tags_info={"source": "llm"})
+    assert res.report["tags_source"] == "llm"
+    assert res.model.user_tags == llm  # the model serves the LLM tags, not heuristic ones
