@@ -173,7 +173,8 @@ def run_evaluation(dataset: Dataset, config: EvaluateConfig | None = None, backe
     """Train and score every row of `config.models`; records plus the settings that froze them.
 
     `backend`: an `LLMBackend` for the re-ranking and cold-start rows; None with `config.use_llm` starts
-    `make_backend(config.llm)` when such a row is due, and closes it at the end.
+    `make_backend(config.llm)` when such a row is first due and closes it after the first seed's LLM work.
+    An LLM row that fails is left out with the error as its reason (the other rows still report).
     """
     from llmrec.evaluate_llm import coldstart_rows, imagine_cold_histories, rerank_row
     from retrieval.baselines import ItemKNNScorer, PopularityScorer
@@ -236,12 +237,28 @@ def run_evaluation(dataset: Dataset, config: EvaluateConfig | None = None, backe
     if "coldstart_none" in wanted and not config.use_llm:
         absent["coldstart_none"] = "compared only with the LLM cold-start rows, which --no-llm skipped"
     rows = [m for m in wanted if m not in absent]
-    llm_rows = [m for m in rows if m == "three_tower_llm_rerank" or m in COLDSTART_ROWS]
-    own_backend = backend is None and bool(llm_rows)
-    if own_backend:
-        from llmrec.llm import make_backend
+    llm = {"backend": backend, "own": False}
 
-        backend = make_backend(config.llm)
+    def get_backend():
+        if llm["backend"] is None:  # started only when an LLM row is due: it holds GBs of memory
+            from llmrec.llm import make_backend
+
+            llm["backend"], llm["own"] = make_backend(config.llm), True
+        return llm["backend"]
+
+    def guarded(names: Sequence[str], fn: Callable[[], object]):
+        """Run an LLM row; a failure leaves the row out with its reason instead of losing the whole run."""
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - reported in the settings and the Markdown
+            for m in names:
+                absent[m] = f"failed: {type(e).__name__}: {str(e)[:300]}"
+                rows.remove(m)
+                for key in [key for key in values if key[0] == m]:
+                    del values[key]
+            log(f"[evaluate] {', '.join(names)} failed: {type(e).__name__}: {e}")
+            return None
+
     try:
         # Deterministic baselines: fitted once, the same for every seed.
         if "popularity" in rows:
@@ -274,12 +291,19 @@ def run_evaluation(dataset: Dataset, config: EvaluateConfig | None = None, backe
                 if "three_tower_heuristic_tags" in rows:
                     tower_rows("three_tower_heuristic_tags", seed, base, slice_tags, proto.slices)
                 if "three_tower_llm_rerank" in rows and seed == config.seeds[0]:
-                    notes["three_tower_llm_rerank"] = rerank_row(dataset, proto, config, base, slice_tags("all"),
-                                                                 backend, add, seed)
+                    notes["three_tower_llm_rerank"] = guarded(["three_tower_llm_rerank"], lambda: rerank_row(
+                        dataset, proto, config, base, slice_tags("all"), get_backend(), add, seed))
                 cold_rows = [m for m in COLDSTART_ROWS if m in rows]
-                if cold_rows:
-                    if imagined is None:
-                        imagined, notes["coldstart"] = imagine_cold_histories(dataset, proto, config, backend, cold)
+                if cold_rows and imagined is None:
+                    imagined = guarded(cold_rows, lambda: imagine_cold_histories(dataset, proto, config,
+                                                                                 get_backend(), cold))
+                    if imagined is not None:
+                        imagined, notes["coldstart"] = imagined
+                if llm["own"] and llm["backend"] is not None:
+                    llm["backend"].close()  # every LLM call is done after the first seed
+                    llm["backend"] = None
+                cold_rows = [m for m in COLDSTART_ROWS if m in rows]
+                if cold_rows and imagined is not None:
                     coldstart_rows(proto, config, base.model, imagined, cold_rows, add, seed)
             for row, (tags, info) in llm_tags.items():
                 res = train_towers(dataset, proto.split, tcfg, llm_tags=tags, tags_info=info)
@@ -292,8 +316,8 @@ def run_evaluation(dataset: Dataset, config: EvaluateConfig | None = None, backe
                     res = train_towers(dataset, proto.split, tcfg.model_copy(update=switch))
                     tower_rows(row, seed, res, slice_tags, proto.slices)
     finally:
-        if own_backend and backend is not None:
-            backend.close()
+        if llm["own"] and llm["backend"] is not None:
+            llm["backend"].close()
     records = _aggregate(values, seeds_of, betas, n_of, config)
     settings = {
         "evaluate_config": config.model_dump(mode="json"),

@@ -208,23 +208,31 @@ def test_rerank_scorer_reorders_only_the_top_candidates(tiny):
 
 
 @pytest.mark.slow
-def test_llm_rows_run_end_to_end_with_the_fake_backend(tiny, tmp_path):
+def test_llm_rows_run_end_to_end_and_a_failing_row_is_reported(tiny, tmp_path):
     from llmrec.config import ColdStartConfig
     from llmrec.llm import FakeBackend
 
-    config = EvaluateConfig(models=("three_tower_llm_rerank", "coldstart_none", "coldstart_early_fusion",
-                                    "coldstart_late_fusion"), seeds=(0,), cold_lengths=(0, 1), rerank_users=3,
+    class Backend(FakeBackend):
+        """Generates (cold start works); ranking breaks (re-ranking must be left out, not crash the run)."""
+
+        def score_choices(self, prompts, choices, *, adapter=None):
+            raise RuntimeError("engine died")
+
+    config = EvaluateConfig(models=("popularity", "three_tower_llm_rerank", "coldstart_none", "coldstart_early_fusion",
+                                    "coldstart_late_fusion"), seeds=(0, 1), cold_lengths=(0, 1), rerank_users=3,
                             rerank_top=4, coldstart_users=2, coldstart=ColdStartConfig(max_events=1),
                             coldstart_cache=str(tmp_path / "cold.json"),
                             towers=TowerConfig(encoder="hashed-bow", epochs=1, max_len=10, beta_grid=(0.5, 1.0)))
-    backend = FakeBackend()
+    backend = Backend()
     run = run_evaluation(tiny, config, backend=backend, log=lambda s: None)
-    got = {(r["model"], r["slice"]): r["n"] for r in run.records if r["metric"] == "ndcg@10"}
-    assert got == {("three_tower_llm_rerank", "all"): 3, **{(m, s): 2 for m in ("coldstart_none",
-                   "coldstart_early_fusion", "coldstart_late_fusion") for s in ("cold_0", "cold_1")}}
-    assert run.settings["notes"]["three_tower_llm_rerank"]["top"] == 4
+    got = {(r["model"], r["slice"]): (r["n"], r["seeds"]) for r in run.records if r["metric"] == "ndcg@10"}
+    assert {k: v for k, v in got.items() if k[0] != "popularity"} == {
+        (m, s): (2, "0,1") for m in ("coldstart_none", "coldstart_early_fusion", "coldstart_late_fusion")
+        for s in ("cold_0", "cold_1")}
+    assert "engine died" in run.settings["absent"]["three_tower_llm_rerank"]
+    assert run.settings["notes"]["coldstart"]["cold_0"]["generated"] == 2
     assert json.loads((tmp_path / "cold.json").read_text())  # imagined histories cached
-    assert backend.calls  # the LLM was asked
+    assert len(backend.calls) == 2  # one generation batch per cold slice, reused by the second seed
 
 
 @pytest.mark.slow
