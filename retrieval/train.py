@@ -21,7 +21,7 @@ import importlib.metadata
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -140,8 +140,12 @@ def _stage(split: Split, stage: str, vocab: ItemVocab) -> tuple[list[np.ndarray]
 
 
 def train_towers(dataset: Dataset, split: Split, config: TowerConfig | None = None,
-                 llm_tags: Mapping[str, Sequence[str]] | None = None, tags_info: dict | None = None) -> TrainResult:
-    """Train, early-stop, choose beta, score test; returns the model (index built) and a JSON-able report."""
+                 llm_tags: Mapping[str, Sequence[str]] | None = None, tags_info: dict | None = None,
+                 progress: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train, early-stop, choose beta, score test; returns the model (index built) and a JSON-able report.
+
+    `progress`, if given, receives each epoch's record (losses, validation NDCG@10) as it finishes.
+    """
     config = config or TowerConfig()
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -160,7 +164,8 @@ def train_towers(dataset: Dataset, split: Split, config: TowerConfig | None = No
         tag_texts, pair_tag, pair_item = tag_item_pairs(dataset, vocab, train_seqs, llm_tags)
         tag_feats = torch.from_numpy(model.text_encoder.encode(tag_texts, cache=True))  # [T, 384]
         t_features = time.perf_counter() - t0
-        best, history = _fit(model, config, train_seqs, tag_feats, pair_tag, pair_item, split, vocab, rng, gen)
+        best, history = _fit(model, config, train_seqs, tag_feats, pair_tag, pair_item, split, vocab, rng, gen,
+                             progress)
         t_train = time.perf_counter() - t0 - t_features
     finally:
         torch.set_num_threads(threads)
@@ -180,7 +185,7 @@ def _tags_source(llm_tags, tags_info) -> str:
     return str(info.get("path") or info.get("source") or "llm")
 
 
-def _fit(model, config, train_seqs, tag_feats, pair_tag, pair_item, split, vocab, rng, gen):
+def _fit(model, config, train_seqs, tag_feats, pair_tag, pair_item, split, vocab, rng, gen, progress):
     users = [u for u, s in train_seqs.items() if len(s) > 0]
     pop = np.bincount(np.concatenate([train_seqs[u] for u in users]), minlength=vocab.size).astype(np.float64)
     pop_prob = torch.from_numpy(pop / pop.sum())  # [N+1] q from training popularity
@@ -221,6 +226,8 @@ def _fit(model, config, train_seqs, tag_feats, pair_tag, pair_item, split, vocab
         history.append({"epoch": epoch, "loss": round(float(mean[0]), 4), "l_col": round(float(mean[1]), 4),
                         "l_tag": round(float(mean[2]), 4), "l_cate": round(float(mean[3]), 4),
                         "valid_ndcg@10": round(metrics["ndcg@10"], 4)})
+        if progress is not None:
+            progress(history[-1])
         if metrics["ndcg@10"] > best["ndcg@10"]:
             best = {"ndcg@10": metrics["ndcg@10"], "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
         elif epoch - best["epoch"] >= config.patience:
