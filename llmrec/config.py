@@ -180,7 +180,8 @@ class FinetuneConfig(StageConfig):
     narrative_max_tokens: int = Field(default=512, ge=32)  # budget of the input narrative (inference uses the same)
     n_interests: int = Field(default=5, ge=1, le=20)  # interests in the target (genre combinations before t)
     n_evidence: int = Field(default=3, ge=1, le=10)  # evidence item ids per target interest
-    n_tags: int = Field(default=10, ge=1, le=50)  # tags in the target (items taken after t)
+    n_tags: int = Field(default=30, ge=1, le=50)  # tags in the target (items taken after t), best first
+    tag_horizon: int = Field(default=20, ge=1)  # events after t whose items give the tag target
     # LoRA (peft.LoraConfig)
     r: int = Field(default=8, ge=1, le=256)
     alpha: float = Field(default=16.0, gt=0.0)
@@ -191,6 +192,8 @@ class FinetuneConfig(StageConfig):
     warmup_steps: int = Field(default=4, ge=0)
     epochs: int = Field(default=1, ge=1)
     max_train_tokens: int = Field(default=150_000, ge=1)  # stop after this many tokens (~120 tok/s on 2 cores)
+    max_train_minutes: float | None = Field(default=None, gt=0.0)  # wall-clock guard for shared machines: stop
+    # early, still save the adapter, and record `stopped_by` in the manifest (None = token budget only)
     batch_size: int = Field(default=4, ge=1)  # examples per optimizer step (accumulated one by one, no padding)
     max_seq_len: int = Field(default=1024, ge=16)  # longer examples are skipped and counted
     valid_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)  # share of USERS held out for validation loss

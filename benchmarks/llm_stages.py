@@ -1,0 +1,168 @@
+"""The LLM stages on held-out users (benchmark "llm_stages"): base vs LoRA vs two tag heuristics, and the
+vLLM path vs the transformers path.
+
+Users: the adapter's validation users (`manifest.json` "valid_users": their events never trained it), first
+--users of them by id. Each user's narrative is rendered as of their TEST target from `Split.history("test")`
+with the adapter's narrative budget, prompts and MiningConfig (from its manifest), so base and LoRA see the
+very same prompts; the tag target is the user's next item (the test target).
+
+Models: "base" (packaged SmolLM2, vLLM, schema-guided), "lora" (the same engine with the adapter as a
+LoRARequest), "popular_tags" (the 30 most frequent item tags over everyone's visible history) and
+"history_tags" (the user's 30 most frequent past item tags, `llmrec.tags.history_tags`).
+
+Metrics (records: benchmark, metric, value, unit, model, path, stage, k, n):
+- valid_first_try (stage interests|tags): share of answers that parsed against the wire schema and were
+  usable on the first try; valid_final: share of users whose interests AND tags both came from validated
+  model output (after the one retry); fallback_rate = 1 - valid_final (flagged heuristic stood in).
+- tag_hr (k=10, 30): RecGPT's tag HR@k against the next item (`llmrec.tags.tag_hit_rate`; the tag ->
+  attribute mapping is in that module's docstring), over all users, fallbacks included.
+- grounding: share of cited evidence items that resolve to an item of the user's narrative (so of their
+  history before the target), `MiningStats.grounding`.
+- output_tokens_per_s, users_per_min: wall-clock, whole mining (interests + tags + retries). The "throughput"
+  slice runs the LoRA model on the first --throughput-users users through BOTH paths (same model, prompts,
+  adapter, one process), and records vllm_speedup = vLLM tokens/s / transformers tokens/s.
+
+    python benchmarks/llm_stages.py --adapter adapters/ml-100k-lora [--users 64] [--throughput-users 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from llmrec.bench import record, write_records
+from llmrec.config import LLMConfig, MiningConfig, NarrativeConfig
+from llmrec.data import resolve_dataset
+from llmrec.interests import MiningStats, mine_interests
+from llmrec.model import load_tokenizer
+from llmrec.narrative import render_narratives
+from llmrec.split import split_leave_one_out
+from llmrec.tags import history_tags, popular_tags, tag_hit_rate
+
+BENCH = "llm_stages"
+KS = (10, 30)
+
+
+def held_out_users(adapter: Path, candidates: set[str], n: int) -> list[str]:
+    """The adapter's validation users that have a test target, first n by id."""
+    manifest = json.loads((adapter / "manifest.json").read_text())
+    users = sorted((u for u in manifest["valid_users"] if u in candidates), key=lambda u: (len(u), u))
+    if not users:
+        raise ValueError(f"{adapter}/manifest.json lists no validation user with a test target")
+    return users[:n]
+
+
+def score_llm(model: str, profiles, stats: MiningStats, next_items, path: str) -> list[dict]:
+    n = len(profiles)
+    tag_calls = n - stats.interests_fallback
+    ctx = {"model": model, "path": path, "n": n}
+    recs = [
+        record(BENCH, "valid_first_try", stats.interests_valid_first / n, "fraction", stage="interests", **ctx),
+        record(BENCH, "valid_first_try", stats.tags_valid_first / tag_calls if tag_calls else 0.0, "fraction",
+               stage="tags", **ctx),
+        record(BENCH, "valid_final", stats.valid_rate, "fraction", **ctx),
+        record(BENCH, "fallback_rate", 1.0 - stats.valid_rate, "fraction", **ctx),
+        record(BENCH, "grounding", stats.grounding, "fraction", cited=stats.evidence_cited, **ctx),
+        record(BENCH, "output_tokens_per_s", stats.output_tokens / stats.seconds, "tokens/s", **ctx),
+        record(BENCH, "users_per_min", 60 * n / stats.seconds, "users/min", **ctx),
+        record(BENCH, "tags_per_user", stats.tags_kept / max(n - stats.tags_fallback - stats.interests_fallback, 1),
+               "tags", **ctx),
+    ]
+    tags = [[t.text for t in p.tags] for p in profiles]
+    recs += [record(BENCH, "tag_hr", tag_hit_rate(tags, next_items, k), "fraction", k=k, **ctx) for k in KS]
+    return recs
+
+
+def score_heuristic(model: str, tags: list[list[str]], next_items) -> list[dict]:
+    return [record(BENCH, "tag_hr", tag_hit_rate(tags, next_items, k), "fraction", k=k, model=model, path="none",
+                   n=len(tags)) for k in KS]
+
+
+def timed_mining(backend, narratives, mining, adapter, items, log) -> tuple[list, MiningStats]:
+    t = time.perf_counter()
+    profiles, stats = mine_interests(narratives, backend, mining, adapter=adapter, items=items)
+    log(f"  {backend.name} adapter={adapter is not None}: {len(narratives)} users in {time.perf_counter() - t:.0f}s, "
+        f"{stats.output_tokens} output tokens, valid_final {stats.valid_rate:.2f}, grounding {stats.grounding:.2f}")
+    return profiles, stats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--adapter", required=True, help="LoRA adapter folder from `llmrec finetune`.")
+    parser.add_argument("--dataset", default="ml-100k", help="Built-in name or dataset folder (as for finetune).")
+    parser.add_argument("--model", default=None, help="Base model folder (default: packaged SmolLM2).")
+    parser.add_argument("--users", type=int, default=64, help="Held-out users scored (first N by id).")
+    parser.add_argument("--throughput-users", type=int, default=16,
+                        help="Users run through both the vLLM and the transformers path (LoRA model).")
+    parser.add_argument("--out", default=None, help="JSON path; default reports/bench/llm_stages.json.")
+    args = parser.parse_args()
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    adapter = Path(args.adapter).resolve()
+    manifest = json.loads((adapter / "manifest.json").read_text())
+    mining = MiningConfig(**manifest["mining_config"])
+    ncfg = NarrativeConfig(**manifest["narrative_config"])
+
+    ds = resolve_dataset(args.dataset)
+    split = split_leave_one_out(ds.events)
+    if manifest.get("split_hash") not in (None, split.hash):
+        log(f"warning: adapter split hash {manifest['split_hash']} != this split {split.hash}")
+    history = split.history("test")
+    as_of = split.as_of("test")
+    users = held_out_users(adapter, set(as_of.index), args.users)
+    next_items = [ds.item_index[i] for i in split.test.set_index("user_id").loc[users, "item_id"]]
+    narratives = render_narratives(history[history["user_id"].isin(set(users))], ds.items, as_of.loc[users], ncfg,
+                                   load_tokenizer(args.model))
+    log(f"{len(users)} held-out users; narrative budget {ncfg.max_tokens}; adapter {adapter}")
+
+    records: list[dict] = []
+    seen = {u: [ds.item_index[i] for i in g["item_id"]] for u, g in history.groupby("user_id")}
+    k = max(KS)
+    records += score_heuristic("popular_tags", [popular_tags(seen.values(), k)] * len(users), next_items)
+    records += score_heuristic("history_tags", [history_tags(seen[u], k) for u in users], next_items)
+
+    from llmrec.llm import make_backend
+
+    tp = narratives[: args.throughput_users]
+    tp_items = next_items[: args.throughput_users]
+    vllm = make_backend(LLMConfig(model=args.model, backend="vllm"))
+    try:
+        for name, adp in (("base", None), ("lora", str(adapter))):
+            profiles, stats = timed_mining(vllm, narratives, mining, adp, ds.item_index, log)
+            records += score_llm(name, profiles, stats, next_items, "vllm")
+        profiles, stats_v = timed_mining(vllm, tp, mining, str(adapter), ds.item_index, log)
+        records += [dict(r, slice="throughput") for r in score_llm("lora", profiles, stats_v, tp_items, "vllm")]
+    finally:
+        vllm.close()
+    hf = make_backend(LLMConfig(model=args.model, backend="transformers"))
+    try:
+        profiles, stats_t = timed_mining(hf, tp, mining, str(adapter), ds.item_index, log)
+        records += [dict(r, slice="throughput") for r in score_llm("lora", profiles, stats_t, tp_items, "transformers")]
+    finally:
+        hf.close()
+    speedup = (stats_v.output_tokens / stats_v.seconds) / (stats_t.output_tokens / stats_t.seconds)
+    records.append(record(BENCH, "vllm_speedup", speedup, "x", model="lora", slice="throughput", n=len(tp),
+                          users_speedup=stats_t.seconds / stats_v.seconds))
+    path = write_records(records, BENCH, args.out)
+    print_table(records)
+    log(f"wrote {path}")
+
+
+def print_table(records: list[dict]) -> None:
+    rows: dict[tuple, dict] = {}
+    for r in records:
+        key = (r.get("slice", "held-out"), r["model"], r.get("path", ""), r["n"])
+        col = r["metric"] + (f"_{r['stage'][:3]}" if "stage" in r else "") + (f"@{r['k']}" if "k" in r else "")
+        rows.setdefault(key, {})[col] = r["value"]
+    cols = ["valid_first_try_int", "valid_first_try_tag", "valid_final", "tag_hr@10", "tag_hr@30", "grounding",
+            "tags_per_user", "output_tokens_per_s", "users_per_min", "vllm_speedup"]
+    short = ["valid_i", "valid_t", "valid", "HR@10", "HR@30", "ground", "tags/u", "tok/s", "users/min", "speedup"]
+    print(f"{'slice':<11}{'model':<13}{'path':<13}{'n':>4}" + "".join(f"{c:>10}" for c in short))
+    for (slice_, model, path, n), row in rows.items():
+        cells = "".join(f"{row[c]:>10.3f}" if c in row else f"{'-':>10}" for c in cols)
+        print(f"{slice_:<11}{model:<13}{path:<13}{n:>4}" + cells)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""LoRA fine-tuning of the LLM stages on event-derived targets: `build_sft` makes the data, `train_lora` trains.
+
+`finetune_dataset` is the one path from a dataset to an adapter folder (used by `llmrec finetune`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from llmrec.config import FinetuneConfig, MiningConfig, NarrativeConfig
+
+TINY_USERS = 20  # `--tiny`: the first 20 train users by id, a handful of optimizer steps
+
+
+def tiny_config(**overrides: Any) -> FinetuneConfig:
+    """A run of a few steps on short examples, for tests and smoke runs (seconds on an idle CPU)."""
+    base = dict(narrative_max_tokens=64, n_evidence=1, n_tags=5, tag_horizon=5, max_seq_len=512,
+                max_train_tokens=700, batch_size=2, max_valid_examples=2, eval_every_steps=1, warmup_steps=0,
+                learning_rate=2e-3, valid_fraction=0.2)
+    return FinetuneConfig(**{**base, **overrides})
+
+
+def finetune_dataset(
+    dataset: Any,
+    config: FinetuneConfig,
+    out: str | Path,
+    *,
+    model: str | Path | None = None,
+    mining: MiningConfig | None = None,
+    max_users: int | None = None,
+    log: Any = print,
+) -> Any:
+    """Split the dataset, build SFT examples from the TRAIN split only, train LoRA, save to `out`.
+
+    Returns `finetune.train_lora.TrainResult`. `max_users` keeps the first N users by id (tiny runs).
+    """
+    from finetune.build_sft import build_sft_examples
+    from finetune.train_lora import train_lora
+    from llmrec.interests import PROMPTS
+    from llmrec.model import load_tokenizer, resolve_model
+    from llmrec.prompts import prompt_hashes
+    from llmrec.split import split_leave_one_out
+
+    mining = mining or MiningConfig()
+    split = split_leave_one_out(dataset.events)
+    train = split.train
+    if max_users is not None:
+        keep = sorted(train["user_id"].unique(), key=lambda u: (len(u), u))[:max_users]
+        train = train[train["user_id"].isin(keep)]
+    tokenizer = load_tokenizer(resolve_model(model))
+    examples, report = build_sft_examples(train, dataset.item_index, dataset.items, config, tokenizer, mining)
+    log(f"SFT: {report.to_dict()['examples']} examples from {report.cuts} cuts of {report.users} users; "
+        f"skipped {report.skipped}")
+    if not examples:
+        raise ValueError(f"no SFT example could be built from {dataset.name}: {report.to_dict()}")
+    extra = {
+        "dataset": dataset.name,
+        "split_hash": split.hash,
+        "split_report": split.report,
+        "prompt_hashes": prompt_hashes(PROMPTS),
+        "mining_config": mining.model_dump(mode="json"),
+        "narrative_config": NarrativeConfig(max_tokens=config.narrative_max_tokens).model_dump(mode="json"),
+        "sft_report": report.to_dict(),
+        "max_users": max_users,
+    }
+    return train_lora(examples, config, out, model=model, manifest_extra=extra, log=log)

@@ -1,0 +1,228 @@
+"""SFT examples from the events themselves (no teacher model), for the two LLM tasks of `llmrec.interests`.
+
+Construction, per TRAIN-split user (`llmrec.split` train events only: the validation and test targets are
+never read) and per cut fraction f in `FinetuneConfig.cut_fractions`:
+
+1. Cut. The user's train events are in time order e_0..e_{n-1}; k = round(f * n) and the cut time is
+   t = time(e_k). *Before* = events with time < t (strictly; same-second ties of e_k count as after),
+   *after* = events with time >= t. Cuts with fewer than `min_events_before_cut` events before, or no
+   after-event with a positive taste weight, give no example and are counted in `SFTReport.skipped`.
+2. Input. The narrative (`llmrec.narrative.render_narratives`, budget `narrative_max_tokens`) of the
+   before-events only, as of t: the renderer is given no after-event at all, and itself reads only events
+   strictly before `as_of`. So no event at or after t can enter the input.
+3. Interest target (interest-mining task). Every before-event votes for the "modifier + core" tags of its
+   item (`llmrec.tags.item_tags`: decade + genre, genre pair) with its taste weight (liked 2, watched 1,
+   purchased 2, clicked 0.5, disliked and others 0). The `n_interests` best-voted combinations that have an
+   item visible in the narrative become the interests; their evidence is up to `n_evidence` such visible
+   items (best weight, then most recent), cited by title exactly as the narrative writes it.
+4. Tag target (tag-prediction task; RecGPT's tag pre-alignment). The first `tag_horizon` after-events vote
+   for their items' tags with taste weight x 0.9^position (the sooner, the more it counts); the `n_tags`
+   best are the target, best first, each pointing at the interest whose attributes overlap it most.
+   These tags describe what the user really took next, so they are ground truth for tag HR@k.
+5. Format. The prompts are `llmrec.interests.interest_messages` / `tag_messages` (the very prompts used at
+   inference) and the answers are compact JSON validated against `interests_wire` / `tags_wire` (the
+   schemas that constrain decoding), so the tuned model emits what the parser accepts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from finetune.train_lora import SFTExample
+from llmrec.config import FinetuneConfig, MiningConfig, NarrativeConfig
+from llmrec.interests import interest_messages, interests_wire, narrative_items, tag_messages, tags_wire
+from llmrec.narrative import NarrativeReport, render_narratives
+from llmrec.schema import Item
+from llmrec.tags import item_tags, tag_attributes
+
+# How much an event says about taste; behaviours not listed (e.g. "disliked") say nothing positive.
+TASTE_WEIGHTS = {"liked": 2.0, "purchased": 2.0, "watched": 1.0, "clicked": 0.5}
+AFTER_DECAY = 0.9  # weight of the j-th after-event is TASTE_WEIGHT * AFTER_DECAY**j
+
+
+@dataclass
+class SFTReport:
+    """What was built and what was skipped, by reason (nothing is dropped silently)."""
+
+    users: int = 0
+    cuts: int = 0
+    examples: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+    narrative: dict[str, Any] = field(default_factory=dict)
+
+    def skip(self, reason: str, n: int = 1) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + n
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"users": self.users, "cuts": self.cuts, "examples": dict(self.examples),
+                "skipped": dict(self.skipped), "narrative": dict(self.narrative)}
+
+
+@dataclass(frozen=True)
+class Cut:
+    """One user's history cut at time t: `before` feeds the input, `after` only the tag target."""
+
+    key: str  # "user#fraction-index": the narrative key (a user may be cut several times)
+    user_id: str
+    t: pd.Timestamp
+    before: pd.DataFrame
+    after: pd.DataFrame
+
+
+def check_configs(config: FinetuneConfig, mining: MiningConfig) -> None:
+    """The SFT targets must fit the wire schemas the mining stage decodes with."""
+    if not mining.min_interests <= config.n_interests <= mining.max_interests:
+        raise ValueError(f"FinetuneConfig.n_interests={config.n_interests} must lie within MiningConfig "
+                         f"[min_interests={mining.min_interests}, max_interests={mining.max_interests}]")
+    if config.n_evidence > mining.max_evidence:
+        raise ValueError(f"FinetuneConfig.n_evidence={config.n_evidence} exceeds MiningConfig.max_evidence="
+                         f"{mining.max_evidence}")
+    if config.n_tags > mining.max_tags:
+        raise ValueError(f"FinetuneConfig.n_tags={config.n_tags} exceeds MiningConfig.max_tags={mining.max_tags}")
+
+
+def cut_histories(train_events: pd.DataFrame, config: FinetuneConfig, report: SFTReport) -> list[Cut]:
+    """Every (user, cut fraction) with enough history before t (step 1 of the module docstring)."""
+    cuts = []
+    for user_id, ev in train_events.groupby("user_id", sort=True):
+        ev = ev.sort_values("timestamp", kind="mergesort").reset_index(drop=True)
+        report.users += 1
+        seen_t: set[pd.Timestamp] = set()
+        for j, f in enumerate(config.cut_fractions):
+            k = int(round(f * len(ev)))
+            if k >= len(ev):
+                report.skip("no_event_after_cut")
+                continue
+            t = ev["timestamp"].iloc[k]
+            if t in seen_t:  # two fractions landing on the same time would duplicate an example
+                report.skip("duplicate_cut_time")
+                continue
+            seen_t.add(t)
+            before, after = ev[ev["timestamp"] < t], ev[ev["timestamp"] >= t]
+            if len(before) < config.min_events_before_cut:
+                report.skip("too_few_events_before_cut")
+                continue
+            cuts.append(Cut(key=f"{user_id}#{j}", user_id=str(user_id), t=t, before=before, after=after))
+    report.cuts = len(cuts)
+    return cuts
+
+
+def interest_target(before: pd.DataFrame, visible: Sequence[str], items: dict[str, Item],
+                    config: FinetuneConfig, mining: MiningConfig) -> list[dict[str, Any]]:
+    """Dominant attribute combinations of the history before t, with visible evidence items (step 3)."""
+    votes: dict[str, float] = defaultdict(float)
+    weight_of: dict[str, float] = {}
+    recency: dict[str, int] = {}
+    for pos, row in enumerate(before.itertuples(index=False)):
+        w = TASTE_WEIGHTS.get(row.behavior, 0.0)
+        weight_of[row.item_id], recency[row.item_id] = w, pos
+        if w > 0:
+            for tag in item_tags(items[row.item_id]):
+                votes[tag] += w
+    visible_set = set(visible)
+    out = []
+    for tag, _ in sorted(votes.items(), key=lambda kv: (-kv[1], kv[0])):
+        evidence = [i for i in visible_set if weight_of.get(i, 0.0) > 0 and tag in item_tags(items[i])
+                    and len(cite_title(items[i])) <= mining.max_evidence_chars]
+        if not evidence:
+            continue
+        evidence.sort(key=lambda i: (-weight_of[i], -recency[i], i))
+        out.append({"n": tag, "e": [cite_title(items[i]) for i in evidence[: config.n_evidence]]})
+        if len(out) == config.n_interests:
+            break
+    return out
+
+
+def tag_target(after: pd.DataFrame, interest_names: Sequence[str], items: dict[str, Item],
+               config: FinetuneConfig) -> list[dict[str, Any]]:
+    """Tags of the items taken right after t, best first, each tied to its closest interest (step 4)."""
+    votes: dict[str, float] = defaultdict(float)
+    for pos, row in enumerate(after.head(config.tag_horizon).itertuples(index=False)):
+        w = TASTE_WEIGHTS.get(row.behavior, 0.0) * AFTER_DECAY**pos
+        if w > 0:
+            for tag in item_tags(items[row.item_id]):
+                votes[tag] += w
+    interest_attrs = [tag_attributes(n) or frozenset() for n in interest_names]
+    out = []
+    for tag, _ in sorted(votes.items(), key=lambda kv: (-kv[1], kv[0]))[: config.n_tags]:
+        attrs = tag_attributes(tag) or frozenset()
+        overlap = [len(attrs & a) / max(len(attrs | a), 1) for a in interest_attrs]
+        out.append({"t": tag, "i": int(np.argmax(overlap)) if overlap else 0})
+    return out
+
+
+def cite_title(item: Item) -> str:
+    """How the narrative writes an item's title (whitespace collapsed), the form the model must cite."""
+    return " ".join(item.title.split())
+
+
+def dump_answer(obj: dict[str, Any]) -> str:
+    """Compact JSON: no spaces, since every output token costs decoding time."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def build_sft_examples(
+    train_events: pd.DataFrame,
+    items: dict[str, Item],
+    items_table: pd.DataFrame,
+    config: FinetuneConfig,
+    tokenizer: Any,
+    mining: MiningConfig | None = None,
+) -> tuple[list[SFTExample], SFTReport]:
+    """Interest and tag SFT examples for every cut of every user in `train_events` (the train split).
+
+    Args:
+        train_events: `Split.train` (or a subset of its users); never pass validation/test events.
+        items / items_table: the catalogue as `Dataset.item_index` and `Dataset.items`.
+        tokenizer: the LLM's tokenizer (narrative budgets are counted in its tokens).
+    """
+    mining = mining or MiningConfig()
+    check_configs(config, mining)
+    report = SFTReport()
+    cuts = cut_histories(train_events, config, report)
+    if not cuts:
+        return [], report
+
+    # Step 2: narratives of the before-events only, keyed per cut, as of t.
+    before = pd.concat([c.before.assign(user_id=c.key) for c in cuts], ignore_index=True)
+    as_of = pd.Series([c.t for c in cuts], index=[c.key for c in cuts])
+    narr_report = NarrativeReport()
+    narratives = render_narratives(before, items_table, as_of, NarrativeConfig(max_tokens=config.narrative_max_tokens),
+                                   tokenizer, narr_report)
+    report.narrative = narr_report.to_dict()
+    by_key = {n.user_id: n for n in narratives}
+
+    i_wire, t_wire = interests_wire(mining), tags_wire(mining)
+    examples: list[SFTExample] = []
+    for cut in cuts:
+        narrative = by_key[cut.key]
+        seen = {i: items[i] for i in cut.before["item_id"].unique() if i in items}
+        visible = list(dict.fromkeys(narrative_items(narrative.text, seen).values()))
+        interests = interest_target(cut.before, visible, items, config, mining)
+        if len(interests) < config.n_interests:
+            report.skip("too_few_interests_with_visible_evidence")
+            continue
+        tags = tag_target(cut.after, [x["n"] for x in interests], items, config)
+        if not tags:
+            report.skip("no_taste_after_cut")
+            continue
+        # Validate against the decoding schemas: a target the parser would reject must never be trained on.
+        i_answer = dump_answer(i_wire.model_validate({"i": interests}).model_dump())
+        t_answer = dump_answer(t_wire.model_validate({"t": tags}).model_dump())
+        cut_time = cut.t.to_pydatetime()
+        examples.append(SFTExample(
+            user_id=cut.user_id, task="interests", cut_time=cut_time,
+            messages=(*interest_messages(narrative.text, mining), {"role": "assistant", "content": i_answer})))
+        examples.append(SFTExample(
+            user_id=cut.user_id, task="tags", cut_time=cut_time,
+            messages=(*tag_messages(narrative.text, [x["n"] for x in interests], mining),
+                      {"role": "assistant", "content": t_answer})))
+        for task in ("interests", "tags"):
+            report.examples[task] = report.examples.get(task, 0) + 1
+    return examples, report
