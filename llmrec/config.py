@@ -277,10 +277,10 @@ class TowerConfig(StageConfig):
     alpha: float = Field(default=0.5, ge=0.0, le=1.0)  # L = L_col + alpha L_tag + (1 - alpha) L_cate
     tag_batch_size: int = Field(default=256, ge=1)  # (tag, item) pairs per step for L_tag and L_cate
     batch_size: int = Field(default=64, ge=1)  # users per step (every position of each is a next-item example)
-    lr: float = Field(default=1e-3, gt=0.0)
+    lr: float = Field(default=3e-3, gt=0.0)  # ML-100K: 3e-3 reached valid NDCG@10 0.090 vs 0.067 at 1e-3
     weight_decay: float = Field(default=0.0, ge=0.0)
     epochs: int = Field(default=60, ge=1)  # upper bound; early stopping on validation NDCG@10 ends sooner
-    patience: int = Field(default=5, ge=1)  # epochs without a validation gain before stopping
+    patience: int = Field(default=8, ge=1)  # epochs without a validation gain before stopping (noisy metric)
     beta_grid: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
     tag_pooling: Literal["mean", "max"] = "mean"  # s_tag = mean (or max) over the user's tags of tag . item
     user_tags: int = Field(default=10, ge=1)  # heuristic tags per user (history_tags k) when no tags table
