@@ -228,7 +228,8 @@ def run_evaluation(dataset: Dataset, config: EvaluateConfig | None = None, backe
         if row not in wanted:
             continue
         if path is None:
-            absent[row] = f"no mined-tags Parquet given (--{key.replace('_', '-')}; produce one with `llmrec mine-interests`)"
+            absent[row] = (f"no mined-tags Parquet given (--{key.replace('_', '-')}; produce one with "
+                           "`llmrec mine-interests`)")
         else:
             llm_tags[row] = read_tags_table(tags_parquet(path))
     for row in ("three_tower_llm_rerank", "coldstart_early_fusion", "coldstart_late_fusion"):
@@ -260,22 +261,23 @@ def run_evaluation(dataset: Dataset, config: EvaluateConfig | None = None, backe
             return None
 
     try:
-        # Deterministic baselines: fitted once, the same for every seed.
+        # Deterministic baselines: fitted and scored once; every seed would give the same numbers.
+        baselines: dict[str, SequenceScorer] = {}
         if "popularity" in rows:
-            pop = PopularityScorer.fit(proto.split.train, proto.vocab)
-            for seed in config.seeds:
-                add("popularity", seed, pop, proto.slices) if seed == config.seeds[0] else seeds_of["popularity"].append(seed)
+            baselines["popularity"] = PopularityScorer.fit(proto.split.train, proto.vocab)
         if "item_knn" in rows:
-            knn = ItemKNNScorer.fit(proto.split.train, proto.vocab, config.knn_neighbors, config.knn_shrink)
-            for seed in config.seeds:
-                add("item_knn", seed, knn, proto.slices) if seed == config.seeds[0] else seeds_of["item_knn"].append(seed)
+            baselines["item_knn"] = ItemKNNScorer.fit(proto.split.train, proto.vocab, config.knn_neighbors,
+                                                      config.knn_shrink)
+        for name, scorer in baselines.items():
+            add(name, config.seeds[0], scorer, proto.slices)
+            seeds_of[name] = list(config.seeds)
         imagined = None
         for seed in config.seeds:
             for loss in ("bce", "ce"):
                 if f"sasrec_{loss}" in rows:
                     t0 = time.perf_counter()
                     scorer, rep = train_sasrec(proto.split, proto.vocab, config.sasrec.model_copy(
-                        update={"loss": loss, "seed": seed}), log=lambda s: None)
+                        update={"loss": loss, "seed": seed}), log=lambda s, n=loss: log(f"[evaluate] sasrec_{n} {s}"))
                     reports.setdefault(f"sasrec_{loss}", []).append(
                         {"seed": seed, **{k: v for k, v in rep.items() if k != "curve"}})
                     log(f"[evaluate] sasrec_{loss} seed={seed} trained in {time.perf_counter() - t0:.0f}s "
@@ -321,7 +323,8 @@ def run_evaluation(dataset: Dataset, config: EvaluateConfig | None = None, backe
     records = _aggregate(values, seeds_of, betas, n_of, config)
     settings = {
         "evaluate_config": config.model_dump(mode="json"),
-        "dataset": {"name": dataset.name, **{k: v for k, v in dataset.summary().items() if k in ("users", "items", "events")}},
+        "dataset": {"name": dataset.name, "users": int(dataset.events["user_id"].nunique()),
+                    "items": len(dataset.items), "events": len(dataset.events)},
         "split_hash": proto.split.hash, "split_report": proto.split.report,
         "slices": {s: len(v.users) for s, v in proto.slices.items()},
         "long_tail": {"items": int(proto.long_tail.size), "catalogue": proto.vocab.size - 1,

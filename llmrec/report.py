@@ -86,9 +86,9 @@ def plot_ndcg_by_slice(records: Sequence[dict], path: str | Path, k: int = 10) -
     fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(slices)), 5))
     width = 0.8 / max(len(values), 1)
     for j, (model, row) in enumerate(values.items()):
-        xs = [i + j * width for i, s in enumerate(slices) if s in row]
-        ax.bar(xs, [row[s]["value"] for s in slices if s in row], width, yerr=[row[s]["std"] for s in slices if s in row],
-               label=model)
+        have = [i for i, s in enumerate(slices) if s in row]
+        ax.bar([i + j * width for i in have], [row[slices[i]]["value"] for i in have], width,
+               yerr=[row[slices[i]]["std"] for i in have], label=model)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(slices))], slices)
     ax.set_ylabel(f"NDCG@{k} (test)")
     ax.set_title(f"NDCG@{k} per slice per model")
