@@ -15,7 +15,8 @@ Metrics (records: benchmark, metric, value, unit, model, path, stage, k, n):
   usable on the first try; valid_final: share of users whose interests AND tags both came from validated
   model output (after the one retry); fallback_rate = 1 - valid_final (flagged heuristic stood in).
 - tag_hr (k=10, 30): RecGPT's tag HR@k against the next item (`llmrec.tags.tag_hit_rate`; the tag ->
-  attribute mapping is in that module's docstring), over all users, fallbacks included.
+  attribute mapping is in that module's docstring), over all users, fallbacks included; tag_hr_llm_only:
+  the same over the users whose tags the model produced itself (n_llm of them).
 - grounding: share of cited evidence items that resolve to an item of the user's narrative (so of their
   history before the target), `MiningStats.grounding`.
 - output_tokens_per_s, users_per_min: wall-clock, whole mining (interests + tags + retries). The "throughput"
@@ -72,6 +73,12 @@ def score_llm(model: str, profiles, stats: MiningStats, next_items, path: str) -
     ]
     tags = [[t.text for t in p.tags] for p in profiles]
     recs += [record(BENCH, "tag_hr", tag_hit_rate(tags, next_items, k), "fraction", k=k, **ctx) for k in KS]
+    # The same over the users whose tags the model itself produced (fallbacks use history tags).
+    own = [i for i, p in enumerate(profiles) if p.source == "llm"]
+    if own:
+        recs += [record(BENCH, "tag_hr_llm_only", tag_hit_rate([tags[i] for i in own], [next_items[i] for i in own],
+                                                               k), "fraction", k=k, n_llm=len(own), **ctx)
+                 for k in KS]
     return recs
 
 
@@ -155,9 +162,11 @@ def print_table(records: list[dict]) -> None:
         key = (r.get("slice", "held-out"), r["model"], r.get("path", ""), r["n"])
         col = r["metric"] + (f"_{r['stage'][:3]}" if "stage" in r else "") + (f"@{r['k']}" if "k" in r else "")
         rows.setdefault(key, {})[col] = r["value"]
-    cols = ["valid_first_try_int", "valid_first_try_tag", "valid_final", "tag_hr@10", "tag_hr@30", "grounding",
-            "tags_per_user", "output_tokens_per_s", "users_per_min", "vllm_speedup"]
-    short = ["valid_i", "valid_t", "valid", "HR@10", "HR@30", "ground", "tags/u", "tok/s", "users/min", "speedup"]
+    cols = ["valid_first_try_int", "valid_first_try_tag", "valid_final", "tag_hr@10", "tag_hr@30",
+            "tag_hr_llm_only@10", "tag_hr_llm_only@30", "grounding", "tags_per_user", "output_tokens_per_s",
+            "users_per_min", "vllm_speedup"]
+    short = ["valid_i", "valid_t", "valid", "HR@10", "HR@30", "HRllm@10", "HRllm@30", "ground", "tags/u", "tok/s",
+             "users/min", "speedup"]
     print(f"{'slice':<11}{'model':<13}{'path':<13}{'n':>4}" + "".join(f"{c:>10}" for c in short))
     for (slice_, model, path, n), row in rows.items():
         cells = "".join(f"{row[c]:>10.3f}" if c in row else f"{'-':>10}" for c in cols)

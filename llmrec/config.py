@@ -195,7 +195,7 @@ class FinetuneConfig(StageConfig):
     max_train_minutes: float | None = Field(default=None, gt=0.0)  # wall-clock guard for shared machines: stop
     # early, still save the adapter, and record `stopped_by` in the manifest (None = token budget only)
     batch_size: int = Field(default=4, ge=1)  # examples per optimizer step (accumulated one by one, no padding)
-    max_seq_len: int = Field(default=1024, ge=16)  # longer examples are skipped and counted
+    max_seq_len: int = Field(default=1280, ge=16)  # longer examples are skipped and counted (ML-100K: max ~1110)
     valid_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)  # share of USERS held out for validation loss
     max_valid_examples: int = Field(default=16, ge=1)  # validation examples scored per evaluation
     eval_every_steps: int = Field(default=20, ge=1)
