@@ -169,12 +169,15 @@ def evaluate(dataset: Dataset, config: EvaluateConfig | None = None, backend=Non
 
 
 def run_evaluation(dataset: Dataset, config: EvaluateConfig | None = None, backend=None,
-                   log: Callable[[str], None] = print) -> EvaluationRun:
+                   log: Callable[[str], None] = print,
+                   checkpoint: Callable[[EvaluationRun], None] | None = None) -> EvaluationRun:
     """Train and score every row of `config.models`; records plus the settings that froze them.
 
     `backend`: an `LLMBackend` for the re-ranking and cold-start rows; None with `config.use_llm` starts
     `make_backend(config.llm)` when such a row is first due and closes it after the first seed's LLM work.
     An LLM row that fails is left out with the error as its reason (the other rows still report).
+    `checkpoint` receives the partial run (settings["complete"] False) after every scored row, so a long
+    run that is killed still leaves its finished rows behind.
     """
     from llmrec.evaluate_llm import coldstart_rows, imagine_cold_histories, rerank_row
     from retrieval.baselines import ItemKNNScorer, PopularityScorer
@@ -195,6 +198,22 @@ def run_evaluation(dataset: Dataset, config: EvaluateConfig | None = None, backe
     cold = [s for s in proto.slices if s.startswith("cold_")]
     tags_cache: dict[str, dict[str, list[str]]] = {}
 
+    def snapshot(complete: bool = False) -> EvaluationRun:
+        records = _aggregate(values, seeds_of, betas, n_of, config)
+        settings = {
+            "evaluate_config": config.model_dump(mode="json"),
+            "dataset": {"name": dataset.name, "users": int(dataset.events["user_id"].nunique()),
+                        "items": len(dataset.items), "events": len(dataset.events)},
+            "split_hash": proto.split.hash, "split_report": proto.split.report,
+            "slices": {s: len(v.users) for s, v in proto.slices.items()},
+            "long_tail": {"items": int(proto.long_tail.size), "catalogue": proto.vocab.size - 1,
+                          "head_mass": config.long_tail_mass},
+            "model_configs": {m: row_config(m, config) for m in rows},
+            "absent": absent, "notes": notes, "model_reports": reports, "betas": betas,
+            "seconds": round(time.perf_counter() - t_start, 1), "complete": complete,
+        }
+        return EvaluationRun(records=records, settings=settings)
+
     def add(model: str, seed: int, scorer: SequenceScorer, slices: Sequence[str], views=None) -> None:
         for s in slices:
             view = (views or proto.slices)[s]
@@ -207,6 +226,8 @@ def run_evaluation(dataset: Dataset, config: EvaluateConfig | None = None, backe
                 f"(n={len(view.users)}, {time.perf_counter() - t0:.1f}s)")
         if seed not in seeds_of.setdefault(model, []):
             seeds_of[model].append(seed)
+        if checkpoint is not None:
+            checkpoint(snapshot())
 
     def slice_tags(s: str) -> dict[str, list[str]]:
         if s not in tags_cache:
@@ -320,20 +341,7 @@ def run_evaluation(dataset: Dataset, config: EvaluateConfig | None = None, backe
     finally:
         if llm["own"] and llm["backend"] is not None:
             llm["backend"].close()
-    records = _aggregate(values, seeds_of, betas, n_of, config)
-    settings = {
-        "evaluate_config": config.model_dump(mode="json"),
-        "dataset": {"name": dataset.name, "users": int(dataset.events["user_id"].nunique()),
-                    "items": len(dataset.items), "events": len(dataset.events)},
-        "split_hash": proto.split.hash, "split_report": proto.split.report,
-        "slices": {s: len(v.users) for s, v in proto.slices.items()},
-        "long_tail": {"items": int(proto.long_tail.size), "catalogue": proto.vocab.size - 1,
-                      "head_mass": config.long_tail_mass},
-        "model_configs": {m: row_config(m, config) for m in rows},
-        "absent": absent, "notes": notes, "model_reports": reports, "betas": betas,
-        "seconds": round(time.perf_counter() - t_start, 1),
-    }
-    return EvaluationRun(records=records, settings=settings)
+    return snapshot(complete=True)
 
 
 def row_config(model: str, config: EvaluateConfig) -> dict:

@@ -133,6 +133,8 @@ def render_markdown(records: Sequence[dict], settings: dict, plots: Sequence[Pat
         f"Command: `{settings.get('command', 'llmrec evaluate')}`  ",
         f"Git commit: {settings.get('git_commit', '?')}; split hash: {settings.get('split_hash', '?')}; "
         f"seeds: {', '.join(map(str, cfg.get('seeds', [])))}; run time: {settings.get('seconds', '?')} s.", "",
+        *([] if settings.get("complete", True) else
+          ["**Partial report: the run is still going (or was stopped); rows below are the finished ones.**", ""]),
         "Protocol: leave-one-out by time (last event = test, the one before = validation), full-catalogue "
         "ranking with pessimistic ties, the items of the history shown to the model excluded. Cold slices "
         "show only the last N events before the test item (models trained on the normal split). Long tail: "

@@ -121,9 +121,13 @@ def test_baseline_rows_records_and_absent_rows(tiny):
     config = EvaluateConfig(dataset="tiny", models=("popularity", "item_knn", "three_tower_llm_tags", "coldstart_none"),
                             seeds=(0, 1), cold_lengths=(0, 2), max_users=15, sample_seed=3, k=5, use_llm=False,
                             long_tail_mass=0.5, knn_neighbors=5, knn_shrink=0.0, score_batch_size=4)
-    run = run_evaluation(tiny, config, log=lambda s: None)
+    partial = []
+    run = run_evaluation(tiny, config, log=lambda s: None, checkpoint=partial.append)
     recs = run.records
     assert {r["model"] for r in recs} == {"popularity", "item_knn"}
+    # A checkpoint after each scored row: a killed run still leaves its finished rows.
+    assert [{r["model"] for r in p.records} for p in partial] == [{"popularity"}, {"popularity", "item_knn"}]
+    assert not partial[0].settings["complete"] and run.settings["complete"]
     assert {r["slice"] for r in recs} == {"all", "cold_0", "cold_2", "long_tail"}
     assert {r["metric"] for r in recs} == {"ndcg@5", "hr@5", "mrr", "coverage@5", "long_tail_share@5"}
     for r in recs:
@@ -250,7 +254,7 @@ def test_quick_cli_end_to_end(tiny, tmp_path):
     recs = read_records(out)
     assert {r["model"] for r in recs} == {"popularity", "sasrec_ce", "three_tower_notag", "three_tower_heuristic_tags"}
     settings = json.loads(out.with_suffix(".settings.json").read_text())
-    assert settings["evaluate_config"]["seeds"] == [0] and settings["split_hash"]
+    assert settings["evaluate_config"]["seeds"] == [0] and settings["split_hash"] and settings["complete"]
     assert settings["model_configs"]["sasrec_ce"]["loss"] == "ce" and "commit" in settings["git_commit"]
     assert out.with_suffix(".md").is_file() and (out.parent / "tiny_ndcg_by_history.png").is_file()
 

@@ -75,10 +75,8 @@ def register(app: typer.Typer) -> None:
                                                                 "other options override its fields."),
     ) -> None:
         """Train and score every model on one split (3 seeds); write records, settings, Markdown and plots."""
-        from llmrec.bench import write_records
         from llmrec.data import resolve_dataset
         from llmrec.evaluate import run_evaluation
-        from llmrec.report import write_report
 
         if backend not in ("vllm", "transformers"):
             raise typer.BadParameter(f"--backend must be vllm or transformers, got {backend!r}")
@@ -110,13 +108,25 @@ def register(app: typer.Typer) -> None:
         except ValueError as e:
             raise typer.BadParameter(str(e)) from None
         out = out or Path("reports") / f"{Path(dataset).name}.json"
-        run = run_evaluation(resolve_dataset(dataset), config, log=lambda s: print(s, file=sys.stderr, flush=True))
-        settings = {**run.settings, "command": " ".join(["llmrec", *sys.argv[1:]]),
-                    "git_commit": git_commit(Path(__file__).resolve().parents[2])}
-        write_records(run.records, "offline_eval", out)
-        settings_path = out.with_suffix(".settings.json")
-        settings_path.write_text(json.dumps(settings, indent=2, sort_keys=True, default=str) + "\n")
-        paths = write_report(run.records, settings, out.with_suffix(".md"))
-        print(json.dumps({"records": str(out), "settings": str(settings_path), "report": [str(p) for p in paths],
+        extra = {"command": " ".join(["llmrec", *sys.argv[1:]]),
+                 "git_commit": git_commit(Path(__file__).resolve().parents[2])}
+        run = run_evaluation(resolve_dataset(dataset), config, log=lambda s: print(s, file=sys.stderr, flush=True),
+                             checkpoint=lambda partial: write_outputs(partial, out, extra))
+        paths = write_outputs(run, out, extra)
+        print(json.dumps({"records": str(out), "settings": str(paths[0]), "report": [str(p) for p in paths[1:]],
                           "n_records": len(run.records), "seconds": run.settings["seconds"],
                           "absent": run.settings["absent"]}))
+
+
+def write_outputs(run, out: Path, extra: dict) -> list[Path]:
+    """Records JSON, settings JSON, Markdown and plots for a (possibly partial) run; returns the other paths."""
+    from llmrec.bench import write_records
+    from llmrec.report import write_report
+
+    settings = {**run.settings, **extra}
+    write_records(run.records, "offline_eval", out)
+    settings_path = out.with_suffix(".settings.json")
+    tmp = settings_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(settings, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.replace(settings_path)
+    return [settings_path, *write_report(run.records, settings, out.with_suffix(".md"))]
