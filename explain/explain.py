@@ -36,6 +36,7 @@ from llmrec.tags import item_attributes, tag_attributes
 
 PROMPT = "explain"
 TABLE_FILE = "explanations.parquet"
+MIN_WORDS = 3  # fewer words is not an explanation
 _YEAR = re.compile(r"\b(1[89]\d\d|20\d\d)\b")
 # Words the tag vocabulary maps to a genre but that explanations use as plain verbs ("you'll love it").
 _VERB_SENSE = re.compile(r"\b(love|loves|loved|loving)\b")
@@ -130,10 +131,12 @@ class ExplainStats:
 
 
 def _parse(text: str, config: ExplainConfig) -> str | None:
+    """The sentence, or None for invalid JSON or a non-sentence (small models echo the format's "sentence")."""
     try:
-        return explain_wire(config.max_chars).model_validate_json(text).e
+        sentence = explain_wire(config.max_chars).model_validate_json(text).e
     except ValidationError:
         return None
+    return sentence if len(sentence.split()) >= MIN_WORDS else None
 
 
 def _generate(backend: LLMBackend, messages: list[Messages], config: ExplainConfig, temperature: float,

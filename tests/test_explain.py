@@ -84,6 +84,8 @@ def test_regeneration_can_rescue_and_retries_zero_goes_straight_to_template():
     out, stats = explain_pairs([("space horror", ALIEN)], FakeBackend(flaky), ExplainConfig())
     assert not out[0].flagged and stats.invalid == 1 and stats.regenerated == 1 and stats.llm_final == 1
     assert stats.valid_first == 0
+    echo, _ = explain_pairs([("space horror", ALIEN)], FakeBackend(lambda m, s: '{"e": "sentence"}'), ExplainConfig())
+    assert echo[0].flagged  # the format's placeholder echoed back is no explanation
     backend = RecordingBackend(lambda m, s: "not json {")
     out, stats = explain_pairs([("space horror", ALIEN)], backend, ExplainConfig(retries=0))
     assert len(backend.calls) == 1 and out[0].flagged and stats.regenerated == 0
@@ -134,3 +136,24 @@ def test_explanations_as_a_resumable_job(tmp_path):
     assert res.n_rows == 6 and sorted(frame["pair_key"]) == sorted(keys)
     table = ExplanationTable.load(tmp_path / "shard-00000.parquet")  # a shard loads like a table
     assert len(table) == 4 and table.get("space horror", "1") is not None
+
+
+@pytest.mark.slow
+def test_real_smollm2_explanations_are_validated_and_faithful_or_flagged(model_dir, tiny):
+    """The real packaged model (transformers backend, no decoding constraint): whatever it writes, every
+    pair ends with an explanation that is either the model's and passes the checks, or the flagged template."""
+    from llmrec.config import LLMConfig
+    from llmrec.llm import TransformersBackend
+
+    backend = TransformersBackend(LLMConfig(model=str(model_dir), backend="transformers", batch_size=4))
+    items = tiny.item_index
+    pairs = [("1990s romantic comedies", items["69"]), ("dark crime thrillers", items["98"])]
+    cfg = ExplainConfig(max_tokens=32, batch_size=4)
+    out, stats = explain_pairs(pairs, backend, cfg)
+    assert [(e.interest, e.item_id) for e in out] == [(i, it.item_id) for i, it in pairs]
+    assert stats.llm_final + stats.templated == 2 and stats.n_output_tokens > 0
+    for (interest, item), e in zip(pairs, out):
+        if e.flagged:
+            assert e == template_explanation(interest, item, cfg)
+        else:
+            assert check_faithful(e.text, interest, item, [p[0] for p in pairs]) is None and len(e.text.split()) >= 3
