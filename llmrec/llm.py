@@ -218,7 +218,7 @@ class VLLMBackend:
             enforce_eager=config.enforce_eager, seed=config.seed,
             # Compact JSON (no free whitespace between tokens): an engine-wide switch, the per-request flag is
             # ignored; without it SmolLM2 pads answers with newlines until max_tokens.
-            structured_outputs_config={"disable_any_whitespace": True},
+            structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True},
         )  # fmt: skip
         if config.enable_lora:
             kwargs.update(enable_lora=True, max_lora_rank=config.max_lora_rank, max_loras=config.max_loras)

@@ -5,7 +5,8 @@ Start the server with the module (the `vllm` console script fails in this enviro
     VLLM_CPU_OMP_THREADS_BIND=0-1 python -m vllm.entrypoints.openai.api_server --model DIR \
         --served-model-name base --dtype float32 --enforce-eager --gpu-memory-utilization 0.35 \
         --max-model-len 4096 --enable-lora --max-lora-rank 16 --lora-modules NAME=ADAPTER_DIR \
-        --structured-outputs-config '{"disable_any_whitespace": true}' --host 127.0.0.1 --port 8000
+        --structured-outputs-config '{"backend": "xgrammar", "disable_any_whitespace": true}' \
+        --host 127.0.0.1 --port 8000
 
 `DIR` is `llmrec model prepare`'s folder. `adapter=NAME` (or an adapter folder whose name is NAME) selects the
 LoRA module; with `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True` on the server, unknown adapter folders are loaded on
