@@ -265,7 +265,8 @@ class TowerConfig(StageConfig):
     id_embedding: bool = True  # item tower adds a learned ID embedding (zero-initialised) to content features
     profile_features: bool = True  # user tower adds hashed profile features (age bucket, gender, occupation)
     profile_buckets: int = Field(default=256, ge=1)  # hashlib buckets shared by all profile features
-    max_len: int = Field(default=50, ge=2)  # most recent items fed to the user tower (with a start token)
+    max_len: int = Field(default=100, ge=2)  # most recent items fed to the user tower (with a start token);
+    # ML-100K seed 0: 100 -> valid/test NDCG@10 0.105/0.088, 50 -> 0.090/0.074 (about half the training time)
     layers: int = Field(default=2, ge=1)  # causal self-attention blocks of the user tower
     heads: int = Field(default=2, ge=1)
     dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
