@@ -128,10 +128,12 @@ def render_markdown(records: Sequence[dict], settings: dict, plots: Sequence[Pat
     """The whole report: settings, the two tables, the targets, the other metrics, notes and plots."""
     cfg = settings.get("evaluate_config", {})
     k = cfg.get("k", 10)
+    git = settings.get("git_commit") or {}
+    commit = f"{git.get('commit', '?')[:12]}{' + uncommitted changes' if git.get('dirty') else ''}"
     lines = [
         f"# Offline comparison: {settings.get('dataset', {}).get('name', '?')}", "",
         f"Command: `{settings.get('command', 'llmrec evaluate')}`  ",
-        f"Git commit: {settings.get('git_commit', '?')}; split hash: {settings.get('split_hash', '?')}; "
+        f"Git commit: {commit}; split hash: {settings.get('split_hash', '?')}; "
         f"seeds: {', '.join(map(str, cfg.get('seeds', [])))}; run time: {settings.get('seconds', '?')} s.", "",
         *([] if settings.get("complete", True) else
           ["**Partial report: the run is still going (or was stopped); rows below are the finished ones.**", ""]),
