@@ -154,6 +154,8 @@ class MiningStats:
     tags_valid_first: int = 0
     tags_valid_retry: int = 0
     tags_fallback: int = 0
+    answers: int = 0  # generations of both stages, retries included
+    answers_valid: int = 0  # of those, the ones that validated (JSON validity rate = answers_valid / answers)
     salvaged_truncated: int = 0  # answers cut at the token budget, closed after their last complete element
     evidence_cited: int = 0
     evidence_dropped: int = 0  # citations naming no item of the narrative
@@ -182,6 +184,7 @@ class MiningStats:
         d = asdict(self)
         minutes = self.seconds / 60
         d.update(grounding=round(self.grounding, 4), valid_rate=round(self.valid_rate, 4),
+                 json_valid_rate=round(self.answers_valid / self.answers, 4) if self.answers else None,
                  users_per_min=round(self.users / minutes, 2) if minutes else None,
                  output_tokens_per_s=round(self.output_tokens / self.seconds, 2) if self.seconds else None)
         return d
@@ -253,6 +256,7 @@ def generate_validated(
             gens = backend.generate([prompts[i] for i in chunk], json_schema=schema, max_tokens=max_tokens,
                                     temperature=temperature, adapter=adapter)
             for i, gen in zip(chunk, gens):
+                stats.answers += 1
                 stats.prompt_tokens += gen.n_prompt_tokens
                 stats.output_tokens += gen.n_output_tokens
                 try:
@@ -262,6 +266,7 @@ def generate_validated(
                     stats.error(user_ids[i], f"{stage}/try{attempt + 1}", str(e), gen.text)
                     failed.append(i)
                     continue
+                stats.answers_valid += 1
                 stats.salvaged_truncated += salvaged
                 key = f"{stage}_valid_first" if attempt == 0 else f"{stage}_valid_retry"
                 setattr(stats, key, getattr(stats, key) + 1)

@@ -106,6 +106,7 @@ def test_invalid_then_valid_is_retried_once_in_one_batch(tiny, narratives):
     profiles, stats = mine_interests(narratives, backend, MiningConfig(), items=tiny.item_index)
     assert [c["n"] for c in backend.calls] == [3, 3, 3, 3]
     assert stats.interests_valid_retry == stats.tags_valid_retry == 3 and stats.interests_valid_first == 0
+    assert (stats.answers, stats.answers_valid, stats.to_dict()["json_valid_rate"]) == (12, 6, 0.5)
     assert all(p.source == "llm" for p in profiles)
     assert stats.errors and stats.errors[0]["raw"].startswith("Sure!")
 
@@ -225,7 +226,7 @@ def test_cli_writes_profiles_manifest_and_summary(monkeypatch, tmp_path, capsys)
 # --- The real packaged model (SmolLM2-135M-Instruct) ----------------------------------------------
 
 REAL_MINING = MiningConfig(min_interests=2, max_interests=2, max_evidence=2, max_tags=4, max_name_chars=32,
-                           max_tag_chars=24, max_evidence_chars=48, interest_max_tokens=128, tag_max_tokens=80)
+                           max_tag_chars=24, max_evidence_chars=48, interest_max_tokens=112, tag_max_tokens=72)
 
 
 def real_narratives(tiny):
