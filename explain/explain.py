@@ -132,8 +132,9 @@ class ExplainStats:
 
 def _parse(text: str, config: ExplainConfig) -> str | None:
     """The sentence, or None for invalid JSON or a non-sentence (small models echo the format's "sentence")."""
+    start, end = text.find("{"), text.rfind("}")  # unconstrained backends may wrap the JSON in prose
     try:
-        sentence = explain_wire(config.max_chars).model_validate_json(text).e
+        sentence = explain_wire(config.max_chars).model_validate_json(text[start : end + 1] if 0 <= start < end else text).e
     except ValidationError:
         return None
     return sentence if len(sentence.split()) >= MIN_WORDS else None

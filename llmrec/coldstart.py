@@ -44,6 +44,7 @@ from llmrec.schema import Event, Item, Record, UserHistory
 
 PROMPT = "imagine_history"
 MAX_GENRES = 3
+PLACEHOLDERS = {"title", "movie", "genre"}  # the prompt's format example, echoed by small models
 AGE_BUCKETS = (18, 25, 35, 45, 50, 56)  # MovieLens-1M's bucket edges: <18, 18-24, ..., 56+
 Encode = Callable[[Sequence[str]], np.ndarray]  # texts -> [T, D] L2-normalised
 
@@ -206,15 +207,22 @@ def imagine_messages(profile: dict[str, str], history_items: Sequence[Item], exa
 
 
 def _parse(text: str, finish_reason: str, k: int):
+    """The validated answer, or None. Prose around the JSON is cut (unconstrained backends add it), a
+    budget-truncated answer is closed after its last complete item, and echoed placeholders are refused."""
     wire = imagine_wire(k)
-    try:
-        return wire.model_validate_json(text)
-    except ValidationError:
-        fixed = salvage_truncated(text) if finish_reason == "length" else None
+    start, end = text.find("{"), text.rfind("}")
+    body = text[start:] if start >= 0 else text
+    candidates = [text[start : end + 1] if 0 <= start < end else body]
+    if finish_reason == "length":
+        candidates.append(salvage_truncated(body))
+    for candidate in filter(None, candidates):
         try:
-            return wire.model_validate_json(fixed) if fixed else None
+            answer = wire.model_validate_json(candidate)
         except ValidationError:
-            return None
+            continue
+        if not any(m.t.casefold() in PLACEHOLDERS for m in answer.m):
+            return answer
+    return None
 
 
 def _fallback(examples: Sequence[ExampleUser], config: ColdStartConfig) -> list[Item]:

@@ -105,6 +105,12 @@ def test_invalid_answers_are_retried_then_fall_back_to_examples(world):
     h = out[0]
     example_items = {i.item_id for e in pool.similar("5", tiny.profile("5"), 3) for i in e.items}
     assert h.source == "fallback" and len(h.items) == 4 and {i.item_id for i in h.items} <= example_items
+    echo = 'JSON:\n{"m":[{"t":"title","g":["genre"],"y":1995}]}'
+    out, stats = imagine_histories(cold_users(tiny, ids=("5",)), FakeBackend(lambda m, s: echo), cfg, catalogue, pool)
+    assert out[0].source == "fallback"  # the format's placeholder echoed back is refused
+    prose = 'Sure! {"m":[{"t":"Toy Story","g":["Comedy"],"y":1995}]} Enjoy.'
+    out, stats = imagine_histories(cold_users(tiny, ids=("5",)), FakeBackend(lambda m, s: prose), cfg, catalogue, pool)
+    assert out[0].source == "llm" and out[0].items[0].title == "Toy Story"
     backend = FakeBackend(lambda m, s: "nope")
     imagine_histories(cold_users(tiny, ids=("5",)), backend, cfg.model_copy(update={"retries": 0}), catalogue, pool)
     assert len(backend.calls) == 1
@@ -160,3 +166,31 @@ def test_config_validation():
         ColdStartConfig(spacing_hours=0)
     cfg = ColdStartConfig(fusion="late", sim_threshold=0.3)
     assert ColdStartConfig.model_validate_json(cfg.model_dump_json()) == cfg
+
+
+@pytest.mark.slow
+def test_real_smollm2_imagines_a_valid_history_or_flagged_fallback(model_dir, tiny):
+    """The real packaged model and MiniLM: answers are validated, mapped to the catalogue above the threshold,
+    or replaced by the examples' first items; the result fuses into one ordered history."""
+    from llmrec.config import LLMConfig
+    from llmrec.llm import TransformersBackend
+    from retrieval.encoder import TextEncoder
+
+    backend = TransformersBackend(LLMConfig(model=str(model_dir), backend="transformers", batch_size=2))
+    items = list(tiny.item_index.values())[:300]  # a catalogue slice keeps MiniLM encoding short
+    encoder = TextEncoder("minilm")
+    catalogue = Catalogue(items, lambda texts: encoder.encode(texts, cache=len(texts) == len(items)))
+    pool = ExamplePool.from_events(tiny.events, {u: tiny.profile(u) for u in tiny.users["user_id"]},
+                                   {i.item_id: i for i in items}, n_items=3)
+    cfg = ColdStartConfig(n_imagined=3, n_examples=2, example_items=3, max_tokens=64, sim_threshold=0.6)
+    users = cold_users(tiny, n_events=1, ids=("1", "2"))
+    out, stats = imagine_histories(users, backend, cfg, catalogue, pool)
+    assert [h.user_id for h in out] == ["1", "2"] and stats.generated == 2
+    assert stats.fallback == sum(h.source == "fallback" for h in out)
+    for h, (user_id, profile, events) in zip(out, users):
+        assert 1 <= len(h.items) <= 3
+        for it in h.items:
+            assert it.item_id is None or (it.item_id in catalogue.index and it.similarity >= cfg.sim_threshold)
+        fused = early_fusion(UserHistory(user_id=user_id, events=events, profile=profile), h, cfg)
+        times = [e.timestamp for e in fused.events]
+        assert times == sorted(times) and fused.events[-1] == events[-1]

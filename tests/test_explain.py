@@ -86,6 +86,8 @@ def test_regeneration_can_rescue_and_retries_zero_goes_straight_to_template():
     assert stats.valid_first == 0
     echo, _ = explain_pairs([("space horror", ALIEN)], FakeBackend(lambda m, s: '{"e": "sentence"}'), ExplainConfig())
     assert echo[0].flagged  # the format's placeholder echoed back is no explanation
+    wrapped, _ = explain_pairs([("space horror", ALIEN)], FakeBackend(lambda m, s: 'Answer: ' + good(m, s)), ExplainConfig())
+    assert not wrapped[0].flagged  # prose around the JSON is cut
     backend = RecordingBackend(lambda m, s: "not json {")
     out, stats = explain_pairs([("space horror", ALIEN)], backend, ExplainConfig(retries=0))
     assert len(backend.calls) == 1 and out[0].flagged and stats.regenerated == 0
