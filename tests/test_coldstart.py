@@ -71,13 +71,14 @@ def test_examples_are_similar_users_first_items(world):
 def test_imagine_maps_titles_and_counts_unmatched(world, tmp_path):
     tiny, catalogue, pool = world
     backend = RecordingBackend(answer(REAL, MADE_UP))
-    cfg = ColdStartConfig(n_imagined=2, n_examples=2, example_items=3, batch_size=2, max_tokens=99, sim_threshold=0.9)
+    cfg = ColdStartConfig(n_imagined=2, n_examples=2, example_items=3, batch_size=2, max_tokens=99, sim_threshold=0.9,
+                          temperature=0.3)
     out, stats = imagine_histories(cold_users(tiny), backend, cfg, catalogue, pool)
     assert [h.user_id for h in out] == ["1", "2", "3"] and all(h.source == "llm" for h in out)
     toy, made_up = out[0].items
     assert toy.item_id == "1" and toy.similarity > 0.99 and made_up.item_id is None
     assert (stats.n_matched, stats.n_unmatched, stats.valid_share, stats.fallback) == (3, 3, 1.0, 0)
-    assert [c["n"] for c in backend.calls] == [2, 1] and backend.calls[0]["max_tokens"] == 99
+    assert [c["n"] for c in backend.calls] == [2, 1] and backend.calls[0]["max_tokens"] == 99 and backend.calls[0]["temperature"] == 0.3
     prompt = backend.calls[0]["prompts"][0][-1]["content"]
     examples = re.findall(r"^- .*$", prompt, re.M)
     assert len(examples) == 2 and all(len(line.split(": ", 1)[1].split("; ")) == 3 for line in examples)
