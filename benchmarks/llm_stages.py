@@ -23,7 +23,9 @@ Metrics (records: benchmark, metric, value, unit, model, path, stage, k, n):
   slice runs the LoRA model on the first --throughput-users users through BOTH paths (same model, prompts,
   adapter, one process), and records vllm_speedup = vLLM tokens/s / transformers tokens/s.
 
-    python benchmarks/llm_stages.py --adapter adapters/ml-100k-lora [--users 64] [--throughput-users 16]
+Records are rewritten after every stage, so a run cut short keeps what it measured.
+
+    python benchmarks/llm_stages.py --adapter adapters/ml-100k-lora [--users 64] [--throughput-users 64]
 """
 
 from __future__ import annotations
@@ -101,7 +103,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="ml-100k", help="Built-in name or dataset folder (as for finetune).")
     parser.add_argument("--model", default=None, help="Base model folder (default: packaged SmolLM2).")
     parser.add_argument("--users", type=int, default=64, help="Held-out users scored (first N by id).")
-    parser.add_argument("--throughput-users", type=int, default=16,
+    parser.add_argument("--throughput-users", type=int, default=64,
                         help="Users run through both the vLLM and the transformers path (LoRA model).")
     parser.add_argument("--out", default=None, help="JSON path; default reports/bench/llm_stages.json.")
     args = parser.parse_args()
@@ -131,15 +133,26 @@ def main() -> None:
 
     from llmrec.llm import make_backend
 
-    tp = narratives[: args.throughput_users]
-    tp_items = next_items[: args.throughput_users]
+    def save() -> Path:  # after every stage: a run cut short by a timeout still leaves its figures
+        return write_records(records, BENCH, args.out)
+
+    save()
+    # Throughput slice: the LoRA model on the first n_tp users through both paths (same prompts). When it
+    # covers every held-out user, the held-out vLLM LoRA run is that measurement (not run twice).
+    n_tp = min(args.throughput_users, len(users))
+    tp, tp_items = narratives[:n_tp], next_items[:n_tp]
     vllm = make_backend(LLMConfig(model=args.model, backend="vllm"))
     try:
-        for name, adp in (("base", None), ("lora", str(adapter))):
+        for name, adp in (("lora", str(adapter)), ("base", None)):
             profiles, stats = timed_mining(vllm, narratives, mining, adp, ds.item_index, log)
             records += score_llm(name, profiles, stats, next_items, "vllm")
-        profiles, stats_v = timed_mining(vllm, tp, mining, str(adapter), ds.item_index, log)
-        records += [dict(r, slice="throughput") for r in score_llm("lora", profiles, stats_v, tp_items, "vllm")]
+            if name == "lora" and n_tp == len(users):
+                tp_profiles, stats_v = profiles, stats
+            save()
+        if n_tp < len(users):
+            tp_profiles, stats_v = timed_mining(vllm, tp, mining, str(adapter), ds.item_index, log)
+        records += [dict(r, slice="throughput") for r in score_llm("lora", tp_profiles, stats_v, tp_items, "vllm")]
+        save()
     finally:
         vllm.close()
     hf = make_backend(LLMConfig(model=args.model, backend="transformers"))
@@ -149,9 +162,9 @@ def main() -> None:
     finally:
         hf.close()
     speedup = (stats_v.output_tokens / stats_v.seconds) / (stats_t.output_tokens / stats_t.seconds)
-    records.append(record(BENCH, "vllm_speedup", speedup, "x", model="lora", slice="throughput", n=len(tp),
+    records.append(record(BENCH, "vllm_speedup", speedup, "x", model="lora", slice="throughput", n=n_tp,
                           users_speedup=stats_t.seconds / stats_v.seconds))
-    path = write_records(records, BENCH, args.out)
+    path = save()
     print_table(records)
     log(f"wrote {path}")
 
