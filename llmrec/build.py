@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -28,7 +28,7 @@ from explain.explain import ExplanationTable, make_explain_process, pair_key
 from llmrec.coldstart import Catalogue, ExamplePool, imagine_histories
 from llmrec.config import LLMConfig, RecommenderConfig
 from llmrec.data import Dataset
-from llmrec.interests import PROMPTS, mine_interests, profiles_from_table, profiles_to_table
+from llmrec.interests import PROMPTS, MiningStats, mine_interests, profiles_from_table, profiles_to_table
 from llmrec.jobs import read_shards, run_sharded
 from llmrec.llm import LLMBackend, make_backend
 from llmrec.narrative import load_narrative_tokenizer, render_narratives
@@ -63,23 +63,46 @@ def _run_llm_job(keys: Sequence[str], make: Callable[[LLMBackend], Callable[[lis
     return run_sharded(keys, make(backend), out, jobs, executor="local", meta=meta)
 
 
+def merge_stats(parts: Sequence[dict]) -> MiningStats:
+    """Sum the counters of per-shard `MiningStats` dicts (errors: the first few of all shards)."""
+    total = MiningStats()
+    for part in parts:
+        for f in fields(MiningStats):
+            if f.name == "errors":
+                total.errors.extend(part.get("errors", [])[: max(0, 10 - len(total.errors))])
+            else:
+                setattr(total, f.name, getattr(total, f.name) + part.get(f.name, 0))
+    return total
+
+
 def mine_all(narratives: Sequence[Narrative], dataset: Dataset, out: Path, config: RecommenderConfig,
-             backend: LLMBackend | None, executor: str = "local", adapter: str | None = None) -> list[InterestProfile]:
-    """Interests and tags for every narrative, as a resumable sharded job; returns validated profiles."""
+             backend: LLMBackend | None, executor: str = "local",
+             adapter: str | None = None) -> tuple[list[InterestProfile], MiningStats]:
+    """Interests and tags for every narrative, as a resumable sharded job; returns validated profiles.
+
+    Each shard's rows carry its `MiningStats` (column `shard_stats`, JSON) so a resumed job still reports
+    the counts of every shard, including those a previous run finished.
+    """
     by_user = {n.user_id: n for n in narratives}
     items = dataset.item_index
 
     def make(llm: LLMBackend):
         def process(keys: list[str]) -> pd.DataFrame:
-            profiles, _ = mine_interests([by_user[k] for k in keys], llm, config.mining, adapter=adapter, items=items)
-            return profiles_to_table(profiles).to_pandas()
+            profiles, stats = mine_interests([by_user[k] for k in keys], llm, config.mining, adapter=adapter,
+                                             items=items)
+            frame = profiles_to_table(profiles).to_pandas()
+            frame["shard_stats"] = json.dumps(stats.to_dict(), default=str)
+            return frame
         return process
 
-    meta = {"stage": "mine", "mining": config.mining.model_dump(mode="json"), "adapter": adapter,
-            "prompt_hashes": prompt_hashes(PROMPTS)}
-    run_sharded_result = _run_llm_job(list(by_user), make, out, config, backend, executor, meta)
-    frame = read_shards(run_sharded_result.out_dir)
-    return profiles_from_table(pa.Table.from_pandas(frame, preserve_index=False))
+    meta = {"stage": "mine", "mining": config.mining.model_dump(mode="json"),
+            "narrative": config.narrative.model_dump(mode="json"), "adapter": adapter,
+            "model": config.llm.model, "prompt_hashes": prompt_hashes(PROMPTS)}
+    result = _run_llm_job(list(by_user), make, out, config, backend, executor, meta)
+    frame = read_shards(result.out_dir)
+    stats = merge_stats([json.loads(s) for s in frame["shard_stats"].unique()])
+    profiles = profiles_from_table(pa.Table.from_pandas(frame.drop(columns=["shard_stats"]), preserve_index=False))
+    return profiles, stats
 
 
 def explain_all(pairs: Sequence[tuple[str, str]], dataset: Dataset, out: Path, config: RecommenderConfig,
@@ -146,11 +169,12 @@ def build_recommender(dataset: Dataset, out: str | Path, config: RecommenderConf
     backend = make_backend(config.llm) if owned else backend
     try:
         t = time.perf_counter()
-        profiles = mine_all(narratives, dataset, work / "interests", config, backend, executor, adapter)
+        profiles, mining = mine_all(narratives, dataset, work / "interests", config, backend, executor, adapter)
         timings["mine"] = time.perf_counter() - t
         n_llm = sum(p.source == "llm" for p in profiles)
         log(f"[2/5] interests/tags: {len(profiles)} users ({n_llm} valid LLM, {len(profiles) - n_llm} flagged "
-            f"fallback) in {timings['mine']:.0f}s")
+            f"fallback; JSON validity {mining.to_dict()['json_valid_rate']}, grounding {mining.grounding:.2f}) "
+            f"in {timings['mine']:.0f}s")
 
         t = time.perf_counter()
         llm_tags = {p.user_id: [tag.text for tag in p.tags] for p in profiles}
@@ -188,7 +212,7 @@ def build_recommender(dataset: Dataset, out: str | Path, config: RecommenderConf
             backend.close()
     rec.manifest.update(timings_s={k: round(v, 1) for k, v in timings.items()}, split_hash=split.hash,
                         tower_report={k: v for k, v in result.report.items() if k != "history"},
-                        coldstart=cold_stats)
+                        coldstart=cold_stats, mining={k: v for k, v in mining.to_dict().items() if k != "errors"})
     rec.save_pretrained(out)
     (out / "build_report.json").write_text(json.dumps(rec.manifest, indent=2, default=str) + "\n")
     return rec

@@ -211,7 +211,7 @@ def test_cli_writes_profiles_manifest_and_summary(monkeypatch, tmp_path, capsys)
     res = CliRunner().invoke(app, ["mine-interests", "--out", str(tmp_path / "m"), "--users", "3",
                                    "--max-tokens", "200", "--backend", "transformers"])
     assert res.exit_code == 0, res.output
-    summary = json.loads(res.output.strip().splitlines()[-1])
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["users"] == 3 and summary["interests_valid_first"] == 3 and summary["users_per_min"] > 0
     profiles = profiles_from_table(pq.read_table(tmp_path / "m" / "profiles.parquet"))
     assert [p.user_id for p in profiles] == ["1", "2", "3"] and all(p.source == "llm" for p in profiles)
@@ -287,3 +287,29 @@ def test_real_model_mines_and_reranks_with_vllm_json_schema(tiny):
         backend.close()
     # Schema-guided decoding: the JSON is well-formed by construction, so at least one user validates.
     assert stats.interests_valid_first + stats.interests_valid_retry >= 1
+
+
+def test_cli_resumes_finished_shards_without_calling_the_llm(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    import llmrec.llm
+    from llmrec.cli import app
+
+    backends = []
+
+    def make(config):
+        backends.append(FakeBackend(good_answer))
+        return backends[-1]
+
+    monkeypatch.setattr(llmrec.llm, "make_backend", make)
+    args = ["mine-interests", "--out", str(tmp_path / "m"), "--users", "4", "--shard-size", "2",
+            "--max-tokens", "200", "--backend", "transformers"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert sum(c["n"] for c in backends[0].calls) >= 4
+    assert len(list((tmp_path / "m" / "shards").glob("shard-*.parquet"))) == 2
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert backends[1].calls == []  # every shard was already finished
+    summary = json.loads(again.stdout.strip().splitlines()[-1])
+    assert summary["users"] == 4 and summary["interests_valid_first"] == 4  # counts of the earlier run kept

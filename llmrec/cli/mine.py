@@ -49,40 +49,51 @@ def register(app: typer.Typer) -> None:
         users: int = typer.Option(None, min=1, help="Mine only the first N users (by id order); default all."),
         max_tokens: int = typer.Option(None, min=32, help="Narrative token budget; default NarrativeConfig's."),
         batch_size: int = typer.Option(64, min=1, help="Prompts per backend call."),
+        executor: str = typer.Option("local", help="local (in-process engine) or ray (Ray Data actors)."),
+        shard_size: int = typer.Option(64, min=1, help="Users per shard: the unit of atomic write and resume."),
     ) -> None:
-        """Mine interests and predict tags for every user; write Parquet + manifest, print a JSON summary."""
+        """Mine interests and predict tags for every user; write Parquet + manifest, print a JSON summary.
+
+        Runs as a resumable sharded job under OUT/shards: kill it at any moment and rerun the same command;
+        finished shards are skipped, no user is lost or duplicated.
+        """
+        from llmrec.build import mine_all
+        from llmrec.config import JobConfig, LLMConfig, RecommenderConfig
         from llmrec.data import resolve_dataset
-        from llmrec.interests import mine_interests
         from llmrec.llm import make_backend
-        from llmrec.config import LLMConfig
-        from llmrec.model import load_tokenizer
-        from llmrec.narrative import render_narratives
+        from llmrec.narrative import load_narrative_tokenizer, render_narratives
         from llmrec.split import split_leave_one_out
 
         if backend not in ("vllm", "transformers"):
             raise typer.BadParameter(f"--backend must be vllm or transformers, got {backend!r}")
+        if executor not in ("local", "ray"):
+            raise typer.BadParameter(f"--executor must be local or ray, got {executor!r}")
         ds = resolve_dataset(dataset)
         split = split_leave_one_out(ds.events)
         as_of = split.as_of("test")
         chosen = sorted(as_of.index, key=lambda u: (len(u), u))[:users] if users else list(as_of.index)
         events = split.history("test")
         events = events[events["user_id"].isin(set(chosen))]
-        ncfg = NarrativeConfig(max_tokens=max_tokens) if max_tokens else NarrativeConfig()
-        mcfg = MiningConfig(batch_size=batch_size)
-        lcfg = LLMConfig(model=model, backend=backend)
-        narratives = render_narratives(events, ds.item_index, as_of.loc[chosen], ncfg, load_tokenizer(model))
-        llm = make_backend(lcfg)
+        config = RecommenderConfig(
+            narrative=NarrativeConfig(max_tokens=max_tokens) if max_tokens else NarrativeConfig(),
+            mining=MiningConfig(batch_size=batch_size), llm=LLMConfig(model=model, backend=backend),
+            jobs=JobConfig(shard_size=shard_size, executor=executor))
+        narratives = render_narratives(events, ds.items, as_of.loc[chosen], config.narrative,
+                                       load_narrative_tokenizer(model))
+        llm = make_backend(config.llm) if executor == "local" else None
         try:
-            profiles, stats = mine_interests(narratives, llm, mcfg, adapter=adapter, items=ds.item_index)
+            profiles, stats = mine_all(narratives, ds, out / "shards", config, llm, executor, adapter)
         finally:
-            llm.close()
+            if llm is not None:
+                llm.close()
         save_profiles(
             out, profiles, stats,
-            config={"mining": mcfg.model_dump(mode="json"), "narrative": ncfg.model_dump(mode="json"),
-                    "llm": lcfg.model_dump(mode="json"), "dataset": dataset, "users": users},
-            manifest={"split_hash": split.hash, "model": llm.name, "model_path": model, "adapter": adapter,
+            config={"mining": config.mining.model_dump(mode="json"), "narrative": config.narrative.model_dump(mode="json"),
+                    "llm": config.llm.model_dump(mode="json"), "jobs": config.jobs.model_dump(mode="json"),
+                    "dataset": dataset, "users": users},
+            manifest={"split_hash": split.hash, "model": model or "smollm2-135m-instruct", "adapter": adapter,
                       "dataset": ds.name, "n_users": len(profiles)},
         )
-        summary = {"out": str(out), "users": len(profiles), "model": llm.name, "adapter": adapter,
+        summary = {"out": str(out), "users": len(profiles), "adapter": adapter, "executor": executor,
                    **{k: v for k, v in stats.to_dict().items() if k != "errors"}}
         print(json.dumps(summary))
