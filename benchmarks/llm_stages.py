@@ -117,6 +117,12 @@ def main() -> None:
     split = split_leave_one_out(ds.events)
     if manifest.get("split_hash") not in (None, split.hash):
         log(f"warning: adapter split hash {manifest['split_hash']} != this split {split.hash}")
+    from llmrec.interests import PROMPTS
+    from llmrec.prompts import prompt_hashes
+
+    changed = [k for k, v in prompt_hashes(PROMPTS).items() if manifest.get("prompt_hashes", {}).get(k) != v]
+    if changed:  # the adapter learnt other prompt texts: its figures understate a retrained adapter
+        log(f"warning: prompts {changed} changed since the adapter was trained; retrain it with `llmrec finetune`")
     history = split.history("test")
     as_of = split.as_of("test")
     users = held_out_users(adapter, set(as_of.index), args.users)
