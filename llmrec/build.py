@@ -34,7 +34,8 @@ from llmrec.llm import LLMBackend, make_backend
 from llmrec.narrative import load_narrative_tokenizer, render_narratives
 from llmrec.pipeline import Recommender, profile_segment
 from llmrec.prompts import prompt_hashes
-from llmrec.schema import InterestProfile, Narrative
+from llmrec.schema import Interest, InterestProfile, Narrative, Tag
+from llmrec.tags import history_tags
 from llmrec.split import Split, split_leave_one_out
 from retrieval.encoder import TextEncoder
 from retrieval.train import build_manifest, train_towers
@@ -105,6 +106,20 @@ def mine_all(narratives: Sequence[Narrative], dataset: Dataset, out: Path, confi
     return profiles, stats
 
 
+def heuristic_profiles(user_ids: Sequence[str], events: pd.DataFrame, dataset: Dataset,
+                       k: int) -> list[InterestProfile]:
+    """Profiles without the LLM: each user's k most frequent attribute tags (`llmrec.tags.history_tags`)."""
+    index = dataset.item_index
+    wanted = set(user_ids)
+    out = []
+    for user, group in events[events["user_id"].isin(wanted)].groupby("user_id", sort=True):
+        tags = history_tags([index[i] for i in group["item_id"]], k)
+        out.append(InterestProfile(user_id=str(user), interests=tuple(Interest(name=t) for t in tags[:5]),
+                                   tags=tuple(Tag(text=t, interest=t) for t in tags), source="heuristic",
+                                   model="history_tags"))
+    return out
+
+
 def explain_all(pairs: Sequence[tuple[str, str]], dataset: Dataset, out: Path, config: RecommenderConfig,
                 backend: LLMBackend | None, executor: str = "local", adapter: str | None = None) -> ExplanationTable:
     """Explanations for (interest, item_id) pairs, as a resumable sharded job keyed by pair."""
@@ -144,10 +159,13 @@ def imagine_segments(dataset: Dataset, split: Split, config: RecommenderConfig, 
 
 
 def build_recommender(dataset: Dataset, out: str | Path, config: RecommenderConfig | None = None, *,
-                      executor: str = "local", adapter: str | None = None, explain_users: int | None = 100,
-                      k: int = 10, backend: LLMBackend | None = None, log: Log = print) -> Recommender:
+                      executor: str = "local", adapter: str | None = None, mine_users: int | None = None,
+                      explain_users: int | None = 100, k: int = 10, backend: LLMBackend | None = None,
+                      log: Log = print) -> Recommender:
     """Run every batch stage and write the recommender folder `out` (resumable: rerun after a kill).
 
+    `mine_users` limits LLM mining to the first N users (by id) on small machines; every other user gets a
+    heuristic profile (`source="heuristic"`, their most frequent attribute tags), counted in the report.
     `backend` (local executor only) replaces the one `config.llm` would build, e.g. a FakeBackend in tests;
     the caller keeps ownership of it.
     """
@@ -169,11 +187,16 @@ def build_recommender(dataset: Dataset, out: str | Path, config: RecommenderConf
     backend = make_backend(config.llm) if owned else backend
     try:
         t = time.perf_counter()
-        profiles, mining = mine_all(narratives, dataset, work / "interests", config, backend, executor, adapter)
+        ordered = sorted(narratives, key=lambda n: (len(n.user_id), n.user_id))
+        chosen = ordered[:mine_users] if mine_users else ordered
+        profiles, mining = mine_all(chosen, dataset, work / "interests", config, backend, executor, adapter)
+        profiles += heuristic_profiles([n.user_id for n in ordered[len(chosen):]], split.history("test"), dataset,
+                                       config.mining.max_tags)
         timings["mine"] = time.perf_counter() - t
         n_llm = sum(p.source == "llm" for p in profiles)
-        log(f"[2/5] interests/tags: {len(profiles)} users ({n_llm} valid LLM, {len(profiles) - n_llm} flagged "
-            f"fallback; JSON validity {mining.to_dict()['json_valid_rate']}, grounding {mining.grounding:.2f}) "
+        n_heur = sum(p.source == "heuristic" for p in profiles)
+        log(f"[2/5] interests/tags: {len(profiles)} users ({n_llm} valid LLM, "
+            f"{len(profiles) - n_llm - n_heur} flagged fallback, {n_heur} heuristic, not mined; JSON validity {mining.to_dict()['json_valid_rate']}, grounding {mining.grounding:.2f}) "
             f"in {timings['mine']:.0f}s")
 
         t = time.perf_counter()

@@ -225,14 +225,14 @@ class MiningConfig(StageConfig):
     """Interest mining and tag prediction (see `llmrec.interests`): two batched, JSON-constrained calls."""
 
     min_interests: int = Field(default=5, ge=1, le=20)  # minItems of the interest list (RecGPT asks >= 5)
-    max_interests: int = Field(default=8, ge=1, le=20)  # maxItems of the interest list
+    max_interests: int = Field(default=5, ge=1, le=20)  # maxItems of the interest list (decoding is the cost)
     max_evidence: int = Field(default=3, ge=1, le=10)  # evidence items cited per interest
-    max_tags: int = Field(default=50, ge=1, le=50)  # tags per user (RecGPT: up to 50); also the fallback's size
+    max_tags: int = Field(default=30, ge=1, le=50)  # tags per user (RecGPT: up to 50; 30 = the SFT target size)
     max_name_chars: int = Field(default=48, ge=8)  # maxLength of an interest name
     max_tag_chars: int = Field(default=40, ge=8)  # maxLength of a tag
     max_evidence_chars: int = Field(default=80, ge=4)  # maxLength of one cited item (an id or a title)
-    interest_max_tokens: int = Field(default=384, ge=16)  # decoding budget of the interest answer
-    tag_max_tokens: int = Field(default=512, ge=16)  # decoding budget of the tag answer
+    interest_max_tokens: int = Field(default=256, ge=16)  # decoding budget of the interest answer
+    tag_max_tokens: int = Field(default=320, ge=16)  # decoding budget of the tag answer
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     retry_temperature: float = Field(default=0.7, ge=0.0, le=2.0)  # the one retry must not repeat greedy output
     batch_size: int = Field(default=64, ge=1)  # prompts per backend.generate call

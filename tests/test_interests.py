@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timezone
 
 import pytest
@@ -23,6 +24,9 @@ from llmrec.tags import history_tags
 
 N_ITEMS = 12  # items per test narrative
 
+
+# The answers below are written for 8 interests and 50 tags (wider than today's compact defaults).
+OLD_DEFAULTS = MiningConfig(max_interests=8, max_tags=50)
 
 def render_test_narratives(ds, users):
     """A stand-in for llmrec.narrative in the format it renders: "liked | Title (1977; Action, Sci-Fi)"."""
@@ -48,6 +52,11 @@ def is_interest_call(schema):
     return "i" in schema["properties"]
 
 
+def max_interest_index(schema):
+    """The largest interest index the tag schema allows (7 under OLD_DEFAULTS: beyond the 5 interests given)."""
+    return max(int(m) for m in re.findall(r'"maximum": (\d+)', json.dumps(schema)))
+
+
 def good_answer(messages, schema, bogus=True):
     """A valid answer citing the first titles of the narrative (and one bogus citation)."""
     titles = history_of(Narrative.model_construct(text=messages[1]["content"].split("History:\n", 1)[1]
@@ -56,7 +65,7 @@ def good_answer(messages, schema, bogus=True):
         return json.dumps({"i": [{"n": f"interest {k}", "e": [titles[k]] + (["Nonexistent Movie"] if bogus and k == 0 else [])}
                                  for k in range(5)]})
     return json.dumps({"t": [{"t": "romantic comedy", "i": 0}, {"t": "Romantic  comedy", "i": 1},
-                             {"t": f"{min(titles, key=len).lower()} sequel", "i": 0}, {"t": "dark stuff", "i": 7}]})
+                             {"t": f"{min(titles, key=len).lower()} sequel", "i": 0}, {"t": "dark stuff", "i": max_interest_index(schema)}]})
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +87,7 @@ def test_narrative_items_resolve_titles_and_id_markers(tiny, narratives):
 
 def test_valid_answers_become_llm_profiles_with_grounded_evidence(tiny, narratives):
     backend = FakeBackend(good_answer)
-    profiles, stats = mine_interests(narratives, backend, MiningConfig(), items=tiny.item_index)
+    profiles, stats = mine_interests(narratives, backend, OLD_DEFAULTS, items=tiny.item_index)
     assert [c["n"] for c in backend.calls] == [3, 3]  # one batched call per stage, never one per user
     assert all(p.source == "llm" and len(p.interests) == 5 for p in profiles)
     for p, n in zip(profiles, narratives):
@@ -103,7 +112,7 @@ def test_invalid_then_valid_is_retried_once_in_one_batch(tiny, narratives):
         return "Sure! Here are the interests:" if seen_prompts[key] == 1 else good_answer(messages, schema)
 
     backend = FakeBackend(flaky)
-    profiles, stats = mine_interests(narratives, backend, MiningConfig(), items=tiny.item_index)
+    profiles, stats = mine_interests(narratives, backend, OLD_DEFAULTS, items=tiny.item_index)
     assert [c["n"] for c in backend.calls] == [3, 3, 3, 3]
     assert stats.interests_valid_retry == stats.tags_valid_retry == 3 and stats.interests_valid_first == 0
     assert (stats.answers, stats.answers_valid, stats.to_dict()["json_valid_rate"]) == (12, 6, 0.5)
@@ -128,14 +137,14 @@ def test_tags_failing_twice_keep_llm_interests_but_flag_the_profile(tiny, narrat
     def no_tags(messages, schema):
         return good_answer(messages, schema) if is_interest_call(schema) else '{"t": []}'
 
-    profiles, stats = mine_interests(narratives, FakeBackend(no_tags), MiningConfig(), items=tiny.item_index)
+    profiles, stats = mine_interests(narratives, FakeBackend(no_tags), OLD_DEFAULTS, items=tiny.item_index)
     assert stats.tags_fallback == 3 and stats.interests_valid_first == 3
     assert all(p.source == "fallback" and p.interests[0].name == "interest 0" and p.tags for p in profiles)
 
 
 def test_min_interests_rejects_duplicate_names(tiny, narratives):
     dup = json.dumps({"i": [{"n": "Same", "e": []}] * 5})
-    _, stats = mine_interests(narratives[:1], FakeBackend(lambda m, s: dup), MiningConfig(), items=tiny.item_index)
+    _, stats = mine_interests(narratives[:1], FakeBackend(lambda m, s: dup), OLD_DEFAULTS, items=tiny.item_index)
     assert stats.interests_fallback == 1 and "distinct interests" in stats.errors[0]["reason"]
     _, stats = mine_interests(narratives[:1], FakeBackend(lambda m, s: dup if is_interest_call(s) else
                               good_answer(m, s)), MiningConfig(min_interests=1), items=tiny.item_index)
@@ -179,7 +188,7 @@ def test_wire_schemas_follow_the_config():
 
 
 def test_truncated_answer_is_salvaged_only_when_cut_by_the_budget():
-    wire = tags_wire(MiningConfig())
+    wire = tags_wire(OLD_DEFAULTS)
     cut = '{"t":[{"t":"romantic comedy","i":0},{"t":"dark {sci","i":1},{"t":"90s'
     assert salvage_truncated(cut) == '{"t":[{"t":"romantic comedy","i":0},{"t":"dark {sci","i":1}]}'
     obj, salvaged = _parse(wire, cut, "length")
@@ -192,7 +201,7 @@ def test_truncated_answer_is_salvaged_only_when_cut_by_the_budget():
 def test_profiles_round_trip_through_parquet(tiny, narratives, tmp_path):
     import pyarrow.parquet as pq
 
-    profiles, _ = mine_interests(narratives, FakeBackend(good_answer), MiningConfig(), items=tiny.item_index)
+    profiles, _ = mine_interests(narratives, FakeBackend(good_answer), OLD_DEFAULTS, items=tiny.item_index)
     pq.write_table(profiles_to_table(profiles), tmp_path / "p.parquet")
     assert profiles_from_table(pq.read_table(tmp_path / "p.parquet")) == profiles
     bad = profiles_to_table(profiles).drop_columns(["source"])

@@ -20,7 +20,8 @@ TINY_TOWERS = TowerConfig(encoder="hashed-bow", dim=16, hidden=32, epochs=2, pat
 def built(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("rec")
     config = RecommenderConfig(towers=TINY_TOWERS)
-    build_recommender(tiny, out, config, backend=FakeBackend(), explain_users=3, k=5, log=lambda m: None)
+    build_recommender(tiny, out, config, backend=FakeBackend(), mine_users=12, explain_users=3, k=5,
+                      log=lambda m: None)
     return out
 
 
@@ -88,3 +89,12 @@ def test_concurrent_calls_match_serial_results(built):
 def test_profile_segment_is_stable():
     assert profile_segment({"age": "27", "gender": "f", "occupation": "Writer"}) == "writer|F|20s"
     assert profile_segment({}) == "?|?|?"
+
+
+def test_mine_users_limits_llm_mining_and_counts_the_rest(built):
+    rec = Recommender.load(built)
+    sources = [p.source for p in rec.profiles.values()]
+    assert len(sources) == 20
+    assert sources.count("heuristic") == 8  # users 13..20 by id order were not mined
+    assert all(p.tags for p in rec.profiles.values() if p.source == "heuristic")
+    assert rec.manifest["mining"]["users"] == 12

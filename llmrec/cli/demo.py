@@ -26,6 +26,8 @@ def register(app: typer.Typer) -> None:
     def demo(
         out: Path = typer.Option(Path("artifacts/ml-100k"), help="Recommender folder to write."),
         users: int = typer.Option(None, min=3, help="Quick mode: build on the first N users only; default all 943."),
+        mine_users: int = typer.Option(200, min=1, help="Users whose interests/tags the LLM mines (the rest get "
+                                       "heuristic history tags); 943 mines everyone."),
         explain_users: int = typer.Option(100, min=1, help="Users whose served (interest, item) pairs get LLM explanations."),
         backend: str = typer.Option("vllm", help="LLM backend: vllm or transformers."),
         executor: str = typer.Option("local", help="Batch-job executor: local or ray."),
@@ -34,7 +36,7 @@ def register(app: typer.Typer) -> None:
         k: int = typer.Option(10, min=1, help="Items per recommendation list."),
     ) -> None:
         """Run the whole pipeline on MovieLens-100K and print recommendations for a warm and a cold user."""
-        from llmrec.config import LLMConfig, RecommenderConfig
+        from llmrec.config import LLMConfig, NarrativeConfig, RecommenderConfig
         from llmrec.data import Dataset, load_ml100k, ml100k_dir
         from llmrec.build import build_recommender
         from llmrec.model import resolve_model
@@ -55,8 +57,10 @@ def register(app: typer.Typer) -> None:
                          items=ds.items, users=ds.users[ds.users["user_id"].isin(keep)])
         model_dir = resolve_model(None)
         print(f"model: {model_dir}")
-        config = RecommenderConfig(llm=LLMConfig(backend=backend))
-        build_recommender(ds, out, config, executor=executor, adapter=adapter, explain_users=explain_users, k=k)
+        # The narrative budget the LoRA adapter is trained with (FinetuneConfig.narrative_max_tokens).
+        config = RecommenderConfig(llm=LLMConfig(backend=backend), narrative=NarrativeConfig(max_tokens=512))
+        build_recommender(ds, out, config, executor=executor, adapter=adapter, mine_users=mine_users,
+                          explain_users=explain_users, k=k)
 
         rec = Recommender.load(out)
         warm = user if user in set(ds.events["user_id"]) else str(ds.events["user_id"].iloc[0])
