@@ -85,10 +85,11 @@ def plot_ndcg_by_slice(records: Sequence[dict], path: str | Path, k: int = 10) -
     values, slices = table_values(records, f"ndcg@{k}"), slices_of(records)
     fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(slices)), 5))
     width = 0.8 / max(len(values), 1)
+    colors = plt.get_cmap("tab20").colors
     for j, (model, row) in enumerate(values.items()):
         have = [i for i, s in enumerate(slices) if s in row]
         ax.bar([i + j * width for i in have], [row[slices[i]]["value"] for i in have], width,
-               yerr=[row[slices[i]]["std"] for i in have], label=model)
+               yerr=[row[slices[i]]["std"] for i in have], label=model, color=colors[j % len(colors)])
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(slices))], slices)
     ax.set_ylabel(f"NDCG@{k} (test)")
     ax.set_title(f"NDCG@{k} per slice per model")
@@ -102,11 +103,13 @@ def plot_ndcg_by_history(records: Sequence[dict], path: str | Path, k: int = 10)
     cold = sorted((s for s in slices_of(records) if s.startswith("cold_")), key=lambda s: int(s.split("_")[1]))
     points = cold + ["all"]
     fig, ax = plt.subplots(figsize=(8, 5))
-    for model, row in values.items():
-        xs = [i for i, s in enumerate(points) if s in row]
-        if len(xs) > 1:
-            ax.errorbar(xs, [row[points[i]]["value"] for i in xs], yerr=[row[points[i]]["std"] for i in xs],
-                        marker="o", label=model, capsize=2)
+    colors = plt.get_cmap("tab20").colors
+    for j, (model, row) in enumerate(values.items()):
+        if sum(s in row for s in points) > 1:  # a missing point (NaN) breaks the line instead of bridging it
+            nan = float("nan")
+            ax.errorbar(range(len(points)), [row[s]["value"] if s in row else nan for s in points],
+                        yerr=[row[s]["std"] if s in row else nan for s in points], marker="o", label=model,
+                        capsize=2, color=colors[j % len(colors)])
     ax.set_xticks(range(len(points)), [s.replace("cold_", "") for s in cold] + ["all"])
     ax.set_xlabel("events of history shown to the model")
     ax.set_ylabel(f"NDCG@{k} (test)")
