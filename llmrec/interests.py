@@ -83,6 +83,9 @@ def tag_messages(narrative_text: str, interest_names: Sequence[str], config: Min
 
 _YEAR_SUFFIX = re.compile(r"\s*\(\d{4}\)\s*$")
 _ID_MARKER = re.compile(r"\[(?:id[:=]?\s*)?([A-Za-z0-9_.-]+)\]")
+# The prompt's format placeholders ("<interest>", "<item from the history>"): a model that copies them back
+# has answered nothing, even when the JSON validates.
+_PLACEHOLDER = re.compile(r"^\s*<[^<>]*>\s*$")
 
 
 def _norm(text: str) -> str:
@@ -301,6 +304,9 @@ def mine_interests(
 
     def to_interests(i: int, obj: BaseModel) -> tuple[list[Interest], int, int, int]:
         out, names, cited, dropped = [], set(), 0, 0
+        echoed = [wi.n for wi in obj.i if _PLACEHOLDER.match(wi.n)]
+        if echoed:
+            raise ValueError(f"interest names copy the prompt's placeholders: {echoed[:3]}")
         for wi in obj.i:
             evidence: list[str] = []
             for c in wi.e:
@@ -335,6 +341,8 @@ def mine_interests(
         out, keys, counts = [], set(), {"title": 0, "dup": 0, "bad": 0, "unmapped": 0}
         for wt in obj.t:
             text, key = " ".join(wt.t.split()), _norm(wt.t)
+            if _PLACEHOLDER.match(text):
+                raise ValueError(f"tag {text!r} copies the prompt's placeholder")
             if titles[i] is not None and titles[i].search(key):
                 counts["title"] += 1
             elif key in keys:

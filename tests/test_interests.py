@@ -322,3 +322,15 @@ def test_cli_resumes_finished_shards_without_calling_the_llm(monkeypatch, tmp_pa
     assert backends[1].calls == []  # every shard was already finished
     summary = json.loads(again.stdout.strip().splitlines()[-1])
     assert summary["users"] == 4 and summary["interests_valid_first"] == 4  # counts of the earlier run kept
+
+
+def test_echoed_placeholders_are_invalid_and_fall_back(tiny, narratives):
+    def echo(messages, schema):
+        if is_interest_call(schema):
+            return json.dumps({"i": [{"n": f"<interest{k}>", "e": []} for k in range(5)]})
+        return json.dumps({"t": [{"t": "<tag>", "i": 0}]})
+
+    profiles, stats = mine_interests(narratives[:1], FakeBackend(echo), OLD_DEFAULTS, items=tiny.item_index)
+    assert profiles[0].source == "fallback" and stats.interests_fallback == 1
+    assert not any(i.name.startswith("<") for i in profiles[0].interests)
+    assert any("placeholder" in e["reason"] for e in stats.errors)
