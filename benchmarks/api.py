@@ -10,11 +10,16 @@ Records: metric latency_p50_ms / latency_p99_ms / throughput_rps, slice warm|col
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import torch
+
+# benchmarks/retrieval.py would shadow the `retrieval` package when this folder is sys.path[0].
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from llmrec.bench import record, write_records
 from llmrec.pipeline import Recommender
@@ -43,10 +48,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400, help="Requests per (slice, threads) cell.")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: concurrency comes from callers).")
     parser.add_argument("--out", default=None, help="JSON path; default reports/bench/api.json.")
     args = parser.parse_args()
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     t = time.perf_counter()
     rec = Recommender.load(args.artifacts)
     load_s = time.perf_counter() - t
