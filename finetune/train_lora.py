@@ -23,8 +23,6 @@ import importlib.metadata
 import json
 import math
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -34,6 +32,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from llmrec.atomic import atomic_dir
 from llmrec.config import FinetuneConfig
 from llmrec.model import load_tokenizer, resolve_model
 
@@ -306,20 +305,12 @@ def train_lora(
 def save_adapter(peft_model: Any, config: FinetuneConfig, manifest: dict[str, Any],
                  curve: list[dict[str, Any]], out: Path) -> Path:
     """Write the adapter folder atomically (temporary sibling, then rename)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         peft_model.save_pretrained(tmp, safe_serialization=True)
         config.to_json(tmp / "config.json")
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
         (tmp / "loss_curve.json").write_text(json.dumps(curve, indent=1) + "\n")
         plot_loss_curve(curve, tmp / "loss_curve.png")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -15,11 +15,10 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from llmrec.atomic import atomic_dir
 from llmrec.data import llmrec_home
 
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
@@ -90,51 +89,40 @@ def prepare_default_model(out: str | Path | None = None) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
+    # mode 0o755: the model is shared by every user of $LLMREC_HOME.
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-        tmp.chmod(0o755)  # mkdtemp makes it private; the model is shared by every user of $LLMREC_HOME
+        with atomic_dir(out, mode=0o755) as tmp:
+            quant = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+            config = quant.config
+            if hasattr(config, "quantization_config"):
+                del config.quantization_config
+            config.dtype = torch.float32
+            model = LlamaForCausalLM(config).to(torch.float32)
+            missing, unexpected = model.load_state_dict(quant.state_dict(), strict=False)
+            missing = [k for k in missing if k != "lm_head.weight" or not config.tie_word_embeddings]
+            if missing or unexpected:
+                raise ModelError(f"{gguf}: weights do not match a Llama model (missing {missing[:5]}, "
+                                 f"unexpected {unexpected[:5]})")
+            model.tie_weights()
+            model.generation_config.do_sample = False
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            if not tokenizer.chat_template:
+                raise ModelError(f"{gguf}: the GGUF carries no chat template; cannot build chat prompts")
+            tokenizer.save_pretrained(tmp)
+            manifest = {
+                "name": DEFAULT_MODEL_NAME,
+                "source_file": gguf.name,
+                "source_sha256": _sha256(gguf),
+                "source_package": SOURCE_PACKAGE,
+                "source_package_version": importlib.metadata.version(SOURCE_PACKAGE),
+                "llmrec_version": _llmrec_version(),
+                "dtype": "float32",
+                "n_parameters": sum(p.numel() for p in model.parameters()),
+            }
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     except OSError as e:
         raise _disk_full_message(e, out) from e
-    try:
-        quant = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-        config = quant.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        config.dtype = torch.float32
-        model = LlamaForCausalLM(config).to(torch.float32)
-        missing, unexpected = model.load_state_dict(quant.state_dict(), strict=False)
-        missing = [k for k in missing if k != "lm_head.weight" or not config.tie_word_embeddings]
-        if missing or unexpected:
-            raise ModelError(f"{gguf}: weights do not match a Llama model (missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]})")
-        model.tie_weights()
-        model.generation_config.do_sample = False
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        if not tokenizer.chat_template:
-            raise ModelError(f"{gguf}: the GGUF carries no chat template; cannot build chat prompts")
-        tokenizer.save_pretrained(tmp)
-        manifest = {
-            "name": DEFAULT_MODEL_NAME,
-            "source_file": gguf.name,
-            "source_sha256": _sha256(gguf),
-            "source_package": SOURCE_PACKAGE,
-            "source_package_version": importlib.metadata.version(SOURCE_PACKAGE),
-            "llmrec_version": _llmrec_version(),
-            "dtype": "float32",
-            "n_parameters": sum(p.numel() for p in model.parameters()),
-        }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        if out.exists():  # an incomplete earlier attempt (no manifest): replace it
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise _disk_full_message(e, out) from e
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -199,25 +187,17 @@ def merge_adapter(model: str | Path | None, adapter_dir: str | Path, out: str | 
         raise ModelError(f"adapter directory {adapter_dir} has no adapter_config.json (not a peft adapter)")
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, local_files_only=True)
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        merged.save_pretrained(tmp, safe_serialization=True)
-        _load_tokenizer_at(str(base_dir)).save_pretrained(tmp)
-        manifest = {
-            "base_model": str(base_dir),
-            "adapter": str(adapter_dir.resolve()),
-            "adapter_config_sha256": _sha256(adapter_dir / "adapter_config.json"),
-            "llmrec_version": _llmrec_version(),
-        }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        with atomic_dir(out) as tmp:
+            merged.save_pretrained(tmp, safe_serialization=True)
+            _load_tokenizer_at(str(base_dir)).save_pretrained(tmp)
+            manifest = {
+                "base_model": str(base_dir),
+                "adapter": str(adapter_dir.resolve()),
+                "adapter_config_sha256": _sha256(adapter_dir / "adapter_config.json"),
+                "llmrec_version": _llmrec_version(),
+            }
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise _disk_full_message(e, out) from e
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

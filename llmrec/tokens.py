@@ -87,12 +87,10 @@ _PACKAGED_TOKENIZERS: dict[str, Any] = {}
 
 
 def _load_packaged_tokenizer(folder: str) -> Any:
-    import shutil
-    import tempfile
-
     from transformers import AutoTokenizer
 
     from llmrec import model as llm_model
+    from llmrec.atomic import atomic_dir
 
     if folder in _PACKAGED_TOKENIZERS:
         return _PACKAGED_TOKENIZERS[folder]
@@ -100,16 +98,8 @@ def _load_packaged_tokenizer(folder: str) -> Any:
     if not (out / "tokenizer.json").is_file():
         gguf = llm_model.packaged_gguf()
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-        try:
+        with atomic_dir(out) as tmp:
             tok.save_pretrained(tmp)
-            if out.exists():
-                shutil.rmtree(out)
-            tmp.rename(out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     tok = AutoTokenizer.from_pretrained(str(out), local_files_only=True)
     _PACKAGED_TOKENIZERS[folder] = tok
     return tok
