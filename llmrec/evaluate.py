@@ -170,14 +170,17 @@ def evaluate(dataset: Dataset, config: EvaluateConfig | None = None, backend=Non
 
 def run_evaluation(dataset: Dataset, config: EvaluateConfig | None = None, backend=None,
                    log: Callable[[str], None] = print,
-                   checkpoint: Callable[[EvaluationRun], None] | None = None) -> EvaluationRun:
+                   checkpoint: Callable[[EvaluationRun], None] | None = None,
+                   resume: Mapping | None = None) -> EvaluationRun:
     """Train and score every row of `config.models`; records plus the settings that froze them.
 
     `backend`: an `LLMBackend` for the re-ranking and cold-start rows; None with `config.use_llm` starts
     `make_backend(config.llm)` when such a row is first due and closes it after the first seed's LLM work.
     An LLM row that fails is left out with the error as its reason (the other rows still report).
-    `checkpoint` receives the partial run (settings["complete"] False) after every scored row, so a long
+    `checkpoint` receives the partial run (settings["complete"] False) after every finished (row, seed), so a
     run that is killed still leaves its finished rows behind.
+    `resume`: the settings of an earlier (possibly partial) run; its finished (row, seed) pairs are taken
+    over instead of retrained, where the split and the row's config are unchanged (`resumable_rows`).
     """
     from llmrec.evaluate_llm import coldstart_rows, imagine_cold_histories, rerank_row
     from retrieval.baselines import ItemKNNScorer, PopularityScorer
@@ -197,6 +200,8 @@ def run_evaluation(dataset: Dataset, config: EvaluateConfig | None = None, backe
     notes: dict[str, object] = {}
     cold = [s for s in proto.slices if s.startswith("cold_")]
     tags_cache: dict[str, dict[str, list[str]]] = {}
+    raw: list[dict] = []  # one entry per (model, seed, slice): what a resumed run takes over
+    finished: list[list] = []  # [model, seed] pairs whose every slice is scored
 
     def snapshot(complete: bool = False) -> EvaluationRun:
         records = _aggregate(values, seeds_of, betas, n_of, config)
@@ -211,6 +216,7 @@ def run_evaluation(dataset: Dataset, config: EvaluateConfig | None = None, backe
             "model_configs": {m: row_config(m, config) for m in rows},
             "absent": absent, "notes": notes, "model_reports": reports, "betas": betas,
             "seconds": round(time.perf_counter() - t_start, 1), "complete": complete,
+            "raw": raw, "finished": finished,
         }
         return EvaluationRun(records=records, settings=settings)
 
@@ -222,12 +228,19 @@ def run_evaluation(dataset: Dataset, config: EvaluateConfig | None = None, backe
             if m:
                 values.setdefault((model, s), []).append(m)
                 n_of[(model, s)] = len(view.users)
+                raw.append({"model": model, "seed": seed, "slice": s, "n": len(view.users), "metrics": m})
             log(f"[evaluate] {model} seed={seed} {s}: ndcg@{config.k}={m.get(f'ndcg@{config.k}', float('nan')):.4f} "
                 f"(n={len(view.users)}, {time.perf_counter() - t0:.1f}s)")
         if seed not in seeds_of.setdefault(model, []):
             seeds_of[model].append(seed)
+
+    def finish(model: str, seed: int) -> None:
+        finished.append([model, seed])
         if checkpoint is not None:
             checkpoint(snapshot())
+
+    def done(model: str, seed: int) -> bool:
+        return [model, seed] in finished
 
     def slice_tags(s: str) -> dict[str, list[str]]:
         if s not in tags_cache:
@@ -241,6 +254,7 @@ def run_evaluation(dataset: Dataset, config: EvaluateConfig | None = None, backe
         reports.setdefault(model, []).append({"seed": seed, **rep})
         for s in slices:
             add(model, seed, TowerScorer(model, result.model, beta, tags_for(s)), [s])
+        finish(model, seed)
 
     # Which rows can run at all.
     llm_tags: dict[str, tuple[dict, dict]] = {}
@@ -259,6 +273,29 @@ def run_evaluation(dataset: Dataset, config: EvaluateConfig | None = None, backe
     if "coldstart_none" in wanted and not config.use_llm:
         absent["coldstart_none"] = "compared only with the LLM cold-start rows, which --no-llm skipped"
     rows = [m for m in wanted if m not in absent]
+    if resume is not None:
+        taken = resumable_rows(resume, proto.split.hash, {m: row_config(m, config) for m in rows})
+        for entry in resume.get("raw", []):
+            if [entry["model"], entry["seed"]] in taken and entry["seed"] in config.seeds:
+                values.setdefault((entry["model"], entry["slice"]), []).append(entry["metrics"])
+                n_of[(entry["model"], entry["slice"])] = entry["n"]
+                raw.append(entry)
+        for model, seed in taken:
+            if seed in config.seeds:
+                finished.append([model, seed])
+                if model in ("popularity", "item_knn"):  # deterministic: scored once, stands for every seed
+                    seeds_of[model] = list(config.seeds)
+                else:
+                    seeds_of.setdefault(model, []).append(seed)
+                for rep in resume.get("model_reports", {}).get(model, []):
+                    if rep.get("seed") == seed:
+                        reports.setdefault(model, []).append(rep)
+                        if "beta" in rep and model not in ("sasrec_bce", "sasrec_ce"):
+                            betas.setdefault(model, []).append(float(rep["beta"]))
+        for key, note in resume.get("notes", {}).items():
+            if any(m == key or key == "coldstart" for m, _ in taken):
+                notes.setdefault(key, note)
+        log(f"[evaluate] resumed {len(finished)} finished (row, seed) pairs from the earlier run")
     llm = {"backend": backend, "own": False}
 
     def get_backend():
@@ -284,18 +321,19 @@ def run_evaluation(dataset: Dataset, config: EvaluateConfig | None = None, backe
     try:
         # Deterministic baselines: fitted and scored once; every seed would give the same numbers.
         baselines: dict[str, SequenceScorer] = {}
-        if "popularity" in rows:
+        if "popularity" in rows and not done("popularity", config.seeds[0]):
             baselines["popularity"] = PopularityScorer.fit(proto.split.train, proto.vocab)
-        if "item_knn" in rows:
+        if "item_knn" in rows and not done("item_knn", config.seeds[0]):
             baselines["item_knn"] = ItemKNNScorer.fit(proto.split.train, proto.vocab, config.knn_neighbors,
                                                       config.knn_shrink)
         for name, scorer in baselines.items():
             add(name, config.seeds[0], scorer, proto.slices)
             seeds_of[name] = list(config.seeds)
+            finish(name, config.seeds[0])
         imagined = None
         for seed in config.seeds:
             for loss in ("bce", "ce"):
-                if f"sasrec_{loss}" in rows:
+                if f"sasrec_{loss}" in rows and not done(f"sasrec_{loss}", seed):
                     t0 = time.perf_counter()
                     scorer, rep = train_sasrec(proto.split, proto.vocab, config.sasrec.model_copy(
                         update={"loss": loss, "seed": seed}), log=lambda s, n=loss: log(f"[evaluate] sasrec_{n} {s}"))
@@ -304,19 +342,24 @@ def run_evaluation(dataset: Dataset, config: EvaluateConfig | None = None, backe
                     log(f"[evaluate] sasrec_{loss} seed={seed} trained in {time.perf_counter() - t0:.0f}s "
                         f"(best epoch {rep['best_epoch']})")
                     add(f"sasrec_{loss}", seed, scorer, proto.slices)
+                    finish(f"sasrec_{loss}", seed)
             tcfg = config.towers.model_copy(update={"seed": seed})
-            if any(m in rows for m in BASE_TOWER_ROWS):
+            if any(m in rows and not done(m, seed) and (m != "three_tower_llm_rerank" or seed == config.seeds[0])
+                   for m in BASE_TOWER_ROWS):
                 base = train_towers(dataset, proto.split, tcfg)
                 log(f"[evaluate] three-tower seed={seed} trained: beta={base.report['beta']}")
-                if "three_tower_notag" in rows:
+                if "three_tower_notag" in rows and not done("three_tower_notag", seed):
                     res = type(base)(model=base.model, report={**base.report, "beta": 1.0})
                     tower_rows("three_tower_notag", seed, res, lambda s: {}, proto.slices)
-                if "three_tower_heuristic_tags" in rows:
+                if "three_tower_heuristic_tags" in rows and not done("three_tower_heuristic_tags", seed):
                     tower_rows("three_tower_heuristic_tags", seed, base, slice_tags, proto.slices)
-                if "three_tower_llm_rerank" in rows and seed == config.seeds[0]:
+                if ("three_tower_llm_rerank" in rows and seed == config.seeds[0]
+                        and not done("three_tower_llm_rerank", seed)):
                     notes["three_tower_llm_rerank"] = guarded(["three_tower_llm_rerank"], lambda: rerank_row(
                         dataset, proto, config, base, slice_tags("all"), get_backend(), add, seed))
-                cold_rows = [m for m in COLDSTART_ROWS if m in rows]
+                    if "three_tower_llm_rerank" in rows:
+                        finish("three_tower_llm_rerank", seed)
+                cold_rows = [m for m in COLDSTART_ROWS if m in rows and not done(m, seed)]
                 if cold_rows and imagined is None:
                     imagined = guarded(cold_rows, lambda: imagine_cold_histories(dataset, proto, config,
                                                                                  get_backend(), cold))
@@ -325,23 +368,39 @@ def run_evaluation(dataset: Dataset, config: EvaluateConfig | None = None, backe
                 if llm["own"] and llm["backend"] is not None:
                     llm["backend"].close()  # every LLM call is done after the first seed
                     llm["backend"] = None
-                cold_rows = [m for m in COLDSTART_ROWS if m in rows]
+                cold_rows = [m for m in COLDSTART_ROWS if m in rows and not done(m, seed)]
                 if cold_rows and imagined is not None:
                     coldstart_rows(proto, config, base.model, imagined, cold_rows, add, seed)
+                    for m in cold_rows:
+                        finish(m, seed)
             for row, (tags, info) in llm_tags.items():
+                if done(row, seed):
+                    continue
                 res = train_towers(dataset, proto.split, tcfg, llm_tags=tags, tags_info=info)
                 # Mined tags summarise the whole visible history: not a cold user's, so cold slices are skipped.
                 tower_rows(row, seed, res, lambda s, t=tags: t, ["all", "long_tail"])
                 notes[row] = {"tags": info, "slices": "all and long_tail only: tags were mined from the full "
                               "visible history, which a cold user does not have"}
             for row, switch in ABLATIONS.items():
-                if row in rows:
+                if row in rows and not done(row, seed):
                     res = train_towers(dataset, proto.split, tcfg.model_copy(update=switch))
                     tower_rows(row, seed, res, slice_tags, proto.slices)
     finally:
         if llm["own"] and llm["backend"] is not None:
             llm["backend"].close()
     return snapshot(complete=True)
+
+
+def resumable_rows(settings: Mapping, split_hash: str, configs: Mapping[str, dict]) -> list[list]:
+    """The [model, seed] pairs of an earlier run's settings that a new run may take over unchanged.
+
+    Nothing when the split differs; per row, only when its config (as `row_config` freezes it) is equal.
+    """
+    if settings.get("split_hash") != split_hash:
+        return []
+    before = settings.get("model_configs", {})
+    return [[m, s] for m, s in settings.get("finished", [])
+            if m in configs and before.get(m) == configs[m]]
 
 
 def row_config(model: str, config: EvaluateConfig) -> dict:

@@ -279,3 +279,33 @@ def test_cli_config_file_with_option_overrides(tiny, tmp_path):
     assert "three_tower_llm_rerank" in summary["absent"]
     bad = CliRunner().invoke(app, ["evaluate", "--dataset", str(folder), "--out", str(out), "--models", "nope"])
     assert bad.exit_code != 0 and "models" in bad.output
+
+
+def test_resume_takes_over_finished_rows_and_retrains_changed_ones(tiny):
+    towers = TowerConfig(encoder="hashed-bow", epochs=1, max_len=10, beta_grid=(0.5, 1.0))
+    base = dict(dataset="tiny", seeds=(0, 1), cold_lengths=(0,), max_users=12, k=5, use_llm=False, towers=towers)
+    first = run_evaluation(tiny, EvaluateConfig(models=("popularity", "three_tower_notag"), **base), log=lambda s: None)
+    assert sorted(map(tuple, first.settings["finished"])) == [
+        ("popularity", 0), ("three_tower_notag", 0), ("three_tower_notag", 1)]
+
+    # Same rows plus a new one: the old rows are copied, not retrained (the log says what ran).
+    lines: list[str] = []
+    second = run_evaluation(tiny, EvaluateConfig(models=("popularity", "three_tower_notag", "item_knn"), **base),
+                            log=lines.append, resume=json.loads(json.dumps(first.settings)))
+    ran = {line.split()[1] for line in lines if ": ndcg@" in line}
+    assert ran == {"item_knn"}
+    old = {(r["model"], r["slice"], r["metric"]): (r["value"], r["std"], r["seeds"]) for r in first.records}
+    new = {(r["model"], r["slice"], r["metric"]): (r["value"], r["std"], r["seeds"]) for r in second.records}
+    assert {k: v for k, v in new.items() if k[0] != "item_knn"} == old
+    assert second.settings["betas"]["three_tower_notag"] == [1.0, 1.0]
+
+    # A row whose config changed is retrained; a different split takes over nothing.
+    changed = EvaluateConfig(models=("popularity", "three_tower_notag"),
+                             **{**base, "towers": towers.model_copy(update={"dim": 8})})
+    lines.clear()
+    run_evaluation(tiny, changed, log=lines.append, resume=first.settings)
+    assert {line.split()[1] for line in lines if ": ndcg@" in line} == {"three_tower_notag"}
+    moved = {**first.settings, "split_hash": "other"}
+    lines.clear()
+    run_evaluation(tiny, EvaluateConfig(models=("popularity",), **base), log=lines.append, resume=moved)
+    assert {line.split()[1] for line in lines if ": ndcg@" in line} == {"popularity"}

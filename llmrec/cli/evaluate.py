@@ -70,6 +70,9 @@ def register(app: typer.Typer) -> None:
                                                         "(--quick: 100)."),
         backend: str = typer.Option("vllm", help="LLM backend for the LLM rows: vllm or transformers."),
         coldstart_cache: Path = typer.Option(None, help="JSON cache of imagined histories (reused across runs)."),
+        resume: bool = typer.Option(False, "--resume", help="Take over the finished (row, seed) pairs of the "
+                                                            "settings JSON beside --out (same split, same row "
+                                                            "config); train and score only the rest."),
         config_file: Path = typer.Option(None, "--config", help="An EvaluateConfig JSON (e.g. a previous run's "
                                                                 "settings' evaluate_config) to start from; the "
                                                                 "other options override its fields."),
@@ -110,8 +113,14 @@ def register(app: typer.Typer) -> None:
         out = out or Path("reports") / f"{Path(dataset).name}.json"
         extra = {"command": " ".join(["llmrec", *sys.argv[1:]]),
                  "git_commit": git_commit(Path(__file__).resolve().parents[2])}
+        earlier = None
+        if resume:
+            settings_path = out.with_suffix(".settings.json")
+            if not settings_path.is_file():
+                raise typer.BadParameter(f"--resume: no earlier run at {settings_path}")
+            earlier = json.loads(settings_path.read_text())
         run = run_evaluation(resolve_dataset(dataset), config, log=lambda s: print(s, file=sys.stderr, flush=True),
-                             checkpoint=lambda partial: write_outputs(partial, out, extra))
+                             checkpoint=lambda partial: write_outputs(partial, out, extra), resume=earlier)
         paths = write_outputs(run, out, extra)
         print(json.dumps({"records": str(out), "settings": str(paths[0]), "report": [str(p) for p in paths[1:]],
                           "n_records": len(run.records), "seconds": run.settings["seconds"],
