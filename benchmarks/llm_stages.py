@@ -6,22 +6,24 @@ Users: the adapter's validation users (`manifest.json` "valid_users": their even
 with the adapter's narrative budget, prompts and MiningConfig (from its manifest), so base and LoRA see the
 very same prompts; the tag target is the user's next item (the test target).
 
-Models: "base" (packaged SmolLM2, vLLM, schema-guided), "lora" (the same engine with the adapter as a
-LoRARequest), "popular_tags" (the 30 most frequent item tags over everyone's visible history) and
-"history_tags" (the user's 30 most frequent past item tags, `llmrec.tags.history_tags`).
+Models: "base" (packaged SmolLM2, vLLM, schema-guided), "lora" (the adapter merged into the base weights,
+`llmrec.model.merged_model`, as the batch job serves it), "popular_tags" (the 30 most frequent item tags over
+everyone's visible history) and "history_tags" (the user's 30 most frequent past item tags,
+`llmrec.tags.history_tags`). The models answer with at most `MiningConfig.max_tags` tags (10 by default), so
+their HR@30 equals their HR@10; the heuristics rank 30.
 
-Metrics (records: benchmark, metric, value, unit, model, path, stage, k, n):
-- valid_first_try (stage interests|tags): share of answers that parsed against the wire schema and were
-  usable on the first try; valid_final: share of users whose interests AND tags both came from validated
-  model output (after the one retry); fallback_rate = 1 - valid_final (flagged heuristic stood in).
+Metrics (records: benchmark, metric, value, unit, model, path, k, n):
+- valid_first_try: share of answers that parsed against the wire schema and were usable on the first try;
+  valid_final: share of users whose profile came from validated model output (after the one retry);
+  fallback_rate = 1 - valid_final (flagged heuristic stood in).
 - tag_hr (k=10, 30): RecGPT's tag HR@k against the next item (`llmrec.tags.tag_hit_rate`; the tag ->
   attribute mapping is in that module's docstring), over all users, fallbacks included; tag_hr_llm_only:
   the same over the users whose tags the model produced itself (n_llm of them).
-- grounding: share of cited evidence items that resolve to an item of the user's narrative (so of their
-  history before the target), `MiningStats.grounding`.
-- output_tokens_per_s, users_per_min: wall-clock, whole mining (interests + tags + retries). The "throughput"
-  slice runs the LoRA model on the first --throughput-users users through BOTH paths (same model, prompts,
-  adapter, one process), and records vllm_speedup = vLLM tokens/s / transformers tokens/s.
+- grounding: share of cited evidence line numbers that name a line of the user's narrative (so an item of
+  their history before the target), `MiningStats.grounding`.
+- output_tokens_per_s, users_per_min: wall-clock, whole mining (retries included). The "throughput" slice runs
+  the LoRA model on the first --throughput-users users through BOTH paths (same merged model, same prompts,
+  one process), and records vllm_speedup = vLLM tokens/s / transformers tokens/s.
 
 Records are rewritten after every stage, so a run cut short keeps what it measured.
 
@@ -59,19 +61,18 @@ def held_out_users(adapter: Path, candidates: set[str], n: int) -> list[str]:
 
 def score_llm(model: str, profiles, stats: MiningStats, next_items, path: str) -> list[dict]:
     n = len(profiles)
-    tag_calls = n - stats.interests_fallback
     ctx = {"model": model, "path": path, "n": n}
     recs = [
-        record(BENCH, "valid_first_try", stats.interests_valid_first / n, "fraction", stage="interests", **ctx),
-        record(BENCH, "valid_first_try", stats.tags_valid_first / tag_calls if tag_calls else 0.0, "fraction",
-               stage="tags", **ctx),
+        record(BENCH, "valid_first_try", stats.valid_first / n, "fraction", **ctx),
+        record(BENCH, "json_valid_rate", stats.answers_valid / max(stats.answers, 1), "fraction", **ctx),
         record(BENCH, "valid_final", stats.valid_rate, "fraction", **ctx),
         record(BENCH, "fallback_rate", 1.0 - stats.valid_rate, "fraction", **ctx),
         record(BENCH, "grounding", stats.grounding, "fraction", cited=stats.evidence_cited, **ctx),
         record(BENCH, "output_tokens_per_s", stats.output_tokens / stats.seconds, "tokens/s", **ctx),
         record(BENCH, "users_per_min", 60 * n / stats.seconds, "users/min", **ctx),
-        record(BENCH, "tags_per_user", stats.tags_kept / max(n - stats.tags_fallback - stats.interests_fallback, 1),
-               "tags", **ctx),
+        record(BENCH, "tags_per_user", stats.tags_kept / max(n - stats.fallback, 1), "tags", **ctx),
+        record(BENCH, "prompt_tokens_per_user", stats.prompt_tokens / max(stats.answers, 1), "tokens", **ctx),
+        record(BENCH, "output_tokens_per_user", stats.output_tokens / max(stats.answers, 1), "tokens", **ctx),
     ]
     tags = [[t.text for t in p.tags] for p in profiles]
     recs += [record(BENCH, "tag_hr", tag_hit_rate(tags, next_items, k), "fraction", k=k, **ctx) for k in KS]
@@ -89,10 +90,10 @@ def score_heuristic(model: str, tags: list[list[str]], next_items) -> list[dict]
                    n=len(tags)) for k in KS]
 
 
-def timed_mining(backend, narratives, mining, adapter, items, log) -> tuple[list, MiningStats]:
+def timed_mining(backend, narratives, mining, name, items, log) -> tuple[list, MiningStats]:
     t = time.perf_counter()
-    profiles, stats = mine_interests(narratives, backend, mining, adapter=adapter, items=items)
-    log(f"  {backend.name} adapter={adapter is not None}: {len(narratives)} users in {time.perf_counter() - t:.0f}s, "
+    profiles, stats = mine_interests(narratives, backend, mining, items=items, label=f"{backend.name}+{name}")
+    log(f"  {backend.name} {name}: {len(narratives)} users in {time.perf_counter() - t:.0f}s, "
         f"{stats.output_tokens} output tokens, valid_final {stats.valid_rate:.2f}, grounding {stats.grounding:.2f}")
     return profiles, stats
 
@@ -145,25 +146,28 @@ def main() -> None:
     save()
     # Throughput slice: the LoRA model on the first n_tp users through both paths (same prompts). When it
     # covers every held-out user, the held-out vLLM LoRA run is that measurement (not run twice).
+    from llmrec.model import merged_model
+
+    merged = str(merged_model(args.model, adapter))
     n_tp = min(args.throughput_users, len(users))
     tp, tp_items = narratives[:n_tp], next_items[:n_tp]
-    vllm = make_backend(LLMConfig(model=args.model, backend="vllm"))
-    try:
-        for name, adp in (("lora", str(adapter)), ("base", None)):
-            profiles, stats = timed_mining(vllm, narratives, mining, adp, ds.item_index, log)
+    for name, served in (("lora", merged), ("base", args.model)):
+        vllm = make_backend(LLMConfig(model=served, backend="vllm", enable_lora=False))
+        try:
+            profiles, stats = timed_mining(vllm, narratives, mining, name, ds.item_index, log)
             records += score_llm(name, profiles, stats, next_items, "vllm")
-            if name == "lora" and n_tp == len(users):
-                tp_profiles, stats_v = profiles, stats
-            save()
-        if n_tp < len(users):
-            tp_profiles, stats_v = timed_mining(vllm, tp, mining, str(adapter), ds.item_index, log)
-        records += [dict(r, slice="throughput") for r in score_llm("lora", tp_profiles, stats_v, tp_items, "vllm")]
+            if name == "lora":
+                if n_tp < len(users):
+                    profiles, stats = timed_mining(vllm, tp, mining, name, ds.item_index, log)
+                stats_v = stats
+                records += [dict(r, slice="throughput") for r in score_llm("lora", profiles[:n_tp], stats, tp_items,
+                                                                            "vllm")]
+        finally:
+            vllm.close()
         save()
-    finally:
-        vllm.close()
-    hf = make_backend(LLMConfig(model=args.model, backend="transformers"))
+    hf = make_backend(LLMConfig(model=merged, backend="transformers"))
     try:
-        profiles, stats_t = timed_mining(hf, tp, mining, str(adapter), ds.item_index, log)
+        profiles, stats_t = timed_mining(hf, tp, mining, "lora", ds.item_index, log)
         records += [dict(r, slice="throughput") for r in score_llm("lora", profiles, stats_t, tp_items, "transformers")]
     finally:
         hf.close()
@@ -179,12 +183,12 @@ def print_table(records: list[dict]) -> None:
     rows: dict[tuple, dict] = {}
     for r in records:
         key = (r.get("slice", "held-out"), r["model"], r.get("path", ""), r["n"])
-        col = r["metric"] + (f"_{r['stage'][:3]}" if "stage" in r else "") + (f"@{r['k']}" if "k" in r else "")
+        col = r["metric"] + (f"@{r['k']}" if "k" in r else "")
         rows.setdefault(key, {})[col] = r["value"]
-    cols = ["valid_first_try_int", "valid_first_try_tag", "valid_final", "tag_hr@10", "tag_hr@30",
-            "tag_hr_llm_only@10", "tag_hr_llm_only@30", "grounding", "tags_per_user", "output_tokens_per_s",
+    cols = ["json_valid_rate", "valid_first_try", "valid_final", "tag_hr@10", "tag_hr@30",
+            "tag_hr_llm_only@10", "grounding", "tags_per_user", "output_tokens_per_user", "output_tokens_per_s",
             "users_per_min", "vllm_speedup"]
-    short = ["valid_i", "valid_t", "valid", "HR@10", "HR@30", "HRllm@10", "HRllm@30", "ground", "tags/u", "tok/s",
+    short = ["json", "valid_1st", "valid", "HR@10", "HR@30", "HRllm@10", "ground", "tags/u", "out/u", "tok/s",
              "users/min", "speedup"]
     print(f"{'slice':<11}{'model':<13}{'path':<13}{'n':>4}" + "".join(f"{c:>10}" for c in short))
     for (slice_, model, path, n), row in rows.items():

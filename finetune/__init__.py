@@ -60,7 +60,8 @@ def finetune_dataset(
         "split_report": split.report,
         "prompt_hashes": prompt_hashes(PROMPTS),
         "mining_config": mining.model_dump(mode="json"),
-        "narrative_config": NarrativeConfig(max_tokens=config.narrative_max_tokens).model_dump(mode="json"),
+        "narrative_config": NarrativeConfig(max_tokens=config.narrative_max_tokens or mining.narrative_tokens
+                                            ).model_dump(mode="json"),
         "sft_report": report.to_dict(),
         "max_users": max_users,
     }

@@ -1,4 +1,4 @@
-"""SFT examples from the events themselves (no teacher model), for the two LLM tasks of `llmrec.interests`.
+"""SFT examples from the events themselves (no teacher model), for the mining task of `llmrec.interests`.
 
 Construction, per TRAIN-split user (`llmrec.split` train events only: the validation and test targets are
 never read) and per cut fraction f in `FinetuneConfig.cut_fractions`:
@@ -7,21 +7,22 @@ never read) and per cut fraction f in `FinetuneConfig.cut_fractions`:
    t = time(e_k). *Before* = events with time < t (strictly; same-second ties of e_k count as after),
    *after* = events with time >= t. Cuts with fewer than `min_events_before_cut` events before, or no
    after-event with a positive taste weight, give no example and are counted in `SFTReport.skipped`.
-2. Input. The narrative (`llmrec.narrative.render_narratives`, budget `narrative_max_tokens`) of the
-   before-events only, as of t: the renderer is given no after-event at all, and itself reads only events
+2. Input. The narrative (`llmrec.narrative.render_narratives`, budget `narrative_max_tokens`, by default
+   the mining prompt's `MiningConfig.narrative_tokens`) of the before-events only, as of t: the renderer is given no after-event at all, and itself reads only events
    strictly before `as_of`. So no event at or after t can enter the input.
 3. Interest target (interest-mining task). Every before-event votes for the "modifier + core" tags of its
    item (`llmrec.tags.item_tags`: decade + genre, genre pair) with its taste weight (liked 2, watched 1,
    purchased 2, clicked 0.5, disliked and others 0). The `n_interests` best-voted combinations that have an
    item visible in the narrative become the interests; their evidence is up to `n_evidence` such visible
-   items (best weight, then most recent), cited by title exactly as the narrative writes it.
-4. Tag target (tag-prediction task; RecGPT's tag pre-alignment). The first `tag_horizon` after-events vote
-   for their items' tags with taste weight x 0.9^position (the sooner, the more it counts); the `n_tags`
-   best are the target, best first, each pointing at the interest whose attributes overlap it most.
-   These tags describe what the user really took next, so they are ground truth for tag HR@k.
-5. Format. The prompts are `llmrec.interests.interest_messages` / `tag_messages` (the very prompts used at
-   inference) and the answers are compact JSON validated against `interests_wire` / `tags_wire` (the
-   schemas that constrain decoding), so the tuned model emits what the parser accepts.
+   items (best weight, then most recent), cited by their narrative line number.
+4. Tag target (RecGPT's tag pre-alignment). The first `tag_horizon` after-events vote for their items' tags
+   with taste weight x 0.9^position (the sooner, the more it counts); the `n_tags` best, best first, are
+   each listed under the interest whose attributes overlap them most among those with room left
+   (`MiningConfig.tags_per_interest`; a tag no interest has room for is counted and left out). These tags
+   describe what the user really took next, so they are ground truth for tag HR@k.
+5. Format. The prompt is `llmrec.interests.interest_messages` (the very prompt used at inference) and the
+   answer is compact JSON validated against `interests_wire` (the schema that constrains decoding), so the
+   tuned model emits what the parser accepts.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import pandas as pd
 
 from finetune.train_lora import SFTExample
 from llmrec.config import FinetuneConfig, MiningConfig, NarrativeConfig
-from llmrec.interests import interest_messages, interests_wire, narrative_items, tag_messages, tags_wire
+from llmrec.interests import interest_messages, interests_wire
 from llmrec.narrative import NarrativeReport, render_narratives
 from llmrec.schema import Item
 from llmrec.tags import item_tags, tag_attributes
@@ -114,8 +115,11 @@ def cut_histories(train_events: pd.DataFrame, config: FinetuneConfig, report: SF
 
 
 def interest_target(before: pd.DataFrame, visible: Sequence[str], items: dict[str, Item],
-                    config: FinetuneConfig, mining: MiningConfig) -> list[dict[str, Any]]:
-    """Dominant attribute combinations of the history before t, with visible evidence items (step 3)."""
+                    config: FinetuneConfig) -> list[dict[str, Any]]:
+    """Dominant attribute combinations of the history before t, with evidence line numbers (step 3).
+
+    `visible`: the item of each narrative line, in line order (`Narrative.item_ids`).
+    """
     votes: dict[str, float] = defaultdict(float)
     weight_of: dict[str, float] = {}
     recency: dict[str, int] = {}
@@ -125,23 +129,23 @@ def interest_target(before: pd.DataFrame, visible: Sequence[str], items: dict[st
         if w > 0:
             for tag in item_tags(items[row.item_id]):
                 votes[tag] += w
-    visible_set = set(visible)
+    line_of = {item_id: n for n, item_id in enumerate(visible, start=1)}
     out = []
     for tag, _ in sorted(votes.items(), key=lambda kv: (-kv[1], kv[0])):
-        evidence = [i for i in visible_set if weight_of.get(i, 0.0) > 0 and tag in item_tags(items[i])
-                    and len(cite_title(items[i])) <= mining.max_evidence_chars]
+        evidence = [i for i in line_of if weight_of.get(i, 0.0) > 0 and tag in item_tags(items[i])]
         if not evidence:
             continue
         evidence.sort(key=lambda i: (-weight_of[i], -recency[i], i))
-        out.append({"n": tag, "e": [cite_title(items[i]) for i in evidence[: config.n_evidence]]})
+        out.append({"n": tag, "e": [line_of[i] for i in evidence[: config.n_evidence]], "t": []})
         if len(out) == config.n_interests:
             break
     return out
 
 
 def tag_target(after: pd.DataFrame, interest_names: Sequence[str], items: dict[str, Item],
-               config: FinetuneConfig) -> list[dict[str, Any]]:
-    """Tags of the items taken right after t, best first, each tied to its closest interest (step 4)."""
+               config: FinetuneConfig, per_interest: int) -> tuple[list[list[str]], int]:
+    """Tags of the items taken right after t, best first, grouped under their closest interest with room
+    (step 4); also how many found no room."""
     votes: dict[str, float] = defaultdict(float)
     for pos, row in enumerate(after.head(config.tag_horizon).itertuples(index=False)):
         w = TASTE_WEIGHTS.get(row.behavior, 0.0) * AFTER_DECAY**pos
@@ -149,17 +153,17 @@ def tag_target(after: pd.DataFrame, interest_names: Sequence[str], items: dict[s
             for tag in item_tags(items[row.item_id]):
                 votes[tag] += w
     interest_attrs = [tag_attributes(n) or frozenset() for n in interest_names]
-    out = []
+    groups: list[list[str]] = [[] for _ in interest_names]
+    no_room = 0
     for tag, _ in sorted(votes.items(), key=lambda kv: (-kv[1], kv[0]))[: config.n_tags]:
         attrs = tag_attributes(tag) or frozenset()
-        overlap = [len(attrs & a) / max(len(attrs | a), 1) for a in interest_attrs]
-        out.append({"t": tag, "i": int(np.argmax(overlap)) if overlap else 0})
-    return out
-
-
-def cite_title(item: Item) -> str:
-    """How the narrative writes an item's title (whitespace collapsed), the form the model must cite."""
-    return " ".join(item.title.split())
+        open_ = [k for k, g in enumerate(groups) if len(g) < per_interest]
+        if not open_:
+            no_room += 1
+            continue
+        overlap = np.array([len(attrs & interest_attrs[k]) / max(len(attrs | interest_attrs[k]), 1) for k in open_])
+        groups[open_[int(np.argmax(overlap))]].append(tag)
+    return groups, no_room
 
 
 def dump_answer(obj: dict[str, Any]) -> str:
@@ -193,36 +197,31 @@ def build_sft_examples(
     before = pd.concat([c.before.assign(user_id=c.key) for c in cuts], ignore_index=True)
     as_of = pd.Series([c.t for c in cuts], index=[c.key for c in cuts])
     narr_report = NarrativeReport()
-    narratives = render_narratives(before, items_table, as_of, NarrativeConfig(max_tokens=config.narrative_max_tokens),
-                                   tokenizer, narr_report)
+    budget = config.narrative_max_tokens or mining.narrative_tokens
+    narratives = render_narratives(before, items_table, as_of, NarrativeConfig(max_tokens=budget), tokenizer, narr_report)
     report.narrative = narr_report.to_dict()
     by_key = {n.user_id: n for n in narratives}
 
-    i_wire, t_wire = interests_wire(mining), tags_wire(mining)
+    wire = interests_wire(mining)
     examples: list[SFTExample] = []
     for cut in cuts:
         narrative = by_key[cut.key]
-        seen = {i: items[i] for i in cut.before["item_id"].unique() if i in items}
-        visible = list(dict.fromkeys(narrative_items(narrative.text, seen).values()))
-        interests = interest_target(cut.before, visible, items, config, mining)
+        interests = interest_target(cut.before, narrative.item_ids, items, config)
         if len(interests) < config.n_interests:
             report.skip("too_few_interests_with_visible_evidence")
             continue
-        tags = tag_target(cut.after, [x["n"] for x in interests], items, config)
-        if not tags:
+        groups, no_room = tag_target(cut.after, [x["n"] for x in interests], items, config, mining.tags_per_interest)
+        if not any(groups):
             report.skip("no_taste_after_cut")
             continue
-        # Validate against the decoding schemas: a target the parser would reject must never be trained on.
-        i_answer = dump_answer(i_wire.model_validate({"i": interests}).model_dump())
-        t_answer = dump_answer(t_wire.model_validate({"t": tags}).model_dump())
-        cut_time = cut.t.to_pydatetime()
+        if no_room:  # tags, not examples: the example stays, with the tags that fit
+            report.skip("target_tags_without_room", no_room)
+        for interest, tags in zip(interests, groups):
+            interest["t"] = tags
+        # Validate against the decoding schema: a target the parser would reject must never be trained on.
+        answer = dump_answer(wire.model_validate({"i": interests}).model_dump())
         examples.append(SFTExample(
-            user_id=cut.user_id, task="interests", cut_time=cut_time,
-            messages=(*interest_messages(narrative.text, mining), {"role": "assistant", "content": i_answer})))
-        examples.append(SFTExample(
-            user_id=cut.user_id, task="tags", cut_time=cut_time,
-            messages=(*tag_messages(narrative.text, [x["n"] for x in interests], mining),
-                      {"role": "assistant", "content": t_answer})))
-        for task in ("interests", "tags"):
-            report.examples[task] = report.examples.get(task, 0) + 1
+            user_id=cut.user_id, task="interests", cut_time=cut.t.to_pydatetime(),
+            messages=(*interest_messages(narrative.text, mining), {"role": "assistant", "content": answer})))
+        report.examples["interests"] = report.examples.get("interests", 0) + 1
     return examples, report

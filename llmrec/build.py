@@ -18,7 +18,7 @@ import json
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -78,11 +78,12 @@ def merge_stats(parts: Sequence[dict]) -> MiningStats:
 
 def mine_all(narratives: Sequence[Narrative], dataset: Dataset, out: Path, config: RecommenderConfig,
              backend: LLMBackend | None, executor: str = "local",
-             adapter: str | None = None) -> tuple[list[InterestProfile], MiningStats]:
+             adapter: str | None = None, label: str | None = None) -> tuple[list[InterestProfile], MiningStats]:
     """Interests and tags for every narrative, as a resumable sharded job; returns validated profiles.
 
     Each shard's rows carry its `MiningStats` (column `shard_stats`, JSON) so a resumed job still reports
-    the counts of every shard, including those a previous run finished.
+    the counts of every shard, including those a previous run finished. `label` names the model in the
+    profiles (e.g. "vllm+adapters/x" for a merged adapter); default the backend's name (+ adapter).
     """
     by_user = {n.user_id: n for n in narratives}
     items = dataset.item_index
@@ -90,7 +91,7 @@ def mine_all(narratives: Sequence[Narrative], dataset: Dataset, out: Path, confi
     def make(llm: LLMBackend):
         def process(keys: list[str]) -> pd.DataFrame:
             profiles, stats = mine_interests([by_user[k] for k in keys], llm, config.mining, adapter=adapter,
-                                             items=items)
+                                             items=items, label=label)
             frame = profiles_to_table(profiles).to_pandas()
             frame["shard_stats"] = json.dumps(stats.to_dict(), default=str)
             return frame
@@ -98,7 +99,7 @@ def mine_all(narratives: Sequence[Narrative], dataset: Dataset, out: Path, confi
 
     meta = {"stage": "mine", "mining": config.mining.model_dump(mode="json"),
             "narrative": config.narrative.model_dump(mode="json"), "adapter": adapter,
-            "model": config.llm.model, "prompt_hashes": prompt_hashes(PROMPTS)}
+            "model": config.llm.model, "label": label, "prompt_hashes": prompt_hashes(PROMPTS)}
     result = _run_llm_job(list(by_user), make, out, config, backend, executor, meta)
     frame = read_shards(result.out_dir)
     stats = merge_stats([json.loads(s) for s in frame["shard_stats"].unique()])
@@ -176,7 +177,9 @@ def build_recommender(dataset: Dataset, out: str | Path, config: RecommenderConf
     t = time.perf_counter()
     split = split_leave_one_out(dataset.events, config.data.min_events_for_split)
     as_of = split.as_of("test")
-    narratives = render_narratives(split.history("test"), dataset.items, as_of, config.narrative,
+    # The mining prompt's budget (MiningConfig.narrative_tokens): prefill is half the cost of mining on CPU.
+    narratives = render_narratives(split.history("test"), dataset.items, as_of,
+                                   config.narrative.model_copy(update={"max_tokens": config.mining.narrative_tokens}),
                                    load_narrative_tokenizer(config.llm.model))
     timings["narratives"] = time.perf_counter() - t
     log(f"[1/5] narratives: {len(narratives)} users in {timings['narratives']:.1f}s")

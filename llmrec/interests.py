@@ -1,19 +1,23 @@
-"""Narrative -> InterestProfile: RecGPT's interest mining and tag prediction as two batched LLM calls.
+"""Narrative -> InterestProfile: RecGPT's interest mining and tag prediction, in ONE batched LLM call.
 
-1. Interest mining: every user's narrative -> >= `min_interests` interests, each citing evidence items from
-   the narrative. Wire format (short keys: decoding is the cost): {"i":[{"n": name, "e": [item, ...]}]}.
-2. Tag prediction: narrative + the mined interests -> up to `max_tags` "modifier + core" tags, each naming
-   the interest it serves: {"t":[{"t": tag, "i": interest index}]}.
+RecGPT runs the two tasks as separate calls. On 2 CPU cores prefill and decoding are the whole cost, so
+llmrec asks for both in one answer and the narrative is read once:
 
-Each call is schema-constrained (`backend.generate(json_schema=Wire.model_json_schema())`) and its answer
-is validated with the same pydantic model anyway; the prompts that failed are retried ONCE (in one batch,
-at `retry_temperature`), and users that fail twice get a flagged fallback (`source="fallback"`) built from
-their history's most frequent tags. An answer cut off by the token budget is salvaged by closing the JSON
-after its last complete element, then validated like any other. Counts of all of this are in `MiningStats`.
+    {"i": [{"n": interest, "e": [history line numbers], "t": ["modifier + core" tag, ...]}, ...]}
 
-Evidence: the model cites items as written in the narrative (an id marker such as "[42]" when the
-narrative shows one, otherwise the title); `narrative_items` maps both back to item ids, and citations
-that name no item of the narrative are dropped and counted (grounding = kept / cited).
+Short keys, evidence as line numbers (1-2 tokens instead of a title's ~10), and the instructions all in the
+system message (`prompts/interests.jinja`), which every user's prompt shares as a cached prefix. Each tag
+belongs to the interest it is listed under; a user's ranked tag list takes the interests' tags round-robin
+(first tag of every interest, then the second, ...), interests in the model's order.
+
+The call is schema-constrained (`backend.generate(json_schema=Wire.model_json_schema())`) and validated with
+the same pydantic model anyway; answers that fail are retried ONCE (in one batch, at `retry_temperature`),
+and users that fail twice get a flagged fallback (`source="fallback"`) built from their history's most
+frequent tags. An answer cut off by the token budget is salvaged by closing the JSON after its last complete
+interest, then validated like any other. Counts of all of this are in `MiningStats`.
+
+Grounding: a cited line number names the item of that narrative line (`Narrative.item_ids`); numbers
+outside the narrative are dropped and counted (grounding = kept / cited).
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from typing import Annotated, Any, Callable, Sequence
+from itertools import zip_longest
+from typing import Annotated, Any, Sequence
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, create_model
@@ -34,58 +39,50 @@ from llmrec.prompts import render_prompt
 from llmrec.schema import Interest, InterestProfile, Item, Narrative, Tag
 from llmrec.tags import history_tags, item_tags, tag_attributes
 
-PROMPTS = ("interests", "tags")
+PROMPTS = ("interests",)
 _WIRE_CONFIG = ConfigDict(extra="forbid", frozen=True)
 
-# --- Wire schemas -----------------------------------------------------------------------------------
+# --- Wire schema --------------------------------------------------------------------------------------
 
 
 @lru_cache(maxsize=32)
-def _interests_wire(min_n: int, max_n: int, max_ev: int, name_chars: int, ev_chars: int) -> type[BaseModel]:
+def _wire(min_n: int, max_n: int, max_ev: int, max_tags: int, name_chars: int, tag_chars: int) -> type[BaseModel]:
     name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=name_chars)]
-    cite = Annotated[str, StringConstraints(min_length=1, max_length=ev_chars)]
+    tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=tag_chars)]
+    line = Annotated[int, Field(ge=1)]
     one = create_model("WireInterest", __config__=_WIRE_CONFIG, n=(name, ...),
-                       e=(list[cite], Field(max_length=max_ev)))
-    return create_model("WireInterests", __config__=_WIRE_CONFIG,
+                       e=(list[line], Field(max_length=max_ev)), t=(list[tag], Field(max_length=max_tags)))
+    return create_model("WireProfile", __config__=_WIRE_CONFIG,
                         i=(list[one], Field(min_length=min_n, max_length=max_n)))
 
 
-@lru_cache(maxsize=32)
-def _tags_wire(max_tags: int, max_interest: int, tag_chars: int) -> type[BaseModel]:
-    text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=tag_chars)]
-    one = create_model("WireTag", __config__=_WIRE_CONFIG, t=(text, ...), i=(int, Field(ge=0, le=max_interest)))
-    return create_model("WireTags", __config__=_WIRE_CONFIG, t=(list[one], Field(min_length=1, max_length=max_tags)))
-
-
 def interests_wire(config: MiningConfig) -> type[BaseModel]:
-    """The pydantic model of the interest answer (its JSON schema constrains decoding)."""
-    return _interests_wire(config.min_interests, config.max_interests, config.max_evidence,
-                           config.max_name_chars, config.max_evidence_chars)
+    """The pydantic model of the answer (its JSON schema constrains decoding)."""
+    return _wire(config.min_interests, config.max_interests, config.max_evidence, config.tags_per_interest,
+                 config.max_name_chars, config.max_tag_chars)
 
 
-def tags_wire(config: MiningConfig) -> type[BaseModel]:
-    """The pydantic model of the tag answer; `i` indexes the interest list."""
-    return _tags_wire(config.max_tags, config.max_interests - 1, config.max_tag_chars)
+def narrative_lines(narrative_text: str) -> list[str]:
+    """The narrative's lines (one item each), as the prompt numbers them from 1."""
+    return narrative_text.split("\n") if narrative_text else []
 
 
 def interest_messages(narrative_text: str, config: MiningConfig) -> Messages:
-    """The interest-mining chat for one narrative (also used to build SFT examples)."""
-    return render_prompt("interests", narrative=narrative_text, min_interests=config.min_interests,
-                         max_interests=config.max_interests, max_evidence=config.max_evidence)
+    """The mining chat for one narrative (also used to build SFT examples)."""
+    return render_prompt("interests", lines=narrative_lines(narrative_text), min_interests=config.min_interests,
+                         max_interests=config.max_interests, max_evidence=config.max_evidence,
+                         tags_per_interest=config.tags_per_interest)
 
 
-def tag_messages(narrative_text: str, interest_names: Sequence[str], config: MiningConfig) -> Messages:
-    """The tag-prediction chat for one narrative and its interests (also used to build SFT examples)."""
-    return render_prompt("tags", narrative=narrative_text, interests=list(interest_names), max_tags=config.max_tags)
+def round_robin(groups: Sequence[Sequence[Any]]) -> list[Any]:
+    """First element of every group, then every second, ...: one ranked list from per-interest lists."""
+    return [x for row in zip_longest(*groups) for x in row if x is not None]
 
-
-# --- Items cited in a narrative --------------------------------------------------------------------
 
 _YEAR_SUFFIX = re.compile(r"\s*\(\d{4}\)\s*$")
-_ID_MARKER = re.compile(r"\[(?:id[:=]?\s*)?([A-Za-z0-9_.-]+)\]")
-# The prompt's format placeholders ("<interest>", "<item from the history>"): a model that copies them back
-# has answered nothing, even when the JSON validates.
-_PLACEHOLDER = re.compile(r"^\s*<[^<>]*>\s*$")
+# The prompt's format placeholders ("...", "<interest>"): a model that copies them back has answered nothing,
+# even when the JSON validates.
+_PLACEHOLDER = re.compile(r"^\s*(?:<[^<>]*>|\.{2,}|…)\s*$")
 
 
 def _norm(text: str) -> str:
@@ -102,47 +99,6 @@ def title_forms(title: str) -> list[str]:
     return [f for f in dict.fromkeys(forms) if f]
 
 
-def narrative_items(text: str, items: dict[str, Item] | None) -> dict[str, str]:
-    """Cite key -> item id for every item the narrative shows, in order of first appearance.
-
-    Keys are normalised ids from markers like "[42]" and normalised title forms found in the text at word
-    boundaries. Without `items` only id markers can be resolved.
-    """
-    found: list[tuple[int, str, str]] = []  # (position, key, item_id)
-    for m in _ID_MARKER.finditer(text):
-        if items is None or m.group(1) in items:
-            found.append((m.start(), _norm(m.group(1)), m.group(1)))
-    if items:
-        low = text.lower()
-        for item_id, item in items.items():
-            for form in title_forms(item.title):
-                f = form.lower()
-                pos = low.find(f)
-                if pos < 0 or len(f) < 2:
-                    continue
-                if re.search(rf"(?<!\w){re.escape(f)}(?!\w)", low):
-                    found.append((pos, _norm(form), item_id))
-    found.sort(key=lambda x: x[0])
-    out: dict[str, str] = {}
-    for _, key, item_id in found:
-        out.setdefault(key, item_id)
-    return out
-
-
-def resolve_citation(cite: str, keys: dict[str, str]) -> str | None:
-    """The item id a citation names, or None. Accepts "[42]", "42", titles, and narrative lines."""
-    c = cite.split("|")[-1]
-    m = _ID_MARKER.search(c)
-    candidates = [m.group(1)] if m else []
-    c = re.sub(r"\s*\([^()]*\)\s*$", "", c.strip())  # "(1977; Action, Sci-Fi)" as the narrative renders it
-    candidates += [cite, c, _YEAR_SUFFIX.sub("", cite)]
-    for cand in candidates:
-        key = _norm(cand)
-        if key in keys:
-            return keys[key]
-    return None
-
-
 # --- Validation ---------------------------------------------------------------------------------------
 
 
@@ -151,22 +107,18 @@ class MiningStats:
     """Everything mining counts; nothing the model says is dropped without a count here."""
 
     users: int = 0
-    interests_valid_first: int = 0
-    interests_valid_retry: int = 0
-    interests_fallback: int = 0
-    tags_valid_first: int = 0
-    tags_valid_retry: int = 0
-    tags_fallback: int = 0
-    answers: int = 0  # generations of both stages, retries included
+    valid_first: int = 0
+    valid_retry: int = 0
+    fallback: int = 0
+    answers: int = 0  # generations, retries included
     answers_valid: int = 0  # of those, the ones that validated (JSON validity rate = answers_valid / answers)
-    salvaged_truncated: int = 0  # answers cut at the token budget, closed after their last complete element
+    salvaged_truncated: int = 0  # answers cut at the token budget, closed after their last complete interest
     evidence_cited: int = 0
-    evidence_dropped: int = 0  # citations naming no item of the narrative
+    evidence_dropped: int = 0  # line numbers naming no line of the narrative
     duplicate_interests_dropped: int = 0
     tags_kept: int = 0
     tags_title_dropped: int = 0  # tags that contain the title of an item already seen
     tags_duplicate_dropped: int = 0
-    tags_bad_interest: int = 0  # tag's interest index beyond the user's interests (kept, interest=None)
     tags_unmapped: int = 0  # kept tags that name no known attribute (they can never hit in tag HR@k)
     prompt_tokens: int = 0
     output_tokens: int = 0
@@ -175,13 +127,13 @@ class MiningStats:
 
     @property
     def grounding(self) -> float:
-        """Share of cited evidence items that are really in the user's narrative."""
+        """Share of cited evidence lines that are really lines of the user's narrative."""
         return 1.0 - self.evidence_dropped / self.evidence_cited if self.evidence_cited else 0.0
 
     @property
     def valid_rate(self) -> float:
-        """Share of users whose interests AND tags came from validated model output (first try or retry)."""
-        return (self.tags_valid_first + self.tags_valid_retry) / self.users if self.users else 0.0
+        """Share of users whose profile came from validated model output (first try or retry)."""
+        return (self.valid_first + self.valid_retry) / self.users if self.users else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -200,7 +152,7 @@ class MiningStats:
 def salvage_truncated(text: str) -> str | None:
     """Close JSON cut off inside its top-level array after the last complete element, else None.
 
-    Only the shape {"k":[{...},{...},... is handled: both wire formats have it.
+    Only the shape {"k":[{...},{...},... is handled: the wire format has it.
     """
     depth, in_str, escape, last_end = 0, False, False, -1
     for pos, ch in enumerate(text):
@@ -231,53 +183,61 @@ def _parse(wire: type[BaseModel], text: str, finish_reason: str) -> tuple[BaseMo
         return wire.model_validate_json(fixed), True
 
 
-def generate_validated(
-    backend: LLMBackend,
-    prompts: Sequence[Messages],
-    user_ids: Sequence[str],
-    wire: type[BaseModel],
-    convert: Callable[[int, BaseModel], Any],
-    *,
-    stage: str,
-    max_tokens: int,
-    config: MiningConfig,
-    stats: MiningStats,
-    adapter: str | None = None,
-) -> list[Any]:
-    """Batched constrained generation + validation + ONE batched retry; None where both tries failed.
+@dataclass
+class _Parsed:
+    """One validated answer turned into domain objects, with what was dropped on the way."""
 
-    `convert(index, wire_obj)` turns a validated answer into the caller's object and may raise ValueError
-    for answers that are well-formed but unusable (e.g. too few distinct interests).
-    """
-    schema = wire.model_json_schema()
-    results: list[Any] = [None] * len(prompts)
-    pending = list(range(len(prompts)))
-    for attempt, temperature in enumerate((config.temperature, config.retry_temperature)):
-        failed: list[int] = []
-        for start in range(0, len(pending), config.batch_size):
-            chunk = pending[start : start + config.batch_size]
-            gens = backend.generate([prompts[i] for i in chunk], json_schema=schema, max_tokens=max_tokens,
-                                    temperature=temperature, adapter=adapter)
-            for i, gen in zip(chunk, gens):
-                stats.answers += 1
-                stats.prompt_tokens += gen.n_prompt_tokens
-                stats.output_tokens += gen.n_output_tokens
-                try:
-                    obj, salvaged = _parse(wire, gen.text, gen.finish_reason)
-                    results[i] = convert(i, obj)
-                except (ValidationError, ValueError) as e:
-                    stats.error(user_ids[i], f"{stage}/try{attempt + 1}", str(e), gen.text)
-                    failed.append(i)
-                    continue
-                stats.answers_valid += 1
-                stats.salvaged_truncated += salvaged
-                key = f"{stage}_valid_first" if attempt == 0 else f"{stage}_valid_retry"
-                setattr(stats, key, getattr(stats, key) + 1)
-        pending = failed
-        if not pending:
-            break
-    setattr(stats, f"{stage}_fallback", getattr(stats, f"{stage}_fallback") + len(pending))
-    return results
+    interests: list[Interest]
+    tags: list[Tag]
+    cited: int = 0
+    dropped: int = 0
+    duplicate_interests: int = 0
+    title: int = 0
+    duplicate_tags: int = 0
+    unmapped: int = 0
+
+
+def to_profile_parts(obj: BaseModel, item_ids: Sequence[str], titles: re.Pattern | None,
+                     config: MiningConfig) -> _Parsed:
+    """Validated wire object -> interests with item-id evidence and round-robin tags; ValueError if unusable."""
+    echoed = [w.n for w in obj.i if _PLACEHOLDER.match(w.n)] + [t for w in obj.i for t in w.t if _PLACEHOLDER.match(t)]
+    if echoed:
+        raise ValueError(f"the answer copies the prompt's placeholders: {echoed[:3]}")
+    out = _Parsed(interests=[], tags=[])
+    names: set[str] = set()
+    groups: list[list[Tag]] = []
+    tag_keys: set[str] = set()
+    for w in obj.i:
+        if _norm(w.n) in names:
+            out.duplicate_interests += 1
+            continue
+        names.add(_norm(w.n))
+        evidence: list[str] = []
+        for line in w.e:
+            out.cited += 1
+            if not 1 <= line <= len(item_ids):
+                out.dropped += 1
+            elif item_ids[line - 1] not in evidence:
+                evidence.append(item_ids[line - 1])
+        out.interests.append(Interest(name=w.n, evidence=tuple(evidence)))
+        group = []
+        for raw in w.t:
+            text, key = " ".join(raw.split()), _norm(raw)
+            if titles is not None and titles.search(key):
+                out.title += 1
+            elif key in tag_keys:
+                out.duplicate_tags += 1
+            else:
+                tag_keys.add(key)
+                out.unmapped += tag_attributes(text) is None
+                group.append(Tag(text=text, interest=w.n))
+        groups.append(group)
+    if len(out.interests) < config.min_interests:
+        raise ValueError(f"{len(out.interests)} distinct interests, need at least {config.min_interests}")
+    out.tags = round_robin(groups)[: config.max_tags]
+    if not out.tags:
+        raise ValueError(f"no usable tag: {out.title} named seen titles, {out.duplicate_tags} duplicates")
+    return out
 
 
 # --- Mining ------------------------------------------------------------------------------------------
@@ -289,101 +249,66 @@ def mine_interests(
     config: MiningConfig,
     adapter: str | None = None,
     items: dict[str, Item] | None = None,
+    label: str | None = None,
 ) -> tuple[list[InterestProfile], MiningStats]:
-    """Interests then tags for every narrative, in two batched calls (plus one batched retry each).
+    """Interests with tags for every narrative: one batched call, one batched retry of the failures.
 
     Pure in (narratives, backend): no files, no global state, so a sharded job can call it per shard.
-    `items` (the catalogue) lets titles in the narrative resolve to item ids and feeds the fallback.
+    `items` (the catalogue) lets tags naming a seen title be dropped and feeds the fallback. `label` names
+    the model in the profiles (default: the backend's name, + the adapter).
     """
     t0 = time.perf_counter()
     stats = MiningStats(users=len(narratives))
-    user_ids = [n.user_id for n in narratives]
-    cites = [narrative_items(n.text, items) for n in narratives]
-    seen = [list(dict.fromkeys(c.values())) for c in cites]  # item ids per user, narrative order
-    model = backend.name if adapter is None else f"{backend.name}+{adapter}"
-
-    def to_interests(i: int, obj: BaseModel) -> tuple[list[Interest], int, int, int]:
-        out, names, cited, dropped = [], set(), 0, 0
-        echoed = [wi.n for wi in obj.i if _PLACEHOLDER.match(wi.n)]
-        if echoed:
-            raise ValueError(f"interest names copy the prompt's placeholders: {echoed[:3]}")
-        for wi in obj.i:
-            evidence: list[str] = []
-            for c in wi.e:
-                cited += 1
-                iid = resolve_citation(c, cites[i])
-                dropped += iid is None
-                if iid is not None and iid not in evidence:
-                    evidence.append(iid)
-            if _norm(wi.n) not in names:
-                names.add(_norm(wi.n))
-                out.append(Interest(name=wi.n, evidence=tuple(evidence)))
-        if len(out) < config.min_interests:
-            raise ValueError(f"{len(out)} distinct interests, need at least {config.min_interests}")
-        return out, cited, dropped, len(obj.i) - len(out)
-
-    mined = generate_validated(
-        backend, [interest_messages(n.text, config) for n in narratives], user_ids, interests_wire(config),
-        to_interests, stage="interests", max_tokens=config.interest_max_tokens, config=config, stats=stats,
-        adapter=adapter,
-    )
-    for m in mined:
-        if m is not None:
-            stats.evidence_cited += m[1]
-            stats.evidence_dropped += m[2]
-            stats.duplicate_interests_dropped += m[3]
-
-    titles = [_seen_title_patterns(ids, items) for ids in seen]
-
-    def to_tags(j: int, obj: BaseModel) -> tuple[list[Tag], dict[str, int]]:
-        i = ok[j]
-        names = [x.name for x in mined[i][0]]
-        out, keys, counts = [], set(), {"title": 0, "dup": 0, "bad": 0, "unmapped": 0}
-        for wt in obj.t:
-            text, key = " ".join(wt.t.split()), _norm(wt.t)
-            if _PLACEHOLDER.match(text):
-                raise ValueError(f"tag {text!r} copies the prompt's placeholder")
-            if titles[i] is not None and titles[i].search(key):
-                counts["title"] += 1
-            elif key in keys:
-                counts["dup"] += 1
-            else:
-                keys.add(key)
-                counts["bad"] += wt.i >= len(names)
-                counts["unmapped"] += tag_attributes(text) is None
-                out.append(Tag(text=text, interest=names[wt.i] if wt.i < len(names) else None))
-        if not out:
-            raise ValueError(f"no usable tag: {counts['title']} named seen titles, {counts['dup']} duplicates")
-        return out, counts
-
-    ok = [i for i, m in enumerate(mined) if m is not None]
-    predicted = generate_validated(
-        backend, [tag_messages(narratives[i].text, [x.name for x in mined[i][0]], config) for i in ok],
-        [user_ids[i] for i in ok], tags_wire(config), to_tags, stage="tags",
-        max_tokens=config.tag_max_tokens, config=config, stats=stats, adapter=adapter,
-    )
-    tags_of: dict[int, list[Tag] | None] = {}
-    for i, p in zip(ok, predicted):
-        tags_of[i] = None if p is None else p[0]
-        if p is not None:
-            stats.tags_kept += len(p[0])
-            stats.tags_title_dropped += p[1]["title"]
-            stats.tags_duplicate_dropped += p[1]["dup"]
-            stats.tags_bad_interest += p[1]["bad"]
-            stats.tags_unmapped += p[1]["unmapped"]
+    model = label or (backend.name if adapter is None else f"{backend.name}+{adapter}")
+    titles = [_seen_title_patterns(n.item_ids, items) for n in narratives]
+    prompts = [interest_messages(n.text, config) for n in narratives]
+    wire = interests_wire(config)
+    schema = wire.model_json_schema()
+    parsed: list[_Parsed | None] = [None] * len(narratives)
+    pending = list(range(len(narratives)))
+    for attempt, temperature in enumerate((config.temperature, config.retry_temperature)):
+        failed: list[int] = []
+        for start in range(0, len(pending), config.batch_size):
+            chunk = pending[start : start + config.batch_size]
+            gens = backend.generate([prompts[i] for i in chunk], json_schema=schema, max_tokens=config.max_tokens,
+                                    temperature=temperature, adapter=adapter)
+            for i, gen in zip(chunk, gens):
+                stats.answers += 1
+                stats.prompt_tokens += gen.n_prompt_tokens
+                stats.output_tokens += gen.n_output_tokens
+                try:
+                    obj, salvaged = _parse(wire, gen.text, gen.finish_reason)
+                    parsed[i] = to_profile_parts(obj, narratives[i].item_ids, titles[i], config)
+                except (ValidationError, ValueError) as e:
+                    stats.error(narratives[i].user_id, f"try{attempt + 1}", str(e), gen.text)
+                    failed.append(i)
+                    continue
+                stats.answers_valid += 1
+                stats.salvaged_truncated += salvaged
+                if attempt == 0:
+                    stats.valid_first += 1
+                else:
+                    stats.valid_retry += 1
+        pending = failed
+        if not pending:
+            break
+    stats.fallback = len(pending)
 
     profiles = []
-    for i, n in enumerate(narratives):
-        history = [items[x] for x in seen[i]] if items else []
-        if mined[i] is None:
+    for n, p in zip(narratives, parsed):
+        if p is None:
+            history = [items[x] for x in n.item_ids if x in items] if items else []
             profiles.append(fallback_profile(n.user_id, history, config, model))
-        elif tags_of[i] is None:
-            tags = tuple(Tag(text=t) for t in history_tags(history, config.max_tags))
-            profiles.append(InterestProfile(user_id=n.user_id, interests=tuple(mined[i][0]), tags=tags,
-                                            source="fallback", model=model))
-        else:
-            profiles.append(InterestProfile(user_id=n.user_id, interests=tuple(mined[i][0]),
-                                            tags=tuple(tags_of[i]), source="llm", model=model))
+            continue
+        stats.evidence_cited += p.cited
+        stats.evidence_dropped += p.dropped
+        stats.duplicate_interests_dropped += p.duplicate_interests
+        stats.tags_kept += len(p.tags)
+        stats.tags_title_dropped += p.title
+        stats.tags_duplicate_dropped += p.duplicate_tags
+        stats.tags_unmapped += p.unmapped
+        profiles.append(InterestProfile(user_id=n.user_id, interests=tuple(p.interests), tags=tuple(p.tags),
+                                        source="llm", model=model))
     stats.seconds = time.perf_counter() - t0
     return profiles, stats
 
@@ -392,7 +317,7 @@ def _seen_title_patterns(item_ids: Sequence[str], items: dict[str, Item] | None)
     """One regex matching any seen item's title (word-bounded) inside a normalised tag."""
     if not items:
         return None
-    forms = {_norm(f) for iid in item_ids for f in title_forms(items[iid].title)}
+    forms = {_norm(f) for iid in item_ids if iid in items for f in title_forms(items[iid].title)}
     forms = sorted((f for f in forms if len(f) >= 3), key=len, reverse=True)
     if not forms:
         return None

@@ -201,3 +201,20 @@ def merge_adapter(model: str | Path | None, adapter_dir: str | Path, out: str | 
     except OSError as e:
         raise _disk_full_message(e, out) from e
     return out
+
+
+def merged_model(model: str | Path | None, adapter_dir: str | Path) -> Path:
+    """The base model with `adapter_dir` folded in, merged once and cached under $LLMREC_HOME/cache/merged.
+
+    The cache key hashes the base folder's path and the adapter's config and weight files, so retraining the
+    adapter (same folder, new weights) merges again.
+    """
+    base_dir, adapter_dir = resolve_model(model), Path(adapter_dir)
+    files = sorted(p for p in adapter_dir.glob("adapter_*") if p.is_file())
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise ModelError(f"adapter directory {adapter_dir} has no adapter_config.json (not a peft adapter)")
+    key = hashlib.sha256(str(base_dir.resolve()).encode())
+    for f in files:
+        key.update(f.name.encode() + _sha256(f).encode())
+    out = llmrec_home() / "cache" / "merged" / f"{adapter_dir.name}-{key.hexdigest()[:16]}"
+    return out if is_model_dir(out) else merge_adapter(base_dir, adapter_dir, out)

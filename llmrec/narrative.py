@@ -236,14 +236,15 @@ def render_narratives(
     fits[cand] = cum <= config.max_tokens + nl
     report.entries_over_budget += int((~fits).sum())
     parts = _Parts(pair_text, pair_code, e_start, e_len, item_text, e_u, e_cat, e_ts, e_score, e_tok, id_rank, nl)
-    texts, n_tok, n_items = _assemble(parts, np.flatnonzero(fits), n_users)
+    texts, n_tok, n_items, lines_of = _assemble(parts, np.flatnonzero(fits), n_users)
     if config.count_mode == "exact" or not counter.additive:
-        _trim_exact(parts, fits, counter, config, report, texts, n_tok, n_items)
+        _trim_exact(parts, fits, counter, config, report, texts, n_tok, n_items, lines_of)
 
     as_of_dt = pd.to_datetime(ev.cut_ns, utc=True).to_pydatetime()
     return [
         Narrative(user_id=str(ev.users[i]), text=texts[i], as_of=as_of_dt[i], n_events_in=int(ev.n_in[i]),
-                  n_items_out=int(n_items[i]), n_tokens=int(n_tok[i]), max_tokens=config.max_tokens)
+                  n_items_out=int(n_items[i]), n_tokens=int(n_tok[i]), max_tokens=config.max_tokens,
+                  item_ids=tuple(cat_ids[lines_of[i]].tolist()))
         for i in range(n_users)
     ]
 
@@ -345,8 +346,10 @@ class _Parts:
     nl: int
 
 
-def _assemble(parts: _Parts, kept: np.ndarray, n_users: int) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Texts of the kept entries (indices), most recent first; token counts as the sum of the parts."""
+def _assemble(parts: _Parts, kept: np.ndarray, n_users: int
+              ) -> tuple[list[str], np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Texts of the kept entries (indices), most recent first; token counts as the sum of the parts; the
+    catalogue rows of each user's lines, in line order."""
     p = parts
     kept = kept[np.lexsort((p.id_rank[kept], -p.e_ts[kept], p.e_u[kept]))]
     start, n = p.e_start[kept], p.e_len[kept]
@@ -361,11 +364,13 @@ def _assemble(parts: _Parts, kept: np.ndarray, n_users: int) -> tuple[list[str],
     n_items = np.diff(np.asarray(bounds))
     tok = np.bincount(ku, weights=p.e_tok[kept], minlength=n_users).astype(np.int64)
     n_tok = np.where(n_items > 0, tok + p.nl * (n_items - 1), 0)
-    return texts, n_tok, n_items
+    cats = p.e_cat[kept]
+    return texts, n_tok, n_items, [cats[bounds[i]:bounds[i + 1]] for i in range(n_users)]
 
 
 def _trim_exact(parts: _Parts, fits: np.ndarray, counter: TokenCounter, config: NarrativeConfig,
-                report: NarrativeReport, texts: list[str], n_tok: np.ndarray, n_items: np.ndarray) -> None:
+                report: NarrativeReport, texts: list[str], n_tok: np.ndarray, n_items: np.ndarray,
+                lines_of: list[np.ndarray]) -> None:
     """Exact mode: re-tokenize every text whole; drop the lowest-scored entry until it fits (in place)."""
     n_tok[:] = counter.encode_lengths(texts)
     p = parts
@@ -375,8 +380,8 @@ def _trim_exact(parts: _Parts, fits: np.ndarray, counter: TokenCounter, config: 
         while n_tok[i] > config.max_tokens and len(mine):
             mine = mine[:-1]
             report.entries_over_budget += 1
-            t, _, _ = _assemble(p, mine, len(n_tok))
-            texts[i], n_items[i] = t[i], len(mine)
+            t, _, _, cats = _assemble(p, mine, len(n_tok))
+            texts[i], n_items[i], lines_of[i] = t[i], len(mine), cats[i]
             n_tok[i] = counter.encode_lengths([t[i]])[0] if t[i] else 0
 
 

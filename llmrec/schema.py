@@ -90,6 +90,7 @@ class Narrative(Record):
     n_items_out: int
     n_tokens: int
     max_tokens: int
+    item_ids: tuple[str, ...] = ()  # the item of each line of `text`, in line order (empty when unknown)
 
     @property
     def fits_budget(self) -> bool:

@@ -22,7 +22,7 @@ from finetune.train_lora import (
     tokenize_example,
 )
 from llmrec.config import FinetuneConfig, MiningConfig
-from llmrec.interests import interests_wire, narrative_items, resolve_citation, tags_wire
+from llmrec.interests import interests_wire
 from llmrec.narrative import render_item
 from llmrec.split import split_leave_one_out
 from llmrec.tags import item_tags, tag_hits
@@ -44,23 +44,24 @@ def sft(tiny, tokenizer):
     return split, config, examples, report
 
 
-def _line_items(text: str, user_items: dict) -> list[str]:
-    """Item ids of a narrative's lines ("pairs | Title (year; genres)"), parsed exactly, not by search."""
+def _line_items(prompt: str, user_items: dict) -> list[str]:
+    """Item ids of the prompt's numbered lines ("3. pairs | Title (year; genres)"), parsed exactly."""
     by_render = {render_item(it.title, it.year, it.genres, 3): iid for iid, it in user_items.items()}
-    return [by_render[line.split(" | ", 1)[1]] for line in text.splitlines()]
+    lines = prompt.split("History:\n", 1)[1].splitlines()
+    assert [line.split(". ", 1)[0] for line in lines] == [str(n) for n in range(1, len(lines) + 1)]
+    return [by_render[line.split(" | ", 1)[1]] for line in lines]
 
 
 def test_no_event_at_or_after_the_cut_enters_the_input(sft, tiny):
     split, _, examples, report = sft
-    assert report.examples["interests"] == report.examples["tags"] == len(examples) // 2 > 20
+    assert report.examples["interests"] == len(examples) > 20 and {ex.task for ex in examples} == {"interests"}
     train = split.train
     for ex in examples:
         ev = train[train["user_id"] == ex.user_id]
         cut = pd.Timestamp(ex.cut_time)
         assert (ev["timestamp"] >= cut).any()  # there IS a future, and it must stay out of the input
         user_items = {i: tiny.item_index[i] for i in ev["item_id"]}
-        narrative = ex.messages[-2]["content"].split("History:\n", 1)[1].split("\n\n", 1)[0]
-        shown = _line_items(narrative, user_items)
+        shown = _line_items(ex.messages[-2]["content"], user_items)
         assert shown
         times = ev.set_index("item_id")["timestamp"]
         assert all(times[i] < cut for i in shown), ex.user_id
@@ -70,33 +71,28 @@ def test_no_event_at_or_after_the_cut_enters_the_input(sft, tiny):
         assert held_out and not held_out & set(shown)
 
 
-def test_targets_validate_against_the_wire_schemas_and_are_grounded(sft, tiny):
+def test_targets_validate_against_the_wire_schema_and_are_grounded(sft, tiny):
     split, config, examples, _ = sft
     mining = MiningConfig()
     for ex in examples:
         answer = ex.messages[-1]["content"]
         assert ex.messages[-1]["role"] == "assistant"
         assert answer == json.dumps(json.loads(answer), separators=(",", ":"), ensure_ascii=False)  # compact
-        narrative = ex.messages[-2]["content"]
         ev = split.train[split.train["user_id"] == ex.user_id]
-        cut = pd.Timestamp(ex.cut_time)
-        if ex.task == "interests":
-            obj = interests_wire(mining).model_validate_json(answer)
-            assert len(obj.i) == config.n_interests
-            keys = narrative_items(narrative, {i: tiny.item_index[i] for i in ev["item_id"]})
-            for interest in obj.i:
-                assert 1 <= len(interest.e) <= config.n_evidence
-                for cite in interest.e:  # every citation resolves to a shown item carrying the interest's tag
-                    iid = resolve_citation(cite, keys)
-                    assert iid is not None and interest.n in item_tags(tiny.item_index[iid])
-        else:
-            obj = tags_wire(mining).model_validate_json(answer)
-            assert 1 <= len(obj.t) <= config.n_tags
-            horizon = ev[ev["timestamp"] >= cut].head(config.tag_horizon)
-            next_items = [tiny.item_index[i] for i in horizon["item_id"]]
-            # RecGPT pre-alignment: each target tag describes an item the user really took after t.
-            assert all(any(tag_hits(t.t, it) for it in next_items) for t in obj.t)
-            assert all(0 <= t.i < config.n_interests for t in obj.t)
+        shown = _line_items(ex.messages[-2]["content"], {i: tiny.item_index[i] for i in ev["item_id"]})
+        obj = interests_wire(mining).model_validate_json(answer)
+        assert len(obj.i) == config.n_interests
+        for interest in obj.i:
+            assert 1 <= len(interest.e) <= config.n_evidence
+            for line in interest.e:  # every cited line shows an item carrying the interest's tag
+                assert interest.n in item_tags(tiny.item_index[shown[line - 1]])
+            assert len(interest.t) <= mining.tags_per_interest
+        tags = [t for interest in obj.i for t in interest.t]
+        assert 1 <= len(tags) <= config.n_tags and len(set(tags)) == len(tags)
+        horizon = ev[ev["timestamp"] >= pd.Timestamp(ex.cut_time)].head(config.tag_horizon)
+        next_items = [tiny.item_index[i] for i in horizon["item_id"]]
+        # RecGPT pre-alignment: each target tag describes an item the user really took after t.
+        assert all(any(tag_hits(t, it) for it in next_items) for t in tags)
 
 
 def test_cut_fractions_and_min_events_shape_the_cuts(tiny):
@@ -116,14 +112,13 @@ def test_narrative_budget_and_target_sizes_follow_the_config(tiny, tokenizer):
     split = split_leave_one_out(tiny.events)
     small = FinetuneConfig(narrative_max_tokens=64, n_tags=3, n_evidence=1)
     examples, _ = build_sft_examples(split.train, tiny.item_index, tiny.items, small, tokenizer)
+    assert examples
     for ex in examples:
-        narrative = ex.messages[-2]["content"].split("History:\n", 1)[1].split("\n\n", 1)[0]
+        lines = ex.messages[-2]["content"].split("History:\n", 1)[1].splitlines()
+        narrative = "\n".join(line.split(". ", 1)[1] for line in lines)
         assert len(tokenizer(narrative, add_special_tokens=False)["input_ids"]) <= 64
         answer = json.loads(ex.messages[-1]["content"])
-        if ex.task == "tags":
-            assert len(answer["t"]) <= 3
-        else:
-            assert all(len(i["e"]) == 1 for i in answer["i"])
+        assert sum(len(i["t"]) for i in answer["i"]) <= 3 and all(len(i["e"]) == 1 for i in answer["i"])
 
 
 def test_config_errors_name_the_field():
@@ -138,7 +133,7 @@ def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="n_interests"):
         check_configs(FinetuneConfig(n_interests=3), MiningConfig())
     with pytest.raises(ValueError, match="n_tags"):
-        check_configs(FinetuneConfig(n_tags=40), MiningConfig(max_tags=20))
+        check_configs(FinetuneConfig(n_tags=40), MiningConfig(tags_per_interest=4))
     with pytest.raises(ValueError, match="n_evidence"):
         check_configs(FinetuneConfig(n_evidence=5), MiningConfig(max_evidence=3))
     path_cfg = FinetuneConfig(r=4, target_modules=("q_proj", "v_proj"))

@@ -153,6 +153,11 @@ def test_budget_never_exceeded_and_counts_are_exact_on_ml100k(ml100k, tok, budge
     assert (tokens <= budget).all()
     exact = token_counter(tok).encode_lengths([n.text for n in out])
     assert (exact == tokens).all()  # the fast sum of cached parts equals whole-text tokenization
+    titles = ml100k.items.set_index("item_id")["title"]
+    for n in out:  # item_ids names the item of every line, in line order
+        lines = n.text.split("\n") if n.text else []
+        assert len(n.item_ids) == len(lines) == n.n_items_out
+        assert all(line.split(" | ", 1)[1].startswith(" ".join(titles[i].split())[:20]) for line, i in zip(lines, n.item_ids))
 
 
 def test_exact_mode_matches_the_fast_path(tiny, tok):
@@ -174,6 +179,7 @@ def test_non_additive_tokenizer_falls_back_to_exact_trimming(tiny):
     out = render_narratives(tiny.events, tiny.items, None, NarrativeConfig(max_tokens=100), fake)
     for n in out:
         assert n.n_tokens == -(-len(n.text) // 4) <= 100
+        assert len(n.item_ids) == n.n_items_out == (n.text.count("\n") + 1 if n.text else 0)
 
 
 def test_unintentional_behaviours_are_dropped_and_counted(tiny, tok):

@@ -7,8 +7,8 @@ import pytest
 from llmrec.prompts import PROMPTS_ENV, PromptError, prompt_hash, prompt_path, render_prompt
 
 TASKS = {
-    "interests": dict(narrative="NARR", min_interests=5, max_interests=8, max_evidence=3),
-    "tags": dict(narrative="NARR", interests=["space opera", "romcoms"], max_tags=50),
+    "interests": dict(lines=["NARR", "second"], min_interests=5, max_interests=8, max_evidence=3,
+                      tags_per_interest=4),
     "rank": dict(narrative="NARR", interests=["space opera"], candidate="Toy Story (1995)"),
 }
 
@@ -20,9 +20,11 @@ def test_each_task_renders_a_system_and_user_message(name):
     assert "NARR" in messages[1]["content"] and all(m["content"] for m in messages)
 
 
-def test_tags_prompt_numbers_interests_and_forbids_titles():
-    user = render_prompt("tags", **TASKS["tags"])[1]["content"]
-    assert "0. space opera" in user and "1. romcoms" in user and "title" in user
+def test_interests_prompt_numbers_lines_and_forbids_titles():
+    system, user = (m["content"] for m in render_prompt("interests", **TASKS["interests"]))
+    assert user == "History:\n1. NARR\n2. second" and "title" in system and "5 to 8" in system
+    exact = render_prompt("interests", **{**TASKS["interests"], "max_interests": 5})[0]["content"]
+    assert "exactly 5" in exact
 
 
 def test_missing_variable_is_an_error_naming_it():

@@ -47,10 +47,11 @@ def register(app: typer.Typer) -> None:
         adapter: str = typer.Option(None, help="LoRA adapter folder (peft format) to decode with."),
         backend: str = typer.Option("vllm", help="LLM backend: vllm or transformers."),
         users: int = typer.Option(None, min=1, help="Mine only the first N users (by id order); default all."),
-        max_tokens: int = typer.Option(None, min=32, help="Narrative token budget; default NarrativeConfig's."),
-        batch_size: int = typer.Option(64, min=1, help="Prompts per backend call."),
+        max_tokens: int = typer.Option(None, min=32, help="Narrative token budget; default "
+                                                          "MiningConfig.narrative_tokens (192)."),
+        batch_size: int = typer.Option(256, min=1, help="Prompts per backend call (wide batches decode faster)."),
         executor: str = typer.Option("local", help="local (in-process engine) or ray (Ray Data actors)."),
-        shard_size: int = typer.Option(64, min=1, help="Users per shard: the unit of atomic write and resume."),
+        shard_size: int = typer.Option(256, min=1, help="Users per shard: the unit of atomic write and resume."),
     ) -> None:
         """Mine interests and predict tags for every user; write Parquet + manifest, print a JSON summary.
 
@@ -74,15 +75,24 @@ def register(app: typer.Typer) -> None:
         chosen = sorted(as_of.index, key=lambda u: (len(u), u))[:users] if users else list(as_of.index)
         events = split.history("test")
         events = events[events["user_id"].isin(set(chosen))]
+        served, merged_from = model, None
+        if adapter is not None:  # one adapter for the whole job: serve it merged into the weights
+            from llmrec.model import merged_model
+
+            served, merged_from = str(merged_model(model, adapter)), adapter
+        mining = MiningConfig(batch_size=batch_size)
         config = RecommenderConfig(
-            narrative=NarrativeConfig(max_tokens=max_tokens) if max_tokens else NarrativeConfig(),
-            mining=MiningConfig(batch_size=batch_size), llm=LLMConfig(model=model, backend=backend),
+            narrative=NarrativeConfig(max_tokens=max_tokens or mining.narrative_tokens), mining=mining,
+            # One adapter for the whole job: served merged into the weights (base decoding speed, no LoRA
+            # engine); the engine then needs no LoRA support either way.
+            llm=LLMConfig(model=served, backend=backend, enable_lora=False),
             jobs=JobConfig(shard_size=shard_size, executor=executor))
         narratives = render_narratives(events, ds.items, as_of.loc[chosen], config.narrative,
                                        load_narrative_tokenizer(model))
         llm = make_backend(config.llm) if executor == "local" else None
         try:
-            profiles, stats = mine_all(narratives, ds, out / "shards", config, llm, executor, adapter)
+            profiles, stats = mine_all(narratives, ds, out / "shards", config, llm, executor,
+                                       label=f"{backend}+{merged_from}" if merged_from else None)
         finally:
             if llm is not None:
                 llm.close()
