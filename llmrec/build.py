@@ -217,7 +217,8 @@ def build_recommender(dataset: Dataset, out: str | Path, config: RecommenderConf
         t = time.perf_counter()
         users = sorted(as_of.index, key=lambda u: (len(u), u))[:explain_users] if explain_users else list(as_of.index)
         served = [(r.interest, r.item.item_id) for u in users for r in rec.recommend(user_id=u, k=k) if r.interest]
-        rec.explanations = explain_all(served, dataset, work / "explanations", config, backend, executor, adapter)
+        # The adapter is tuned on the mining prompt only: explanations and imagined histories use the base model.
+        rec.explanations = explain_all(served, dataset, work / "explanations", config, backend, executor)
         timings["explain"] = time.perf_counter() - t
         flagged = int(rec.explanations.to_frame()["flagged"].sum())
         log(f"[4/5] explanations: {len(rec.explanations)} pairs for {len(users)} users ({flagged} flagged templates) "
@@ -227,7 +228,7 @@ def build_recommender(dataset: Dataset, out: str | Path, config: RecommenderConf
         cold_backend = backend if backend is not None else make_backend(config.llm)
         try:
             rec.imagined, cold_stats = imagine_segments(dataset, split, config, cold_backend,
-                                                        work / "coldstart.json", adapter)
+                                                        work / "coldstart.json")
         finally:
             if cold_backend is not backend:
                 cold_backend.close()

@@ -77,7 +77,8 @@ class Recommender:
         towers.eval()
         with torch.no_grad():
             self._item_table = towers.item_table()  # [N+1, d] raw item-tower outputs, fed to the user tower
-        self._item_vecs = towers.item_vectors()  # [N+1, d] L2-normalised; row 0 = padding
+            self._item_vecs = F.normalize(self._item_table, dim=-1).numpy().copy()  # = towers.item_vectors()
+        self._item_vecs[0] = 0.0  # row 0 = padding
         counts = np.bincount(np.concatenate(list(self._sequences.values())), minlength=self.vocab.size)
         counts[0] = -1
         self._popular = np.argsort(-counts, kind="stable")  # item indices, most popular first
@@ -184,7 +185,15 @@ class Recommender:
         query = beta * user + (1.0 - beta) * tag_mean  # exact fusion for mean pooling
         _, idx = self.towers.retrieve(query[None, :].astype(np.float32), k + len(seen))
         chosen = [int(i) for i in idx[0] if i > 0 and int(i) not in seen][:k]
-        return [self._describe(i, user, tag_mean, beta, tags, interests, source) for i in chosen]
+        vecs = self._item_vecs[chosen]  # [k, d]
+        s_user, s_tag = vecs @ user, vecs @ tag_mean
+        # Per item, the user's tag and interest closest to it in the tag tower's space (one matmul each).
+        best_tag = (self._tag_vectors(tags) @ vecs.T).argmax(axis=0) if tags else None
+        best_interest = (self._tag_vectors(interests) @ vecs.T).argmax(axis=0) if interests else None
+        return [self._describe(i, float(s_user[n]), float(s_tag[n]), beta,
+                               tags[best_tag[n]] if tags else None,
+                               interests[best_interest[n]] if interests else None, source)
+                for n, i in enumerate(chosen)]
 
     def _encode_user(self, seq: np.ndarray, profile: Mapping[str, str]) -> np.ndarray:
         with torch.no_grad():
@@ -202,14 +211,10 @@ class Recommender:
                     self._tag_vecs.update(zip(missing, self.towers.encode_tags(missing)))
         return np.stack([self._tag_vecs[t] for t in texts])
 
-    def _describe(self, index: int, user: np.ndarray, tag_mean: np.ndarray, beta: float, tags: list[str],
-                  interests: list[str], source: str) -> Recommendation:
-        item_vec = self._item_vecs[index]
-        s_user, s_tag = float(user @ item_vec), float(tag_mean @ item_vec)
+    def _describe(self, index: int, s_user: float, s_tag: float, beta: float, tag: str | None,
+                  interest: str | None, source: str) -> Recommendation:
         if source == "user_tower" and (1.0 - beta) * s_tag > beta * s_user:
             source = "tag_tower"
-        tag = tags[int(np.argmax(self._tag_vectors(tags) @ item_vec))] if tags else None
-        interest = interests[int(np.argmax(self._tag_vectors(interests) @ item_vec))] if interests else None
         item = self.items[self.vocab.ids[index - 1]]
         explanation = None
         if interest is not None:
