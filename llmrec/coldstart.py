@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -196,13 +197,27 @@ def history_key(profile: dict[str, str], events: Sequence[Event], config: ColdSt
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+def format_sample(examples: Sequence[ExampleUser]) -> str:
+    """The answer format shown in the prompt, filled with the first example user's first movie.
+
+    A bare placeholder ("title") is what a small model copies back, which validation must refuse; a real
+    movie from the in-context examples is a valid (if unimaginative) answer when copied.
+    """
+    item = next((e.items[0] for e in examples if e.items), None)
+    if item is None:
+        return json.dumps({"t": "title", "g": ["genre"], "y": 1995}, separators=(",", ":"))
+    title = re.sub(r"\s*\(\d{4}\)\s*$", "", item.title).strip()
+    entry = {"t": title, "g": list(item.genres[:MAX_GENRES]) or ["Drama"], "y": item.year or 1995}
+    return json.dumps(entry, separators=(",", ":"), ensure_ascii=False)
+
+
 def imagine_messages(profile: dict[str, str], history_items: Sequence[Item], examples: Sequence[ExampleUser],
                      config: ColdStartConfig) -> Messages:
     return render_prompt(
         PROMPT, profile=render_profile(profile), history=[render_item(i) for i in history_items],
         examples=[{"profile": render_profile(e.profile), "titles": [render_item(i) for i in e.items[: config.example_items]]}
                   for e in examples],
-        k=config.n_imagined, max_genres=MAX_GENRES,
+        k=config.n_imagined, max_genres=MAX_GENRES, sample=format_sample(examples),
     )
 
 

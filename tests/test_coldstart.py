@@ -195,3 +195,16 @@ def test_real_smollm2_imagines_a_valid_history_or_flagged_fallback(model_dir, ti
         fused = early_fusion(UserHistory(user_id=user_id, events=events, profile=profile), h, cfg)
         times = [e.timestamp for e in fused.events]
         assert times == sorted(times) and fused.events[-1] == events[-1]
+
+
+def test_format_line_shows_a_real_example_movie_not_a_bare_placeholder(tiny):
+    from llmrec.coldstart import ExampleUser, imagine_messages
+
+    first = tiny.item_index["1"]
+    ex = ExampleUser(user_id="9", profile={"age": "30"}, items=(first,))
+    user = imagine_messages({"age": "31"}, [], [ex], ColdStartConfig())[1]["content"]
+    line = next(l for l in user.splitlines() if l.startswith("JSON format:"))
+    sample = json.loads(line.removeprefix("JSON format: ").replace(", ...", ""))["m"][0]
+    assert sample["t"] == re.sub(r"\s*\(\d{4}\)$", "", first.title) and sample["y"] == first.year
+    bare = imagine_messages({"age": "31"}, [], [], ColdStartConfig())[1]["content"]
+    assert '"t":"title"' in bare  # no example user: the placeholder, which validation refuses when echoed
