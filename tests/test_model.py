@@ -99,6 +99,31 @@ def test_merge_adapter_matches_the_adapter_model(model_dir: Path, tmp_path: Path
     assert not torch.allclose(base_logits, got, atol=1e-3)  # the adapter really changed something
 
 
+def test_merged_model_is_cached_per_adapter_content(model_dir: Path, tmp_path: Path, monkeypatch):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setenv("LLMREC_HOME", str(tmp_path / "home"))
+    calls = []
+    real = M.merge_adapter
+    monkeypatch.setattr(M, "merge_adapter", lambda *a: calls.append(a) or real(*a))
+
+    def save_adapter(seed: int) -> None:
+        import torch
+
+        torch.manual_seed(seed)
+        base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False)).save_pretrained(
+            tmp_path / "adapter")
+
+    save_adapter(0)
+    first = M.merged_model(model_dir, tmp_path / "adapter")
+    assert M.merged_model(model_dir, tmp_path / "adapter") == first and len(calls) == 1  # cached
+    save_adapter(1)  # retrained in place: new weights, new merge
+    second = M.merged_model(model_dir, tmp_path / "adapter")
+    assert second != first and len(calls) == 2 and M.is_model_dir(second)
+
+
 def test_cli_model_prepare_prints_the_folder(model_dir: Path):
     from typer.testing import CliRunner
 
