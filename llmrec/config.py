@@ -380,6 +380,7 @@ class EvaluateConfig(StageConfig):
     dataset: str = "ml-100k"
     models: tuple[str, ...] = EVAL_MODELS
     seeds: tuple[int, ...] = (0, 1, 2)  # each seed trains every learned model anew
+    ablation_seeds: tuple[int, ...] | None = None  # seeds of the ablation rows (a subset of seeds); None = seeds
     k: int = Field(default=10, ge=1)  # cut-off of ndcg/hr/coverage/long-tail share
     cold_lengths: tuple[int, ...] = (0, 1, 3, 5)  # cold_N slices: the last N events before the test item
     long_tail_mass: float = Field(default=0.8, gt=0.0, lt=1.0)  # head = most popular items holding this share
@@ -409,6 +410,9 @@ class EvaluateConfig(StageConfig):
             raise ValueError(f"models must be a non-empty subset of {list(EVAL_MODELS)}, got unknown {unknown}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be a non-empty list of distinct integers, got {list(self.seeds)}")
+        if self.ablation_seeds is not None and (not self.ablation_seeds or set(self.ablation_seeds) - set(self.seeds)):
+            raise ValueError(f"ablation_seeds must be a non-empty subset of seeds {list(self.seeds)}, got "
+                             f"{list(self.ablation_seeds)}")
         if any(n < 0 for n in self.cold_lengths) or len(set(self.cold_lengths)) != len(self.cold_lengths):
             raise ValueError(f"cold_lengths must be distinct integers >= 0, got {list(self.cold_lengths)}")
         if self.coldstart.max_events < max(self.cold_lengths, default=0):

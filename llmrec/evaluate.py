@@ -382,7 +382,7 @@ def run_evaluation(dataset: Dataset, config: EvaluateConfig | None = None, backe
                 notes[row] = {"tags": info, "slices": "all and long_tail only: tags were mined from the full "
                               "visible history, which a cold user does not have"}
             for row, switch in ABLATIONS.items():
-                if row in rows and not done(row, seed):
+                if row in rows and not done(row, seed) and seed in (config.ablation_seeds or config.seeds):
                     res = train_towers(dataset, proto.split, tcfg.model_copy(update=switch))
                     tower_rows(row, seed, res, slice_tags, proto.slices)
     finally:

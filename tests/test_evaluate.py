@@ -306,6 +306,12 @@ def test_resume_takes_over_finished_rows_and_retrains_changed_ones(tiny):
     run_evaluation(tiny, changed, log=lines.append, resume=first.settings)
     assert {line.split()[1] for line in lines if ": ndcg@" in line} == {"three_tower_notag"}
     moved = {**first.settings, "split_hash": "other"}
+    # Ablations may run on fewer seeds than the main rows (their records say which).
+    few = run_evaluation(tiny, EvaluateConfig(models=("three_tower_no_logq",), ablation_seeds=(1,), **base),
+                         log=lambda s: None)
+    assert {r["seeds"] for r in few.records} == {"1"}
+    with pytest.raises(ValueError, match="ablation_seeds"):
+        EvaluateConfig(ablation_seeds=(7,))
     lines.clear()
     run_evaluation(tiny, EvaluateConfig(models=("popularity",), **base), log=lines.append, resume=moved)
     assert {line.split()[1] for line in lines if ": ndcg@" in line} == {"popularity"}

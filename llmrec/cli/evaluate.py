@@ -55,6 +55,7 @@ def register(app: typer.Typer) -> None:
                                                           "hashed-bow text features): minutes, for tests."),
         seeds: str = typer.Option(None, help="Comma-separated seeds, each retraining every model; default 0,1,2 "
                                              "(--quick: 0)."),
+        ablation_seeds: str = typer.Option(None, help="Seeds of the ablation rows, a subset of --seeds (default all)."),
         models: str = typer.Option(None, help="Comma-separated rows to run (default all); see EvaluateConfig."),
         llm_tags: Path = typer.Option(None, help="Mined-tags Parquet (or folder) of `llmrec mine-interests`; "
                                                  "enables three_tower_llm_tags."),
@@ -98,6 +99,8 @@ def register(app: typer.Typer) -> None:
                 over[key] = value
         if seeds is not None:
             over["seeds"] = parse_ints(seeds, "--seeds")
+        if ablation_seeds is not None:
+            over["ablation_seeds"] = parse_ints(ablation_seeds, "--ablation-seeds")
         if models is not None:
             over["models"] = tuple(m.strip() for m in models.split(",") if m.strip())
         try:
