@@ -271,7 +271,8 @@ def mine_interests(
         for start in range(0, len(pending), config.batch_size):
             chunk = pending[start : start + config.batch_size]
             gens = backend.generate([prompts[i] for i in chunk], json_schema=schema, max_tokens=config.max_tokens,
-                                    temperature=temperature, adapter=adapter)
+                                    temperature=temperature, adapter=adapter,
+                                    frequency_penalty=config.frequency_penalty)
             for i, gen in zip(chunk, gens):
                 stats.answers += 1
                 stats.prompt_tokens += gen.n_prompt_tokens

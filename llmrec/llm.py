@@ -48,8 +48,13 @@ class LLMBackend(Protocol):
         max_tokens: int = 256,
         temperature: float = 0.0,
         adapter: str | None = None,
+        frequency_penalty: float = 0.0,
     ) -> list[Generation]:
-        """One generation per chat prompt, batched; `json_schema` constrains decoding where supported."""
+        """One generation per chat prompt, batched; `json_schema` constrains decoding where supported.
+
+        `frequency_penalty` (OpenAI semantics): each generated token's logit is lowered by the penalty times
+        the number of times it already occurs in the answer; small models otherwise loop under greedy decoding.
+        """
         ...
 
     def score_choices(
@@ -101,8 +106,10 @@ class FakeBackend:
         self.responder = responder
         self.calls: list[dict[str, Any]] = []
 
-    def generate(self, prompts, *, json_schema=None, max_tokens=256, temperature=0.0, adapter=None):
-        self.calls.append({"n": len(prompts), "json_schema": json_schema is not None, "adapter": adapter})
+    def generate(self, prompts, *, json_schema=None, max_tokens=256, temperature=0.0, adapter=None,
+                 frequency_penalty=0.0):
+        self.calls.append({"n": len(prompts), "json_schema": json_schema is not None, "adapter": adapter,
+                           "frequency_penalty": frequency_penalty})
         out = []
         for messages in prompts:
             if self.responder is not None:
@@ -238,14 +245,16 @@ class VLLMBackend:
         path = str(Path(adapter).resolve())
         return LoRARequest(Path(path).name, adapter_id(path), path)
 
-    def generate(self, prompts, *, json_schema=None, max_tokens=256, temperature=0.0, adapter=None):
+    def generate(self, prompts, *, json_schema=None, max_tokens=256, temperature=0.0, adapter=None,
+                 frequency_penalty=0.0):
         from vllm import SamplingParams
 
         if not prompts:
             return []
         ids = encode_prompts(self.tokenizer, prompts, self.config.max_model_len, max_tokens)
         extra = _structured_params(json_schema) if json_schema is not None else {}
-        params = SamplingParams(max_tokens=max_tokens, temperature=temperature, **extra)
+        params = SamplingParams(max_tokens=max_tokens, temperature=temperature, frequency_penalty=frequency_penalty,
+                                **extra)
         outs = self.llm.generate([{"prompt_token_ids": p} for p in ids], params,
                                  lora_request=self._lora(adapter), use_tqdm=False)
         return [
@@ -338,7 +347,8 @@ class TransformersBackend:
         positions = (mask.cumsum(1) - 1).clamp(min=0)  # (B, T)
         return input_ids.to(self.device), mask.to(self.device), positions.to(self.device)
 
-    def generate(self, prompts, *, json_schema=None, max_tokens=256, temperature=0.0, adapter=None):
+    def generate(self, prompts, *, json_schema=None, max_tokens=256, temperature=0.0, adapter=None,
+                 frequency_penalty=0.0):
         import torch
 
         ids = encode_prompts(self.tokenizer, prompts, self.config.max_model_len, max_tokens)
@@ -350,6 +360,8 @@ class TransformersBackend:
                 input_ids, mask, _ = self._pad(chunk)
                 sample = {"do_sample": True, "temperature": temperature, "top_k": 0} if temperature > 0 else {
                     "do_sample": False}  # fmt: skip
+                if frequency_penalty:
+                    sample["logits_processor"] = [FrequencyPenalty(frequency_penalty, input_ids.shape[1])]
                 seqs = self.model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_tokens,
                                            pad_token_id=self.pad_id, **sample)  # (B, T + new)
                 for prompt, row in zip(chunk, seqs[:, input_ids.shape[1]:].tolist()):
@@ -376,6 +388,23 @@ class TransformersBackend:
 
     def close(self) -> None:
         self.__dict__.pop("model", None)
+
+
+class FrequencyPenalty:
+    """transformers logits processor with OpenAI/vLLM `frequency_penalty` semantics: logits of tokens already
+    generated (prompt excluded) drop by penalty x their count so far."""
+
+    def __init__(self, penalty: float, prompt_len: int):
+        self.penalty, self.prompt_len = penalty, prompt_len
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        generated = input_ids[:, self.prompt_len:]  # (B, t)
+        if generated.shape[1] == 0:
+            return scores
+        counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+        return scores - self.penalty * counts
 
 
 def _as_list(x: Any) -> list[Any]:

@@ -80,7 +80,8 @@ class VLLMServerBackend:
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             return list(pool.map(fn, prompts))
 
-    def generate(self, prompts, *, json_schema=None, max_tokens=256, temperature=0.0, adapter=None):
+    def generate(self, prompts, *, json_schema=None, max_tokens=256, temperature=0.0, adapter=None,
+                 frequency_penalty=0.0):
         model = self._model_for(adapter)
         extra = {"response_format": {"type": "json_schema", "json_schema": {"name": "output", "schema": json_schema}}
                  } if json_schema is not None else {}
@@ -88,7 +89,8 @@ class VLLMServerBackend:
         def one(messages: Messages) -> Generation:
             r = self._request("POST", "/v1/chat/completions", {
                 "model": model, "messages": list(messages), "max_tokens": max_tokens,
-                "temperature": temperature, "seed": self.seed, **extra})  # fmt: skip
+                "temperature": temperature, "frequency_penalty": frequency_penalty, "seed": self.seed,
+                **extra})  # fmt: skip
             choice, usage = r["choices"][0], r["usage"]
             return Generation(text=choice["message"]["content"] or "", n_prompt_tokens=usage["prompt_tokens"],
                               n_output_tokens=usage["completion_tokens"], finish_reason=choice["finish_reason"])

@@ -149,18 +149,19 @@ class RecordingBackend(FakeBackend):
         super().__init__(responder)
         self.settings: list[tuple[int, float, int, str | None]] = []
 
-    def generate(self, prompts, *, json_schema=None, max_tokens=256, temperature=0.0, adapter=None):
-        self.settings.append((len(prompts), temperature, max_tokens, adapter))
+    def generate(self, prompts, *, json_schema=None, max_tokens=256, temperature=0.0, adapter=None,
+                 frequency_penalty=0.0):
+        self.settings.append((len(prompts), temperature, max_tokens, adapter, frequency_penalty))
         return super().generate(prompts, json_schema=json_schema, max_tokens=max_tokens,
                                 temperature=temperature, adapter=adapter)
 
 
 def test_config_fields_reach_the_backend(tiny, narratives):
-    cfg = MiningConfig(batch_size=2, max_tokens=100, temperature=0.1, retry_temperature=0.9)
+    cfg = MiningConfig(batch_size=2, max_tokens=100, temperature=0.1, retry_temperature=0.9, frequency_penalty=0.3)
     backend = RecordingBackend(lambda m, s: "not json")
     profiles, _ = mine_interests(narratives, backend, cfg, adapter="lora1", items=tiny.item_index)
-    assert backend.settings == [(2, 0.1, 100, "lora1"), (1, 0.1, 100, "lora1"),
-                                (2, 0.9, 100, "lora1"), (1, 0.9, 100, "lora1")]
+    assert backend.settings == [(2, 0.1, 100, "lora1", 0.3), (1, 0.1, 100, "lora1", 0.3),
+                                (2, 0.9, 100, "lora1", 0.3), (1, 0.9, 100, "lora1", 0.3)]
     assert profiles[0].model == "fake+lora1"
     profiles, _ = mine_interests(narratives, backend, cfg, items=tiny.item_index, label="vllm+merged")
     assert profiles[0].model == "vllm+merged"

@@ -156,6 +156,17 @@ def test_transformers_generates_batched_like_one_by_one(hf: TransformersBackend)
     assert batched[2].finish_reason == "length" and batched[2].n_output_tokens == 12
 
 
+def test_frequency_penalty_lowers_generated_tokens_by_their_count():
+    import torch
+
+    from llmrec.llm import FrequencyPenalty
+
+    ids = torch.tensor([[9, 5, 5, 5, 7], [9, 9, 1, 2, 3]])  # (B=2, T=5); the first 2 tokens are the prompt
+    out = FrequencyPenalty(0.5, prompt_len=2)(ids, torch.zeros(2, 10))
+    assert out[0, 5] == -1.0 and out[0, 7] == -0.5 and out[0, 9] == 0.0  # prompt tokens are not penalised
+    assert out[1, [1, 2, 3]].tolist() == [-0.5, -0.5, -0.5] and out[1, 9] == 0.0
+
+
 def test_transformers_sampling_follows_the_seed(hf: TransformersBackend, model_dir: Path):
     a = hf.generate(PROMPTS[1:2], max_tokens=10, temperature=1.0)
     assert a == hf.generate(PROMPTS[1:2], max_tokens=10, temperature=1.0)
@@ -255,6 +266,11 @@ class TestVLLMEngine:
             n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
             same, total = same + n, total + max(len(a), len(b))
         assert same / total >= 0.8, (fast, ref)
+        # The same frequency penalty in both paths: greedy answers still agree, and differ from unpenalised ones.
+        fast_p = engine.generate(PROMPTS, max_tokens=24, frequency_penalty=1.5)
+        ref_p = hf.generate(PROMPTS, max_tokens=24, frequency_penalty=1.5)
+        agree = sum(f.text[:30] == r.text[:30] for f, r in zip(fast_p, ref_p))
+        assert agree >= len(PROMPTS) - 1, (fast_p, ref_p)
         np.testing.assert_allclose(engine.score_choices(RANK_PROMPT, CHOICES),
                                    hf.score_choices(RANK_PROMPT, CHOICES), atol=2e-2)
 
