@@ -65,7 +65,7 @@ def test_fake_backend_is_deterministic_and_schema_valid():
     out = fake.generate(PROMPTS, json_schema=Pick.model_json_schema())
     assert len(out) == len(PROMPTS) and all(Pick.model_validate_json(g.text) for g in out)
     assert fake.score_choices(PROMPTS, CHOICES) == FakeBackend().score_choices(PROMPTS, CHOICES)
-    assert fake.calls == [{"n": 3, "json_schema": True, "adapter": None}]
+    assert fake.calls == [{"n": 3, "json_schema": True, "adapter": None, "frequency_penalty": 0.0}]
 
 
 def test_adapter_helpers(tmp_path: Path):
