@@ -89,7 +89,8 @@ from typing import Literal  # noqa: E402
 class JobConfig(StageConfig):
     """How a batch job shards its keys and where it runs (see `llmrec.jobs.run_sharded`)."""
 
-    shard_size: int = Field(default=32, ge=1)  # keys (users) per shard: the unit of atomic write and resume
+    shard_size: int = Field(default=256, ge=1)  # keys (users) per shard: the unit of atomic write and resume, and
+    # the widest LLM batch of a shard (vLLM on 2 cores decodes ~4x faster at 256 sequences than at 32)
     executor: Literal["local", "ray"] = "local"
     key_column: str = Field(default="user_id", min_length=1)  # column of the output rows naming their key
     ray_num_cpus: int = Field(default=2, ge=1)  # ray.init(num_cpus=...) when the job starts Ray itself
