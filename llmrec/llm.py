@@ -361,7 +361,10 @@ class TransformersBackend:
                 sample = {"do_sample": True, "temperature": temperature, "top_k": 0} if temperature > 0 else {
                     "do_sample": False}  # fmt: skip
                 if frequency_penalty:
-                    sample["logits_processor"] = [FrequencyPenalty(frequency_penalty, input_ids.shape[1])]
+                    # Unconstrained here: JSON punctuation must stay cheap to repeat (vLLM's grammar mask keeps
+                    # it whatever its penalty), so only tokens with a letter or digit are penalised.
+                    sample["logits_processor"] = [FrequencyPenalty(frequency_penalty, input_ids.shape[1],
+                                                                   self._content_tokens() if json_schema else None)]
                 seqs = self.model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_tokens,
                                            pad_token_id=self.pad_id, **sample)  # (B, T + new)
                 for prompt, row in zip(chunk, seqs[:, input_ids.shape[1]:].tolist()):
@@ -371,6 +374,17 @@ class TransformersBackend:
                                           n_prompt_tokens=len(prompt), n_output_tokens=len(new),
                                           finish_reason="length" if stop is None else "stop"))
         return out
+
+    def _content_tokens(self) -> Any:
+        """[V] bool: vocabulary tokens that hold a letter or digit (memoised)."""
+        if getattr(self, "_content", None) is None:
+            import torch
+
+            size = self.model.get_output_embeddings().weight.shape[0]
+            texts = self.tokenizer.convert_ids_to_tokens(list(range(min(size, len(self.tokenizer)))))
+            flags = [any(c.isalnum() for c in t.replace("Ġ", "").replace("Ċ", "")) for t in texts]
+            self._content = torch.tensor(flags + [False] * (size - len(flags)), device=self.device)
+        return self._content
 
     def score_choices(self, prompts, choices, *, adapter=None):
         import torch
@@ -394,8 +408,8 @@ class FrequencyPenalty:
     """transformers logits processor with OpenAI/vLLM `frequency_penalty` semantics: logits of tokens already
     generated (prompt excluded) drop by penalty x their count so far."""
 
-    def __init__(self, penalty: float, prompt_len: int):
-        self.penalty, self.prompt_len = penalty, prompt_len
+    def __init__(self, penalty: float, prompt_len: int, only: Any = None):
+        self.penalty, self.prompt_len, self.only = penalty, prompt_len, only  # only: [V] bool, tokens to penalise
 
     def __call__(self, input_ids, scores):
         import torch
@@ -404,6 +418,8 @@ class FrequencyPenalty:
         if generated.shape[1] == 0:
             return scores
         counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+        if self.only is not None:
+            counts = counts * self.only[: scores.shape[1]].to(scores.dtype)
         return scores - self.penalty * counts
 
 

@@ -165,6 +165,10 @@ def test_frequency_penalty_lowers_generated_tokens_by_their_count():
     out = FrequencyPenalty(0.5, prompt_len=2)(ids, torch.zeros(2, 10))
     assert out[0, 5] == -1.0 and out[0, 7] == -0.5 and out[0, 9] == 0.0  # prompt tokens are not penalised
     assert out[1, [1, 2, 3]].tolist() == [-0.5, -0.5, -0.5] and out[1, 9] == 0.0
+    only = torch.zeros(10, dtype=torch.bool)
+    only[5] = True  # e.g. a word token; 7 stands for JSON punctuation, left unpenalised
+    masked = FrequencyPenalty(0.5, prompt_len=2, only=only)(ids, torch.zeros(2, 10))
+    assert masked[0, 5] == -1.0 and masked[0, 7] == 0.0
 
 
 def test_transformers_sampling_follows_the_seed(hf: TransformersBackend, model_dir: Path):
