@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -38,6 +37,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, create_model
 
 from llmrec.config import ColdStartConfig
+from llmrec.data import strip_year
 from llmrec.interests import salvage_truncated
 from llmrec.llm import LLMBackend, Messages
 from llmrec.prompts import prompt_hash, render_prompt
@@ -206,8 +206,7 @@ def format_sample(examples: Sequence[ExampleUser]) -> str:
     item = next((e.items[0] for e in examples if e.items), None)
     if item is None:
         return json.dumps({"t": "title", "g": ["genre"], "y": 1995}, separators=(",", ":"))
-    title = re.sub(r"\s*\(\d{4}\)\s*$", "", item.title).strip()
-    entry = {"t": title, "g": list(item.genres[:MAX_GENRES]) or ["Drama"], "y": item.year or 1995}
+    entry = {"t": strip_year(item.title), "g": list(item.genres[:MAX_GENRES]) or ["Drama"], "y": item.year or 1995}
     return json.dumps(entry, separators=(",", ":"), ensure_ascii=False)
 
 

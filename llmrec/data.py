@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -155,6 +156,14 @@ def ratings_to_behaviors(ratings: np.ndarray, config: DataConfig) -> np.ndarray:
 # --- Built-in datasets ----------------------------------------------------------------------------
 
 
+YEAR_SUFFIX = r"\s*\(\d{4}\)\s*$"  # "Toy Story (1995)": the release year MovieLens appends to titles
+
+
+def strip_year(title: str) -> str:
+    """A title without a trailing "(1995)" year."""
+    return re.sub(YEAR_SUFFIX, "", title).strip()
+
+
 def llmrec_home() -> Path:
     return Path(os.environ.get(HOME_ENV, Path.home() / ".cache" / "llmrec")).expanduser()
 
@@ -221,7 +230,7 @@ def _read_ml100k_items(path: Path) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "item_id": raw[0],
-            "title": titles.str.replace(r"\s*\(\d{4}\)\s*$", "", regex=True),
+            "title": titles.str.replace(YEAR_SUFFIX, "", regex=True),
             "genres": genres,
             "year": year.astype("Int32"),
             "text": None,

@@ -40,6 +40,7 @@ METRICS = ("ndcg@{k}", "hr@{k}", "mrr", "coverage@{k}", "long_tail_share@{k}")
 LLM_TAG_ROWS = {"three_tower_llm_tags": "llm_tags", "three_tower_llm_lora_tags": "llm_lora_tags"}
 ABLATIONS = {"three_tower_no_logq": {"logq": False}, "three_tower_no_mixed_negatives": {"mixed_negatives": False},
              "three_tower_fixed_temperature": {"learnable_temperature": False}}
+BASELINE_ROWS = ("popularity", "item_knn")  # deterministic: scored once, the score stands for every seed
 COLDSTART_ROWS = {"coldstart_none": None, "coldstart_early_fusion": "early", "coldstart_late_fusion": "late"}
 # Rows trained from the base three-tower model (one training per seed serves all of them).
 BASE_TOWER_ROWS = ("three_tower_notag", "three_tower_heuristic_tags", "three_tower_llm_rerank", *COLDSTART_ROWS)
@@ -283,7 +284,7 @@ def run_evaluation(dataset: Dataset, config: EvaluateConfig | None = None, backe
         for model, seed in taken:
             if seed in config.seeds:
                 finished.append([model, seed])
-                if model in ("popularity", "item_knn"):  # deterministic: scored once, stands for every seed
+                if model in BASELINE_ROWS:
                     seeds_of[model] = list(config.seeds)
                 else:
                     seeds_of.setdefault(model, []).append(seed)

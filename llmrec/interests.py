@@ -34,6 +34,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, create_model
 
 from llmrec.config import MiningConfig
+from llmrec.data import strip_year
 from llmrec.llm import LLMBackend, Messages
 from llmrec.prompts import render_prompt
 from llmrec.schema import Interest, InterestProfile, Item, Narrative, Tag
@@ -79,7 +80,6 @@ def round_robin(groups: Sequence[Sequence[Any]]) -> list[Any]:
     return [x for row in zip_longest(*groups) for x in row if x is not None]
 
 
-_YEAR_SUFFIX = re.compile(r"\s*\(\d{4}\)\s*$")
 # The prompt's format placeholders ("...", "<interest>"): a model that copies them back has answered nothing,
 # even when the JSON validates.
 _PLACEHOLDER = re.compile(r"^\s*(?:<[^<>]*>|\.{2,}|…)\s*$")
@@ -91,7 +91,7 @@ def _norm(text: str) -> str:
 
 def title_forms(title: str) -> list[str]:
     """How a title may be written: as stored ("Godfather, The (1972)"), without the year, article first."""
-    base = _YEAR_SUFFIX.sub("", title).strip()
+    base = strip_year(title)
     forms = [title.strip(), base]
     m = re.match(r"^(.*), (The|A|An|Les|La|Le|Il|Das|Der|Die|El)$", base)
     if m:

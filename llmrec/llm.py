@@ -315,6 +315,7 @@ class TransformersBackend:
         self.eos_ids = {self.tokenizer.eos_token_id, *_as_list(self.model.generation_config.eos_token_id)} - {None}
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids)
         self._adapters: dict[str, str] = {}  # resolved adapter folder -> peft adapter name
+        self._content: Any = None  # [V] bool, built on first use by _content_tokens
 
     def _use(self, adapter: str | None) -> contextlib.AbstractContextManager:
         """Activate `adapter` (loading it on first use) or, for None, run the bare base weights."""
@@ -377,7 +378,7 @@ class TransformersBackend:
 
     def _content_tokens(self) -> Any:
         """[V] bool: vocabulary tokens that hold a letter or digit (memoised)."""
-        if getattr(self, "_content", None) is None:
+        if self._content is None:
             import torch
 
             size = self.model.get_output_embeddings().weight.shape[0]
