@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable, Sequence
@@ -31,6 +32,7 @@ from llmrec.data import Dataset
 from llmrec.interests import PROMPTS, MiningStats, mine_interests, profiles_from_table, profiles_to_table
 from llmrec.jobs import read_shards, run_sharded
 from llmrec.llm import LLMBackend, make_backend
+from llmrec.model import merged_model
 from llmrec.narrative import load_narrative_tokenizer, render_narratives
 from llmrec.pipeline import Recommender, profile_segment
 from llmrec.prompts import prompt_hashes
@@ -186,13 +188,31 @@ def build_recommender(dataset: Dataset, out: str | Path, config: RecommenderConf
 
     if backend is not None and executor != "local":
         raise ValueError("an explicit backend needs executor='local' (Ray actors build their own)")
-    owned = backend is None and executor == "local"
-    backend = make_backend(config.llm) if owned else backend
-    try:
+    owned = backend is None  # we build the engines (local) or the Ray actors do
+    # One adapter for the whole mining job: serve it merged into the weights (base decoding speed, no LoRA
+    # engine). An explicit backend (tests, a shared server) gets the adapter per request instead.
+    mine_config, mine_adapter, label = config, adapter, None
+    if adapter is not None and owned:
+        merged = merged_model(config.llm.model, adapter)
+        mine_config = config.model_copy(update={"llm": config.llm.model_copy(
+            update={"model": str(merged), "enable_lora": False})})
+        mine_adapter, label = None, f"{config.llm.backend}+{adapter}"
+    with ExitStack() as engines:
+        def local_backend(llm: LLMConfig) -> LLMBackend:
+            made = make_backend(llm)
+            engines.callback(made.close)
+            return made
+
         t = time.perf_counter()
         ordered = sorted(narratives, key=lambda n: (len(n.user_id), n.user_id))
         chosen = ordered[:mine_users] if mine_users else ordered
-        profiles, mining = mine_all(chosen, dataset, work / "interests", config, backend, executor, adapter)
+        with ExitStack() as mining_engine:
+            mine_backend = backend
+            if owned and executor == "local":
+                mine_backend = make_backend(mine_config.llm)
+                mining_engine.callback(mine_backend.close)  # freed before the base engine starts
+            profiles, mining = mine_all(chosen, dataset, work / "interests", mine_config, mine_backend, executor,
+                                        mine_adapter, label)
         profiles += heuristic_profiles([n.user_id for n in ordered[len(chosen):]], split.history("test"), dataset,
                                        config.mining.max_tags)
         timings["mine"] = time.perf_counter() - t
@@ -214,29 +234,23 @@ def build_recommender(dataset: Dataset, out: str | Path, config: RecommenderConf
                     "llmrec_version": importlib.metadata.version("llmrec")}
         rec = Recommender(config, dataset, result.model, profiles, manifest=manifest)
 
+        # The adapter is tuned on the mining prompt only: explanations and imagined histories use the base model.
+        base = backend if backend is not None else (local_backend(config.llm) if executor == "local" else None)
         t = time.perf_counter()
         users = sorted(as_of.index, key=lambda u: (len(u), u))[:explain_users] if explain_users else list(as_of.index)
         served = [(r.interest, r.item.item_id) for u in users for r in rec.recommend(user_id=u, k=k) if r.interest]
-        # The adapter is tuned on the mining prompt only: explanations and imagined histories use the base model.
-        rec.explanations = explain_all(served, dataset, work / "explanations", config, backend, executor)
+        rec.explanations = explain_all(served, dataset, work / "explanations", config, base, executor)
         timings["explain"] = time.perf_counter() - t
         flagged = int(rec.explanations.to_frame()["flagged"].sum())
         log(f"[4/5] explanations: {len(rec.explanations)} pairs for {len(users)} users ({flagged} flagged templates) "
             f"in {timings['explain']:.0f}s")
 
         t = time.perf_counter()
-        cold_backend = backend if backend is not None else make_backend(config.llm)
-        try:
-            rec.imagined, cold_stats = imagine_segments(dataset, split, config, cold_backend,
-                                                        work / "coldstart.json")
-        finally:
-            if cold_backend is not backend:
-                cold_backend.close()
+        # Imagined histories are one small in-process call (no shards), whatever the executor.
+        rec.imagined, cold_stats = imagine_segments(dataset, split, config, base or local_backend(config.llm),
+                                                    work / "coldstart.json")
         timings["coldstart"] = time.perf_counter() - t
         log(f"[5/5] cold start: {len(rec.imagined)} profile segments imagined in {timings['coldstart']:.0f}s")
-    finally:
-        if owned:
-            backend.close()
     rec.manifest.update(timings_s={k: round(v, 1) for k, v in timings.items()}, split_hash=split.hash,
                         tower_report={k: v for k, v in result.report.items() if k != "history"},
                         coldstart=cold_stats, mining={k: v for k, v in mining.to_dict().items() if k != "errors"})

@@ -291,7 +291,7 @@ def run_evaluation(dataset: Dataset, config: EvaluateConfig | None = None, backe
                 for rep in resume.get("model_reports", {}).get(model, []):
                     if rep.get("seed") == seed:
                         reports.setdefault(model, []).append(rep)
-                        if "beta" in rep and model not in ("sasrec_bce", "sasrec_ce"):
+                        if model in resume.get("betas", {}):  # a fused row (SASRec reports carry no beta)
                             betas.setdefault(model, []).append(float(rep["beta"]))
         for key, note in resume.get("notes", {}).items():
             if any(m == key or key == "coldstart" for m, _ in taken):

@@ -98,3 +98,35 @@ def test_mine_users_limits_llm_mining_and_counts_the_rest(built):
     assert sources.count("heuristic") == 8  # users 13..20 by id order were not mined
     assert all(p.tags for p in rec.profiles.values() if p.source == "heuristic")
     assert rec.manifest["mining"]["users"] == 12
+
+
+def test_build_mines_with_the_adapter_merged_then_frees_that_engine(tiny, tmp_path, monkeypatch):
+    """With an adapter and no explicit backend, mining runs on a merged-model engine (no LoRA requests), which
+    is closed before the base engine (explanations, imagined histories) starts."""
+    import llmrec.build as B
+    from llmrec.config import LLMConfig
+
+    events: list[tuple[str, object]] = []
+
+    class Engine(FakeBackend):
+        def __init__(self, llm: LLMConfig):
+            super().__init__()
+            self.model, self.enable_lora = llm.model, llm.enable_lora
+            events.append(("start", self))
+
+        def close(self) -> None:
+            events.append(("close", self))
+
+    monkeypatch.setattr(B, "make_backend", Engine)
+    monkeypatch.setattr(B, "merged_model", lambda model, adapter: tmp_path / f"merged-{adapter}")
+    config = RecommenderConfig(towers=TINY_TOWERS, llm=LLMConfig(enable_lora=False))
+    build_recommender(tiny, tmp_path / "rec", config, adapter="lora", mine_users=4, explain_users=2, k=3,
+                      log=lambda m: None)
+    (_, miner), (_, first_closed), (_, base), (_, last_closed) = events
+    assert [e for e, _ in events] == ["start", "close", "start", "close"]
+    assert first_closed is miner and last_closed is base
+    assert miner.model == str(tmp_path / "merged-lora") and not miner.enable_lora
+    assert miner.calls and all(c["adapter"] is None for c in miner.calls)
+    assert base.model is None and base.calls and all(c["adapter"] is None for c in base.calls)
+    profiles = Recommender.load(tmp_path / "rec").profiles.values()
+    assert {p.model for p in profiles if p.source != "heuristic"} == {"vllm+lora"}  # the 4 mined users

@@ -82,7 +82,8 @@ def register(app: typer.Typer) -> None:
         print(f"model: {model_dir}")
         adapter = demo_adapter(adapter, ds, finetune_tokens)
         print(f"mining adapter: {adapter or 'none (base model)'}")
-        config = RecommenderConfig(llm=LLMConfig(backend=backend, enable_lora=adapter is not None))
+        # The adapter is served merged for mining (build_recommender); the base engine needs no LoRA support.
+        config = RecommenderConfig(llm=LLMConfig(backend=backend, enable_lora=False))
         build_recommender(ds, out, config, executor=executor, adapter=adapter, mine_users=mine_users,
                           explain_users=explain_users, k=k)
 
