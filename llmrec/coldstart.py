@@ -74,8 +74,8 @@ class ColdStartStats:
     cached: int = 0
     generated: int = 0
     valid_first: int = 0  # valid JSON at the first attempt
-    fallback: int = 0
-    n_imagined: int = 0
+    fallback: int = 0  # histories (cached or new) that are the flagged examples' fallback
+    n_imagined: int = 0  # items of the LLM histories served, cached or new
     n_matched: int = 0  # mapped to a catalogue item
     n_unmatched: int = 0  # below sim_threshold: content vector kept
     mean_similarity: float = 0.0
@@ -306,8 +306,9 @@ def imagine_histories(
                     stats.valid_first += attempt == 0
         pending = failed
     stats.generated = len(todo)
-    new = _map_answers(todo, answers, catalogue, config, stats)
+    new = _map_answers(todo, answers, catalogue, config)
     results.update(new)
+    _tally(results.values(), stats)  # cached and new histories alike
     if cache_path is not None and new:
         cache.update(new)
         _write_cache(cache_path, cache)
@@ -316,14 +317,13 @@ def imagine_histories(
     return [results[u] for u in dict.fromkeys(order)], stats
 
 
-def _map_answers(todo, answers, catalogue: Catalogue, config: ColdStartConfig, stats: ColdStartStats) -> dict[str, ImaginedHistory]:
+def _map_answers(todo, answers, catalogue: Catalogue, config: ColdStartConfig) -> dict[str, ImaginedHistory]:
     """Map every imagined title to its nearest catalogue item (one encoder batch for all users)."""
     texts = [content_text(m.t, m.y, m.g) for i in sorted(answers) for m in answers[i].m]
     best, sims, _ = catalogue.nearest(texts) if texts else (np.zeros(0, int), np.zeros(0), None)
-    out, pos, all_sims = {}, 0, []
+    out, pos = {}, 0
     for i, (user_id, key, _, _, exs) in enumerate(todo):
         if i not in answers:
-            stats.fallback += 1
             items = tuple(ImaginedItem(title=it.title, genres=it.genres, year=it.year, item_id=it.item_id, similarity=1.0)
                           for it in _fallback(exs, config))
             out[user_id] = ImaginedHistory(user_id=user_id, key=key, items=items, source="fallback")
@@ -333,14 +333,23 @@ def _map_answers(todo, answers, catalogue: Catalogue, config: ColdStartConfig, s
             sim = float(sims[pos])
             matched = catalogue.items[int(best[pos])].item_id if sim >= config.sim_threshold else None
             items.append(ImaginedItem(title=m.t, genres=tuple(m.g), year=m.y, item_id=matched, similarity=sim))
-            stats.n_matched += matched is not None
-            stats.n_unmatched += matched is None
-            all_sims.append(sim)
             pos += 1
         out[user_id] = ImaginedHistory(user_id=user_id, key=key, items=tuple(items))
-    stats.n_imagined += sum(len(h.items) for h in out.values())
-    stats.mean_similarity = float(np.mean(all_sims)) if all_sims else 0.0
     return out
+
+
+def _tally(histories, stats: ColdStartStats) -> None:
+    """Fallbacks, and the imagined items (LLM histories only) matched to the catalogue or kept as content."""
+    sims = []
+    for h in histories:
+        if h.source == "fallback":
+            stats.fallback += 1
+            continue
+        stats.n_imagined += len(h.items)
+        stats.n_matched += sum(i.item_id is not None for i in h.items)
+        sims += [i.similarity for i in h.items]
+    stats.n_unmatched = stats.n_imagined - stats.n_matched
+    stats.mean_similarity = float(np.mean(sims)) if sims else 0.0
 
 
 def _read_cache(path: str | Path | None) -> dict[str, ImaginedHistory]:

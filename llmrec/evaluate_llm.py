@@ -8,6 +8,7 @@ generation per cold user and slice), so each runs on a seeded user sample whose 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -122,10 +123,16 @@ def imagine_cold_histories(dataset, proto: Protocol, config: EvaluateConfig, bac
         events = proto.slices[s].events
         histories = {u: dataset.history(u, events) for u in users}
         result, st = imagine_histories([(u, profiles.get(u, {}), histories[u].events) for u in users], backend,
-                                       config.coldstart, catalogue, pool, cache_path=config.coldstart_cache)
+                                       config.coldstart, catalogue, pool, cache_path=slice_cache(config.coldstart_cache, s))
         out[s] = ({h.user_id: h for h in result}, histories)
         stats[s] = {k: v for k, v in st.to_dict().items() if k != "errors"} | {"errors": st.errors[:3]}
     return out, stats
+
+
+def slice_cache(path: str | None, slice_name: str) -> Path | None:
+    """One cache file per cold slice (`cache.json` -> `cache.cold_1.json`): a user's cache entry is keyed by the
+    history it was imagined from, and each slice shows the same user a different history."""
+    return None if path is None else Path(path).with_suffix(f".{slice_name}{Path(path).suffix or '.json'}")
 
 
 def coldstart_rows(proto: Protocol, config: EvaluateConfig, model, imagined, rows, add, seed) -> None:

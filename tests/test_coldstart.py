@@ -126,6 +126,7 @@ def test_cache_hits_and_regenerates_on_profile_or_history_change(world, tmp_path
     backend = FakeBackend(answer(MADE_UP))
     again, stats = imagine_histories(users, backend, cfg, catalogue, pool, cache_path=cache)
     assert again == first and stats.cached == 2 and backend.calls == []
+    assert (stats.n_imagined, stats.n_matched, stats.fallback) == (2, 2, 0)  # cached histories are counted too
     changed = [("1", {**users[0][1], "occupation": "artist"}, users[0][2]), ("2", users[1][1], users[1][2][:1])]
     out, stats = imagine_histories(changed, backend, cfg, catalogue, pool, cache_path=cache)
     assert stats.generated == 2 and [h.items[0].title for h in out] == [MADE_UP["t"]] * 2

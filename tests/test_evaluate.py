@@ -235,8 +235,13 @@ def test_llm_rows_run_end_to_end_and_a_failing_row_is_reported(tiny, tmp_path):
         for s in ("cold_0", "cold_1")}
     assert "engine died" in run.settings["absent"]["three_tower_llm_rerank"]
     assert run.settings["notes"]["coldstart"]["cold_0"]["generated"] == 2
-    assert json.loads((tmp_path / "cold.json").read_text())  # imagined histories cached
     assert len(backend.calls) == 2  # one generation batch per cold slice, reused by the second seed
+    # One cache file per slice (a user shows each slice another history): a rerun generates nothing.
+    assert {p.name for p in tmp_path.glob("cold*.json")} == {"cold.cold_0.json", "cold.cold_1.json"}
+    again = Backend()
+    rerun = run_evaluation(tiny, config.model_copy(update={"models": ("coldstart_early_fusion",)}), backend=again,
+                           log=lambda s: None)
+    assert again.calls == [] and rerun.settings["notes"]["coldstart"]["cold_1"]["cached"] == 2
 
 
 @pytest.mark.slow
