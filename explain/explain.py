@@ -4,10 +4,12 @@ Why per pair and not per (user, item): many users share an interest ("1990s roma
 are recommended the same items, so the table is far smaller than users x items and the request path
 reads it without calling the LLM.
 
-Each pair gets one chat (`prompts/explain.jinja`), decoded under a compact JSON schema {"e": sentence}
-and validated with the same pydantic model. Faithfulness (`check_faithful`): an explanation may name only
-attributes the item really has (genres and decade, read with the `llmrec.tags` vocabulary; a four-digit
-year must be the item's year) plus whatever its interest names, and no other interest of the batch.
+Each pair gets one chat (`prompts/explain.jinja`, with two worked examples), decoded under a compact JSON
+schema {"e": sentence} and validated with the same pydantic model. Faithfulness (`check_faithful`): apart
+from the interest phrase itself and the title, an explanation may name only attributes the item really has
+(genres and decade, read with the `llmrec.tags` vocabulary; a four-digit year must be the item's year), and
+no other interest of the batch. So "Scream, a horror comedy, for your love of romantic comedy" fails: the
+interest may be named, its attributes may not be pinned on an item that lacks them.
 Invalid or unfaithful answers are regenerated `config.retries` times at `retry_temperature`; what still
 fails is replaced by a template, marked `flagged=True`, so a reader can always tell the two apart.
 """
@@ -93,8 +95,7 @@ def check_faithful(text: str, interest: str, item: Item, other_interests: Iterab
         if phrase:
             masked = masked.replace(phrase, " ")
     masked = _VERB_SENSE.sub(" ", masked)
-    allowed = set(item_attributes(item)) | set(tag_attributes(interest) or ())
-    extra = set(tag_attributes(masked) or ()) - allowed
+    extra = set(tag_attributes(masked) or ()) - item_attributes(item)
     if extra:
         return f"names {sorted(extra)}, which item {item.item_id} does not have"
     years = {int(y) for y in _YEAR.findall(masked)}
@@ -283,7 +284,8 @@ def pair_key(interest: str, item_id: str) -> str:
 
 def make_explain_process(items: dict[str, Item], backend: LLMBackend, config: ExplainConfig,
                          adapter: str | None = None) -> Callable[[list[str]], pd.DataFrame]:
-    """A `run_sharded` process: pair keys of one shard -> one row per pair (plus the `pair_key` column)."""
+    """A `run_sharded` process: pair keys of one shard -> one row per pair, plus the `pair_key` column and the
+    shard's `ExplainStats` as JSON (`shard_stats`, the same on every row of the shard; `merge_explain_stats`)."""
 
     def process(keys: list[str]) -> pd.DataFrame:
         pairs = []
@@ -292,9 +294,22 @@ def make_explain_process(items: dict[str, Item], backend: LLMBackend, config: Ex
             if item_id not in items:
                 raise KeyError(f"pair key {key!r}: item {item_id!r} is not in the catalogue")
             pairs.append((interest, items[item_id]))
-        explanations, _ = explain_pairs(pairs, backend, config, adapter=adapter)
+        explanations, stats = explain_pairs(pairs, backend, config, adapter=adapter)
         frame = pd.DataFrame([e.model_dump() for e in explanations], columns=TABLE_SCHEMA.names)
         frame.insert(0, "pair_key", [pair_key(e.interest, e.item_id) for e in explanations])
+        frame["shard_stats"] = json.dumps(stats.to_dict())
         return frame
 
     return process
+
+
+def merge_explain_stats(parts: Iterable[dict[str, Any]]) -> ExplainStats:
+    """The sum of per-shard `ExplainStats` dicts (failure examples: the first five of all shards)."""
+    total = ExplainStats(examples=[])
+    for part in parts:
+        for name, value in part.items():
+            if name == "examples":
+                total.examples += (value or [])[: 5 - len(total.examples)]
+            elif name in ExplainStats.__dataclass_fields__:
+                setattr(total, name, getattr(total, name) + value)
+    return total

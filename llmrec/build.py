@@ -25,7 +25,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from explain.explain import ExplanationTable, make_explain_process, pair_key
+from explain.explain import PROMPT as EXPLAIN_PROMPT
+from explain.explain import (TABLE_SCHEMA, ExplainStats, ExplanationTable, make_explain_process,
+                             merge_explain_stats, pair_key)
 from llmrec.coldstart import Catalogue, ExamplePool, imagine_histories
 from llmrec.config import LLMConfig, RecommenderConfig
 from llmrec.data import Dataset
@@ -36,7 +38,7 @@ from llmrec.model import merged_model
 from llmrec.narrative import load_narrative_tokenizer, render_narratives
 from llmrec.pipeline import Recommender, profile_segment
 from llmrec.prompts import prompt_hashes
-from llmrec.schema import Interest, InterestProfile, Narrative, Tag
+from llmrec.schema import Explanation, Interest, InterestProfile, Narrative, Tag
 from llmrec.tags import history_tags
 from llmrec.split import Split, split_leave_one_out
 from retrieval.encoder import TextEncoder
@@ -124,17 +126,19 @@ def heuristic_profiles(user_ids: Sequence[str], events: pd.DataFrame, dataset: D
 
 
 def explain_all(pairs: Sequence[tuple[str, str]], dataset: Dataset, out: Path, config: RecommenderConfig,
-                backend: LLMBackend | None, executor: str = "local", adapter: str | None = None) -> ExplanationTable:
-    """Explanations for (interest, item_id) pairs, as a resumable sharded job keyed by pair."""
+                backend: LLMBackend | None, executor: str = "local",
+                adapter: str | None = None) -> tuple[ExplanationTable, ExplainStats]:
+    """Explanations for (interest, item_id) pairs, as a resumable sharded job keyed by pair, with the summed
+    generation stats of every shard (those a previous run finished included)."""
     items = dataset.item_index
     keys = sorted({pair_key(i, item) for i, item in pairs})
-    meta = {"stage": "explain", "explain": config.explain.model_dump(mode="json"), "adapter": adapter}
+    meta = {"stage": "explain", "explain": config.explain.model_dump(mode="json"), "adapter": adapter,
+            "prompt_hashes": prompt_hashes([EXPLAIN_PROMPT])}
     result = _run_llm_job(keys, lambda llm: make_explain_process(items, llm, config.explain, adapter=adapter),
                           out, config, backend, executor, meta, key_column="pair_key")
-    frame = read_shards(result.out_dir).drop(columns=["pair_key"])
-    from llmrec.schema import Explanation  # noqa: PLC0415
-
-    return ExplanationTable(Explanation(**r) for r in frame.to_dict("records"))
+    frame = read_shards(result.out_dir)
+    stats = merge_explain_stats(json.loads(s) for s in frame["shard_stats"].unique())
+    return ExplanationTable(Explanation(**r) for r in frame[TABLE_SCHEMA.names].to_dict("records")), stats
 
 
 def imagine_segments(dataset: Dataset, split: Split, config: RecommenderConfig, backend: LLMBackend,
@@ -239,11 +243,11 @@ def build_recommender(dataset: Dataset, out: str | Path, config: RecommenderConf
         t = time.perf_counter()
         users = sorted(as_of.index, key=lambda u: (len(u), u))[:explain_users] if explain_users else list(as_of.index)
         served = [(r.interest, r.item.item_id) for u in users for r in rec.recommend(user_id=u, k=k) if r.interest]
-        rec.explanations = explain_all(served, dataset, work / "explanations", config, base, executor)
+        rec.explanations, explain_stats = explain_all(served, dataset, work / "explanations", config, base, executor)
         timings["explain"] = time.perf_counter() - t
-        flagged = int(rec.explanations.to_frame()["flagged"].sum())
-        log(f"[4/5] explanations: {len(rec.explanations)} pairs for {len(users)} users ({flagged} flagged templates) "
-            f"in {timings['explain']:.0f}s")
+        log(f"[4/5] explanations: {len(rec.explanations)} pairs for {len(users)} users; faithful at the first try "
+            f"{explain_stats.faithful_share:.1%}, LLM text kept {explain_stats.llm_final}, flagged templates "
+            f"{explain_stats.templated}; in {timings['explain']:.0f}s")
 
         t = time.perf_counter()
         # Imagined histories are one small in-process call (no shards), whatever the executor.
@@ -253,7 +257,8 @@ def build_recommender(dataset: Dataset, out: str | Path, config: RecommenderConf
         log(f"[5/5] cold start: {len(rec.imagined)} profile segments imagined in {timings['coldstart']:.0f}s")
     rec.manifest.update(timings_s={k: round(v, 1) for k, v in timings.items()}, split_hash=split.hash,
                         tower_report={k: v for k, v in result.report.items() if k != "history"},
-                        coldstart=cold_stats, mining={k: v for k, v in mining.to_dict().items() if k != "errors"})
+                        coldstart=cold_stats, mining={k: v for k, v in mining.to_dict().items() if k != "errors"},
+                        explain=explain_stats.to_dict())
     rec.save_pretrained(out)
     (out / "build_report.json").write_text(json.dumps(rec.manifest, indent=2, default=str) + "\n")
     return rec

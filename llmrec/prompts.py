@@ -1,7 +1,10 @@
 """Prompt templates as versioned files in prompts/, loaded by name and hashed into manifests.
 
 Each `prompts/NAME.jinja` is a Jinja2 template with two blocks, `system` and `user`; rendering gives an
-OpenAI-style chat (`llmrec.llm.Messages`). Variables are strict: a missing one is an error naming it, so a
+OpenAI-style chat (`llmrec.llm.Messages`). An optional `examples` block holds few-shot turns, one JSON
+object per line, `{"vars": {...}, "answer": {...}}`: each becomes a user turn (the `user` block rendered
+with those variables) and an assistant turn (the answer as compact JSON), between the system message and
+the real question; small models copy a bare format placeholder but follow worked examples. Variables are strict: a missing one is an error naming it, so a
 renamed variable can never silently render as an empty string. The file's sha256 (`prompt_hash`) goes
 into every artifact manifest, so a changed prompt is a visible change of the artifact.
 """
@@ -9,6 +12,7 @@ into every artifact manifest, so a changed prompt is a visible change of the art
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -64,16 +68,35 @@ def load_prompt(name: str) -> jinja2.Template:
 
 
 def render_prompt(name: str, **variables: Any) -> Messages:
-    """The chat messages of prompt NAME filled with `variables`."""
+    """The chat messages of prompt NAME filled with `variables` (system, few-shot turns, user)."""
     template = load_prompt(name)
-    context = template.new_context(variables)
+
+    def block(role: str, values: dict[str, Any]) -> str:
+        return "".join(template.blocks[role](template.new_context(values))).strip()
+
     try:
-        return [
-            {"role": role, "content": "".join(template.blocks[role](context)).strip()}
-            for role in ("system", "user")
-        ]
+        messages = [{"role": "system", "content": block("system", variables)}]
+        shots = _examples(name, block("examples", variables)) if "examples" in template.blocks else []
+        for shot in shots:
+            messages += [{"role": "user", "content": block("user", {**variables, **shot["vars"]})},
+                         {"role": "assistant", "content": json.dumps(shot["answer"], separators=(",", ":"))}]
+        return messages + [{"role": "user", "content": block("user", variables)}]
     except jinja2.UndefinedError as e:
         raise PromptError(f"prompt {name!r} ({prompt_path(name)}): {e}") from e
+
+
+def _examples(name: str, text: str) -> list[dict[str, Any]]:
+    """The `examples` block's lines as {"vars": dict, "answer": dict}; a bad line is an error naming it."""
+    shots = []
+    for n, line in enumerate(filter(None, (ln.strip() for ln in text.splitlines())), 1):
+        try:
+            shot = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise PromptError(f"{prompt_path(name)}: examples line {n} is not JSON: {e}") from e
+        if not (isinstance(shot, dict) and isinstance(shot.get("vars"), dict) and isinstance(shot.get("answer"), dict)):
+            raise PromptError(f'{prompt_path(name)}: examples line {n} needs {{"vars": {{...}}, "answer": {{...}}}}')
+        shots.append(shot)
+    return shots
 
 
 def prompt_hash(name: str) -> str:

@@ -15,6 +15,7 @@ from explain.explain import (
     explain_pairs,
     explain_wire,
     make_explain_process,
+    merge_explain_stats,
     pair_key,
     template_explanation,
 )
@@ -99,6 +100,9 @@ def test_check_faithful_rules():
     assert "1980" in check_faithful("A sci-fi hit from 1980.", "space horror", ALIEN)
     # Genre words inside the interest or the title are allowed; so is the verb "love".
     assert check_faithful("For your love of noir mysteries: Casablanca.", "noir mysteries", CASA) is None
+    # The interest may be named, but its attributes may not be pinned on an item that lacks them.
+    assert "comedy" in check_faithful("Alien, a sci-fi comedy, for your taste in space comedy.", "space comedy", ALIEN)
+    assert check_faithful("Alien, a 1979 sci-fi horror, for your taste in space comedy.", "space comedy", ALIEN) is None
     assert "another interest" in check_faithful("Great for 90s comedies and cozy classics.", "90s comedies", TOY,
                                                  ["90s comedies", "cozy classics"])
 
@@ -138,6 +142,8 @@ def test_explanations_as_a_resumable_job(tmp_path):
     assert res.n_rows == 6 and sorted(frame["pair_key"]) == sorted(keys)
     table = ExplanationTable.load(tmp_path / "shard-00000.parquet")  # a shard loads like a table
     assert len(table) == 4 and table.get("space horror", "1") is not None
+    stats = merge_explain_stats(json.loads(s) for s in frame["shard_stats"].unique())  # one JSON per shard
+    assert stats.n_pairs == 6 and stats.llm_final + stats.templated == 6
 
 
 @pytest.mark.slow

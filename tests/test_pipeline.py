@@ -98,6 +98,8 @@ def test_mine_users_limits_llm_mining_and_counts_the_rest(built):
     assert sources.count("heuristic") == 8  # users 13..20 by id order were not mined
     assert all(p.tags for p in rec.profiles.values() if p.source == "heuristic")
     assert rec.manifest["mining"]["users"] == 12
+    explain = rec.manifest["explain"]  # summed over the explanation job's shards
+    assert explain["n_pairs"] == len(rec.explanations) and explain["llm_final"] + explain["templated"] == explain["n_pairs"]
 
 
 def test_build_mines_with_the_adapter_merged_then_frees_that_engine(tiny, tmp_path, monkeypatch):

@@ -52,3 +52,26 @@ def test_prompt_without_blocks_is_rejected(tmp_path, monkeypatch):
     (tmp_path / "bad.jinja").write_text("just text {{ x }}")
     with pytest.raises(PromptError, match="missing block"):
         render_prompt("bad", x=1)
+
+
+def test_examples_block_becomes_few_shot_turns(tmp_path, monkeypatch):
+    monkeypatch.setenv(PROMPTS_ENV, str(tmp_path))
+    (tmp_path / "p.jinja").write_text(
+        "{% block system %}s{% endblock %}"
+        '{% block examples %}{"vars": {"x": 7}, "answer": {"e": "seven"}}\n{"vars": {"x": 8}, "answer": {"e": "eight"}}'
+        "{% endblock %}{% block user %}u {{ x }} {{ y }}{% endblock %}")
+    messages = render_prompt("p", x=1, y="Y")
+    assert [(m["role"], m["content"]) for m in messages] == [
+        ("system", "s"), ("user", "u 7 Y"), ("assistant", '{"e":"seven"}'), ("user", "u 8 Y"),
+        ("assistant", '{"e":"eight"}'), ("user", "u 1 Y")]
+    (tmp_path / "p.jinja").write_text("{% block system %}s{% endblock %}{% block examples %}"
+                                      '{"vars": {"x": 7}}{% endblock %}{% block user %}u{% endblock %}')
+    with pytest.raises(PromptError, match="examples line 1"):
+        render_prompt("p", x=1)
+
+
+def test_explain_prompt_shows_worked_examples_not_a_placeholder():
+    messages = render_prompt("explain", interest="space horror", title="Alien", year=1979, genres="Horror, Sci-Fi",
+                             max_words=20)
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert "Alien (1979)" in messages[-1]["content"] and '"sentence"' not in messages[-1]["content"]
