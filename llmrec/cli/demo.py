@@ -21,6 +21,16 @@ def _print_recs(title: str, recs) -> None:
             print(f"    why: {r.explanation}{flag}")
 
 
+def demo_finetune_config(tokens: int):
+    """The demo's short LoRA run (`--finetune-tokens`)."""
+    from llmrec.config import FinetuneConfig
+
+    # A short run needs more steps and a larger rate than the 150k-token default. Measured on ML-100K, 30k
+    # tokens: lr 3e-4 x 4 examples/step (14 steps) -> valid loss 0.92, 35/200 users valid when mining;
+    # lr 1e-3 x 2 (28 steps) -> valid loss 0.52 (the full run: 0.51), 100/100 valid (95 at the first try).
+    return FinetuneConfig(max_train_tokens=tokens, learning_rate=1e-3, batch_size=2, warmup_steps=2)
+
+
 def demo_adapter(choice: str, dataset, finetune_tokens: int) -> str | None:
     """The adapter the demo mines with: an explicit folder, the full `llmrec finetune` one, or a short run."""
     if choice == "none":
@@ -31,12 +41,11 @@ def demo_adapter(choice: str, dataset, finetune_tokens: int) -> str | None:
         if (folder / "adapter_config.json").is_file():
             return str(folder)
     from finetune import finetune_dataset
-    from llmrec.config import FinetuneConfig
 
     out = Path("adapters/ml-100k-lora-demo")
     print(f"no adapter yet: a short demo fine-tune ({finetune_tokens} tokens) into {out}; "
           f"`llmrec finetune --out adapters/ml-100k-lora` trains the full one (150k tokens, ~20 min)")
-    finetune_dataset(dataset, FinetuneConfig(max_train_tokens=finetune_tokens), out)
+    finetune_dataset(dataset, demo_finetune_config(finetune_tokens), out)
     return str(out)
 
 
