@@ -20,7 +20,7 @@ import importlib.metadata
 import json
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Callable, Iterable, Sequence
@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError, create_model
 
 from llmrec.config import ExplainConfig
+from llmrec.jobs import SHARD_STATS
 from llmrec.llm import LLMBackend, Messages
 from llmrec.prompts import prompt_hash, render_prompt
 from llmrec.schema import Explanation, Item
@@ -120,7 +121,7 @@ class ExplainStats:
     unfaithful: int = 0  # answers (all attempts) that were valid but unfaithful
     n_output_tokens: int = 0
     seconds: float = 0.0
-    examples: list[str] | None = None  # a few failure reasons, for the report
+    examples: list[str] = field(default_factory=list)  # a few failure reasons, for the report
 
     @property
     def faithful_share(self) -> float:
@@ -162,7 +163,7 @@ def explain_pairs(pairs: Sequence[tuple[str, Item]], backend: LLMBackend, config
         seen.setdefault((normalize_interest(interest), item.item_id), (interest, item))
     todo = list(seen.values())
     interests = sorted({i for i, _ in todo})
-    stats = ExplainStats(n_pairs=len(todo), examples=[])
+    stats = ExplainStats(n_pairs=len(todo))
     done: dict[int, Explanation] = {}
     pending = list(range(len(todo)))
     for attempt in range(config.retries + 1):
@@ -285,7 +286,7 @@ def pair_key(interest: str, item_id: str) -> str:
 def make_explain_process(items: dict[str, Item], backend: LLMBackend, config: ExplainConfig,
                          adapter: str | None = None) -> Callable[[list[str]], pd.DataFrame]:
     """A `run_sharded` process: pair keys of one shard -> one row per pair, plus the `pair_key` column and the
-    shard's `ExplainStats` as JSON (`shard_stats`, the same on every row of the shard; `merge_explain_stats`)."""
+    shard's `ExplainStats` as JSON (`llmrec.jobs.SHARD_STATS`; summed by `llmrec.jobs.sum_shard_stats`)."""
 
     def process(keys: list[str]) -> pd.DataFrame:
         pairs = []
@@ -297,19 +298,8 @@ def make_explain_process(items: dict[str, Item], backend: LLMBackend, config: Ex
         explanations, stats = explain_pairs(pairs, backend, config, adapter=adapter)
         frame = pd.DataFrame([e.model_dump() for e in explanations], columns=TABLE_SCHEMA.names)
         frame.insert(0, "pair_key", [pair_key(e.interest, e.item_id) for e in explanations])
-        frame["shard_stats"] = json.dumps(stats.to_dict())
+        frame[SHARD_STATS] = json.dumps(stats.to_dict())
         return frame
 
     return process
 
-
-def merge_explain_stats(parts: Iterable[dict[str, Any]]) -> ExplainStats:
-    """The sum of per-shard `ExplainStats` dicts (failure examples: the first five of all shards)."""
-    total = ExplainStats(examples=[])
-    for part in parts:
-        for name, value in part.items():
-            if name == "examples":
-                total.examples += (value or [])[: 5 - len(total.examples)]
-            elif name in ExplainStats.__dataclass_fields__:
-                setattr(total, name, getattr(total, name) + value)
-    return total

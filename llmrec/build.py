@@ -17,7 +17,7 @@ import importlib.metadata
 import json
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -26,13 +26,12 @@ import pandas as pd
 import pyarrow as pa
 
 from explain.explain import PROMPT as EXPLAIN_PROMPT
-from explain.explain import (TABLE_SCHEMA, ExplainStats, ExplanationTable, make_explain_process,
-                             merge_explain_stats, pair_key)
+from explain.explain import TABLE_SCHEMA, ExplainStats, ExplanationTable, make_explain_process, pair_key
 from llmrec.coldstart import Catalogue, ExamplePool, imagine_histories
 from llmrec.config import LLMConfig, RecommenderConfig
 from llmrec.data import Dataset
 from llmrec.interests import PROMPTS, MiningStats, mine_interests, profiles_from_table, profiles_to_table
-from llmrec.jobs import read_shards, run_sharded
+from llmrec.jobs import SHARD_STATS, read_shards, run_sharded, sum_shard_stats
 from llmrec.llm import LLMBackend, make_backend
 from llmrec.model import merged_model
 from llmrec.narrative import load_narrative_tokenizer, render_narratives
@@ -68,24 +67,12 @@ def _run_llm_job(keys: Sequence[str], make: Callable[[LLMBackend], Callable[[lis
     return run_sharded(keys, make(backend), out, jobs, executor="local", meta=meta)
 
 
-def merge_stats(parts: Sequence[dict]) -> MiningStats:
-    """Sum the counters of per-shard `MiningStats` dicts (errors: the first few of all shards)."""
-    total = MiningStats()
-    for part in parts:
-        for f in fields(MiningStats):
-            if f.name == "errors":
-                total.errors.extend(part.get("errors", [])[: max(0, 10 - len(total.errors))])
-            else:
-                setattr(total, f.name, getattr(total, f.name) + part.get(f.name, 0))
-    return total
-
-
 def mine_all(narratives: Sequence[Narrative], dataset: Dataset, out: Path, config: RecommenderConfig,
              backend: LLMBackend | None, executor: str = "local",
              adapter: str | None = None, label: str | None = None) -> tuple[list[InterestProfile], MiningStats]:
     """Interests and tags for every narrative, as a resumable sharded job; returns validated profiles.
 
-    Each shard's rows carry its `MiningStats` (column `shard_stats`, JSON) so a resumed job still reports
+    Each shard's rows carry its `MiningStats` (column `llmrec.jobs.SHARD_STATS`, JSON) so a resumed job still reports
     the counts of every shard, including those a previous run finished. `label` names the model in the
     profiles (e.g. "vllm+adapters/x" for a merged adapter); default the backend's name (+ adapter).
     """
@@ -97,7 +84,7 @@ def mine_all(narratives: Sequence[Narrative], dataset: Dataset, out: Path, confi
             profiles, stats = mine_interests([by_user[k] for k in keys], llm, config.mining, adapter=adapter,
                                              items=items, label=label)
             frame = profiles_to_table(profiles).to_pandas()
-            frame["shard_stats"] = json.dumps(stats.to_dict(), default=str)
+            frame[SHARD_STATS] = json.dumps(stats.to_dict(), default=str)
             return frame
         return process
 
@@ -106,8 +93,8 @@ def mine_all(narratives: Sequence[Narrative], dataset: Dataset, out: Path, confi
             "model": config.llm.model, "label": label, "prompt_hashes": prompt_hashes(PROMPTS)}
     result = _run_llm_job(list(by_user), make, out, config, backend, executor, meta)
     frame = read_shards(result.out_dir)
-    stats = merge_stats([json.loads(s) for s in frame["shard_stats"].unique()])
-    profiles = profiles_from_table(pa.Table.from_pandas(frame.drop(columns=["shard_stats"]), preserve_index=False))
+    stats = sum_shard_stats(frame, MiningStats, keep=10)
+    profiles = profiles_from_table(pa.Table.from_pandas(frame.drop(columns=[SHARD_STATS]), preserve_index=False))
     return profiles, stats
 
 
@@ -137,7 +124,7 @@ def explain_all(pairs: Sequence[tuple[str, str]], dataset: Dataset, out: Path, c
     result = _run_llm_job(keys, lambda llm: make_explain_process(items, llm, config.explain, adapter=adapter),
                           out, config, backend, executor, meta, key_column="pair_key")
     frame = read_shards(result.out_dir)
-    stats = merge_explain_stats(json.loads(s) for s in frame["shard_stats"].unique())
+    stats = sum_shard_stats(frame, ExplainStats, keep=5)
     return ExplanationTable(Explanation(**r) for r in frame[TABLE_SCHEMA.names].to_dict("records")), stats
 
 
@@ -163,6 +150,13 @@ def imagine_segments(dataset: Dataset, split: Split, config: RecommenderConfig, 
                                         adapter=adapter)
     out = {h.user_id.removeprefix("segment:"): [i.item_id for i in h.items if i.item_id is not None] for h in imagined}
     return {k: v for k, v in out.items() if v}, stats.to_dict()
+
+
+def _started(stack: ExitStack, llm: LLMConfig) -> LLMBackend:
+    """A backend for `llm`, closed when `stack` unwinds."""
+    made = make_backend(llm)
+    stack.callback(made.close)
+    return made
 
 
 def build_recommender(dataset: Dataset, out: str | Path, config: RecommenderConfig | None = None, *,
@@ -202,19 +196,11 @@ def build_recommender(dataset: Dataset, out: str | Path, config: RecommenderConf
             update={"model": str(merged), "enable_lora": False})})
         mine_adapter, label = None, f"{config.llm.backend}+{adapter}"
     with ExitStack() as engines:
-        def local_backend(llm: LLMConfig) -> LLMBackend:
-            made = make_backend(llm)
-            engines.callback(made.close)
-            return made
-
         t = time.perf_counter()
         ordered = sorted(narratives, key=lambda n: (len(n.user_id), n.user_id))
         chosen = ordered[:mine_users] if mine_users else ordered
-        with ExitStack() as mining_engine:
-            mine_backend = backend
-            if owned and executor == "local":
-                mine_backend = make_backend(mine_config.llm)
-                mining_engine.callback(mine_backend.close)  # freed before the base engine starts
+        with ExitStack() as mining_engine:  # freed before the base engine starts
+            mine_backend = _started(mining_engine, mine_config.llm) if owned and executor == "local" else backend
             profiles, mining = mine_all(chosen, dataset, work / "interests", mine_config, mine_backend, executor,
                                         mine_adapter, label)
         profiles += heuristic_profiles([n.user_id for n in ordered[len(chosen):]], split.history("test"), dataset,
@@ -239,7 +225,7 @@ def build_recommender(dataset: Dataset, out: str | Path, config: RecommenderConf
         rec = Recommender(config, dataset, result.model, profiles, manifest=manifest)
 
         # The adapter is tuned on the mining prompt only: explanations and imagined histories use the base model.
-        base = backend if backend is not None else (local_backend(config.llm) if executor == "local" else None)
+        base = backend if backend is not None else (_started(engines, config.llm) if executor == "local" else None)
         t = time.perf_counter()
         users = sorted(as_of.index, key=lambda u: (len(u), u))[:explain_users] if explain_users else list(as_of.index)
         served = [(r.interest, r.item.item_id) for u in users for r in rec.recommend(user_id=u, k=k) if r.interest]
@@ -251,7 +237,7 @@ def build_recommender(dataset: Dataset, out: str | Path, config: RecommenderConf
 
         t = time.perf_counter()
         # Imagined histories are one small in-process call (no shards), whatever the executor.
-        rec.imagined, cold_stats = imagine_segments(dataset, split, config, base or local_backend(config.llm),
+        rec.imagined, cold_stats = imagine_segments(dataset, split, config, base or _started(engines, config.llm),
                                                     work / "coldstart.json")
         timings["coldstart"] = time.perf_counter() - t
         log(f"[5/5] cold start: {len(rec.imagined)} profile segments imagined in {timings['coldstart']:.0f}s")

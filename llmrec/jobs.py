@@ -20,9 +20,9 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import pandas as pd
 import pyarrow as pa
@@ -142,6 +142,26 @@ def read_shards(out_dir: str | Path, allow_partial: bool = False) -> pd.DataFram
     if not frames:
         return pd.DataFrame()
     return pd.concat(frames, ignore_index=True)
+
+
+SHARD_STATS = "shard_stats"  # column a process may add: its shard's stats dataclass as JSON, on every row
+S = TypeVar("S")
+
+
+def sum_shard_stats(frame: pd.DataFrame, cls: type[S], keep: int) -> S:
+    """The `SHARD_STATS` of every shard in `frame` (from `read_shards`) summed into one `cls` dataclass:
+    numbers add up, list fields (failure examples) keep the first `keep` entries of all shards."""
+    total = cls()
+    for part in map(json.loads, frame[SHARD_STATS].unique()):
+        for f in fields(total):
+            if f.name not in part:
+                continue
+            mine = getattr(total, f.name)
+            if isinstance(mine, list):
+                mine.extend((part[f.name] or [])[: max(0, keep - len(mine))])
+            else:
+                setattr(total, f.name, mine + part[f.name])
+    return total
 
 
 def read_manifest(out_dir: str | Path) -> dict[str, Any]:

@@ -4,9 +4,10 @@ Each `prompts/NAME.jinja` is a Jinja2 template with two blocks, `system` and `us
 OpenAI-style chat (`llmrec.llm.Messages`). An optional `examples` block holds few-shot turns, one JSON
 object per line, `{"vars": {...}, "answer": {...}}`: each becomes a user turn (the `user` block rendered
 with those variables) and an assistant turn (the answer as compact JSON), between the system message and
-the real question; small models copy a bare format placeholder but follow worked examples. Variables are strict: a missing one is an error naming it, so a
-renamed variable can never silently render as an empty string. The file's sha256 (`prompt_hash`) goes
-into every artifact manifest, so a changed prompt is a visible change of the artifact.
+the real question; small models copy a bare format placeholder but follow worked examples. Variables are
+strict: a missing one is an error naming it, so a renamed variable can never silently render as an empty
+string. The file's sha256 (`prompt_hash`) goes into every artifact manifest, so a changed prompt is a visible
+change of the artifact.
 """
 
 from __future__ import annotations

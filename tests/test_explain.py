@@ -9,18 +9,18 @@ import pytest
 from pydantic import ValidationError
 
 from explain.explain import (
+    ExplainStats,
     ExplanationTable,
     check_faithful,
     explain_messages,
     explain_pairs,
     explain_wire,
     make_explain_process,
-    merge_explain_stats,
     pair_key,
     template_explanation,
 )
 from llmrec.config import ExplainConfig, JobConfig
-from llmrec.jobs import read_shards, run_sharded
+from llmrec.jobs import read_shards, run_sharded, sum_shard_stats
 from llmrec.llm import FakeBackend
 from llmrec.schema import Item
 
@@ -142,7 +142,7 @@ def test_explanations_as_a_resumable_job(tmp_path):
     assert res.n_rows == 6 and sorted(frame["pair_key"]) == sorted(keys)
     table = ExplanationTable.load(tmp_path / "shard-00000.parquet")  # a shard loads like a table
     assert len(table) == 4 and table.get("space horror", "1") is not None
-    stats = merge_explain_stats(json.loads(s) for s in frame["shard_stats"].unique())  # one JSON per shard
+    stats = sum_shard_stats(frame, ExplainStats, keep=5)  # one JSON per shard
     assert stats.n_pairs == 6 and stats.llm_final + stats.templated == 6
 
 

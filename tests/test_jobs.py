@@ -173,3 +173,23 @@ def test_ray_executor_writes_same_shards_and_resumes(tmp_path):
     local = run_sharded(keys, two_rows_per_key, tmp_path / "local", cfg.model_copy(update={"executor": "local"}))
     assert local.n_rows == res2.n_rows
     pd.testing.assert_frame_equal(read_shards(tmp_path / "ray"), read_shards(tmp_path / "local"))
+
+
+def test_sum_shard_stats_adds_numbers_and_caps_example_lists():
+    import json as _json
+    from dataclasses import dataclass, field
+
+    import pandas as pd
+
+    from llmrec.jobs import SHARD_STATS, sum_shard_stats
+
+    @dataclass
+    class Stats:
+        n: int = 0
+        seconds: float = 0.0
+        errors: list = field(default_factory=list)
+
+    shards = [{"n": 2, "seconds": 0.5, "errors": ["a", "b"]}, {"n": 3, "seconds": 1.0, "errors": ["c", "d"]}]
+    rows = [_json.dumps(s) for s in shards for _ in range(s["n"])]  # the same JSON on every row of a shard
+    total = sum_shard_stats(pd.DataFrame({SHARD_STATS: rows}), Stats, keep=3)
+    assert (total.n, total.seconds, total.errors) == (5, 1.5, ["a", "b", "c"])
