@@ -7,7 +7,7 @@ with the adapter's narrative budget, prompts and MiningConfig (from its manifest
 very same prompts; the tag target is the user's next item (the test target).
 
 Models: "base" (packaged SmolLM2, vLLM, schema-guided), "lora" (the adapter merged into the base weights,
-`llmrec.model.merged_model`, as the batch job serves it), "popular_tags" (the 30 most frequent item tags over
+`llmrec.llm.model.merged_model`, as the batch job serves it), "popular_tags" (the 30 most frequent item tags over
 everyone's visible history) and "history_tags" (the user's 30 most frequent past item tags,
 `llmrec.tags.history_tags`). The models answer with at most `MiningConfig.max_tags` tags (10 by default), so
 their HR@30 equals their HR@10; the heuristics rank 30.
@@ -41,9 +41,9 @@ from llmrec.bench import record, write_records
 from llmrec.config import LLMConfig, MiningConfig, NarrativeConfig
 from llmrec.data import resolve_dataset
 from llmrec.interests import MiningStats, mine_interests
-from llmrec.model import load_tokenizer
+from llmrec.llm.model import load_tokenizer
 from llmrec.narrative import render_narratives
-from llmrec.split import split_leave_one_out
+from llmrec.data.split import split_leave_one_out
 from llmrec.tags import history_tags, popular_tags, tag_hit_rate
 
 BENCH = "llm_stages"
@@ -119,7 +119,7 @@ def main() -> None:
     if manifest.get("split_hash") not in (None, split.hash):
         log(f"warning: adapter split hash {manifest['split_hash']} != this split {split.hash}")
     from llmrec.interests import PROMPTS
-    from llmrec.prompts import prompt_hashes
+    from llmrec.llm.prompts import prompt_hashes
 
     changed = [k for k, v in prompt_hashes(PROMPTS).items() if manifest.get("prompt_hashes", {}).get(k) != v]
     if changed:  # the adapter learnt other prompt texts: its figures understate a retrained adapter
@@ -146,7 +146,7 @@ def main() -> None:
     save()
     # Throughput slice: the LoRA model on the first n_tp users through both paths (same prompts). When it
     # covers every held-out user, the held-out vLLM LoRA run is that measurement (not run twice).
-    from llmrec.model import merged_model
+    from llmrec.llm.model import merged_model
 
     merged = str(merged_model(args.model, adapter))
     n_tp = min(args.throughput_users, len(users))

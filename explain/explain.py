@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError, 
 from llmrec.config import ExplainConfig
 from llmrec.jobs import SHARD_STATS
 from llmrec.llm import LLMBackend, Messages
-from llmrec.prompts import prompt_hash, render_prompt
+from llmrec.llm.prompts import prompt_hash, render_prompt
 from llmrec.schema import Explanation, Item
 from llmrec.tags import item_attributes, tag_attributes
 

@@ -38,9 +38,9 @@ def finetune_dataset(
     from finetune.build_sft import build_sft_examples
     from finetune.train_lora import train_lora
     from llmrec.interests import PROMPTS
-    from llmrec.model import load_tokenizer, resolve_model
-    from llmrec.prompts import prompt_hashes
-    from llmrec.split import split_leave_one_out
+    from llmrec.llm.model import load_tokenizer, resolve_model
+    from llmrec.llm.prompts import prompt_hashes
+    from llmrec.data.split import split_leave_one_out
 
     mining = mining or MiningConfig()
     split = split_leave_one_out(dataset.events)

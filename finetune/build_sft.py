@@ -1,6 +1,6 @@
 """SFT examples from the events themselves (no teacher model), for the mining task of `llmrec.interests`.
 
-Construction, per TRAIN-split user (`llmrec.split` train events only: the validation and test targets are
+Construction, per TRAIN-split user (`llmrec.data.split` train events only: the validation and test targets are
 never read) and per cut fraction f in `FinetuneConfig.cut_fractions`:
 
 1. Cut. The user's train events are in time order e_0..e_{n-1}; k = round(f * n) and the cut time is

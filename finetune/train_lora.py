@@ -32,9 +32,9 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from llmrec.atomic import atomic_dir
+from llmrec.io import atomic_dir
 from llmrec.config import FinetuneConfig
-from llmrec.model import load_tokenizer, resolve_model
+from llmrec.llm.model import load_tokenizer, resolve_model
 
 IGNORE = -100  # label of tokens that carry no loss (prompt tokens)
 

@@ -33,13 +33,13 @@ from llmrec.data import Dataset
 from llmrec.interests import PROMPTS, MiningStats, mine_interests, profiles_from_table, profiles_to_table
 from llmrec.jobs import SHARD_STATS, read_shards, run_sharded, sum_shard_stats
 from llmrec.llm import LLMBackend, make_backend
-from llmrec.model import merged_model
+from llmrec.llm.model import merged_model
 from llmrec.narrative import load_narrative_tokenizer, render_narratives
 from llmrec.pipeline import Recommender, profile_segment
-from llmrec.prompts import prompt_hashes
+from llmrec.llm.prompts import prompt_hashes
 from llmrec.schema import Explanation, Interest, InterestProfile, Narrative, Tag
 from llmrec.tags import history_tags
-from llmrec.split import Split, split_leave_one_out
+from llmrec.data.split import Split, split_leave_one_out
 from retrieval.encoder import TextEncoder
 from retrieval.train import build_manifest, train_towers
 

@@ -40,7 +40,7 @@ from llmrec.config import ColdStartConfig
 from llmrec.data import strip_year
 from llmrec.interests import salvage_truncated
 from llmrec.llm import LLMBackend, Messages
-from llmrec.prompts import prompt_hash, render_prompt
+from llmrec.llm.prompts import prompt_hash, render_prompt
 from llmrec.schema import Event, Item, Record, UserHistory
 
 PROMPT = "imagine_history"

@@ -364,7 +364,7 @@ class RecommenderConfig(StageConfig):
     jobs: JobConfig = Field(default_factory=JobConfig)
 
 
-# --- Offline comparison (llmrec.evaluate) ---------------------------------------------------------
+# --- Offline comparison (llmrec.eval.run) ---------------------------------------------------------
 
 EVAL_MODELS = (
     "popularity", "item_knn", "sasrec_bce", "sasrec_ce", "three_tower_notag", "three_tower_heuristic_tags",
@@ -375,7 +375,7 @@ EVAL_MODELS = (
 
 
 class EvaluateConfig(StageConfig):
-    """The offline comparison (see `llmrec.evaluate`): one split, one metric code, every model, 3 seeds.
+    """The offline comparison (see `llmrec.eval.run`): one split, one metric code, every model, 3 seeds.
 
     `models` picks rows (all by default); rows that need an input that is not given (a mined-tags Parquet,
     an LLM) are left out and the report says why. Model configs are nested so the settings file freezes them.

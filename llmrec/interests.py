@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from llmrec.config import MiningConfig
 from llmrec.data import strip_year
 from llmrec.llm import LLMBackend, Messages
-from llmrec.prompts import render_prompt
+from llmrec.llm.prompts import render_prompt
 from llmrec.schema import Interest, InterestProfile, Item, Narrative, Tag
 from llmrec.tags import history_tags, item_tags, tag_attributes
 

@@ -28,15 +28,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from llmrec.errors import JobError  # noqa: F401 (re-exported)
 from llmrec.config import JobConfig
 
 Process = Callable[[list[str]], pd.DataFrame]
 MANIFEST = "manifest.json"
 _META_KEY = b"llmrec_shard"
-
-
-class JobError(RuntimeError):
-    """A job cannot run or resume as asked (names the folder, shard and keys at fault)."""
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ import pandas as pd
 
 from llmrec.config import NarrativeConfig
 from llmrec.schema import Item, Narrative, UserHistory
-from llmrec.tokens import TokenCounter, load_narrative_tokenizer, token_counter
+from llmrec.llm.tokens import TokenCounter, load_narrative_tokenizer, token_counter
 
 __all__ = ["NarrativeReport", "TokenCounter", "bucket_label", "items_frame", "load_narrative_tokenizer",
            "render_item", "render_narrative", "render_narratives", "token_counter"]

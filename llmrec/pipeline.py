@@ -31,24 +31,13 @@ import torch
 import torch.nn.functional as F
 
 from explain.explain import ExplanationTable, template_explanation
+from llmrec.errors import RecommendError, UnknownItemError, UnknownUserError  # noqa: F401 (re-exported)
 from llmrec.config import RecommenderConfig
 from llmrec.data import Dataset, DataError, ItemVocab, load_dataset_dir, user_sequences
 from llmrec.interests import profiles_from_table
 from llmrec.schema import Event, InterestProfile, Item, Recommendation
 from llmrec.tags import history_tags
 from retrieval.towers import ThreeTowerModel
-
-
-class RecommendError(ValueError):
-    """A request the recommender cannot serve; the message says which argument and why."""
-
-
-class UnknownUserError(RecommendError, KeyError):
-    pass
-
-
-class UnknownItemError(RecommendError):
-    pass
 
 
 def profile_segment(profile: Mapping[str, str]) -> str:

@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 
 from llmrec.config import RerankConfig
 from llmrec.llm import LLMBackend, Messages
-from llmrec.prompts import render_prompt
+from llmrec.llm.prompts import render_prompt
 from llmrec.schema import InterestProfile, Item, Narrative
 
 PROMPTS = ("rank",)

@@ -1,7 +1,7 @@
 """The one interface between models and the evaluator: score every catalogue item for a batch of users.
 
 Every model (popularity, item-kNN, SASRec, the three-tower retriever, LLM re-rankers) implements
-`SequenceScorer`, so `llmrec.evaluate` ranks them all with the same code (`llmrec.metrics`) on the same split.
+`SequenceScorer`, so `llmrec.eval.run` ranks them all with the same code (`llmrec.metrics`) on the same split.
 Item indices come from `llmrec.data.ItemVocab`: 1..N are items, column 0 is padding and is never ranked.
 """
 

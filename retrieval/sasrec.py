@@ -16,7 +16,7 @@ Training uses the split's training sequences (each user's events before the vali
 next-item targets at every position; early stopping watches validation NDCG@10 (full catalogue, seen items
 excluded) and keeps the best weights. Validation numbers pick settings; only `llmrec evaluate` reports.
 
-Tuning record (ML-100K, llmrec.split leave-one-out, 943 users, full ranking, seen items excluded; seed 0;
+Tuning record (ML-100K, llmrec.data.split leave-one-out, 943 users, full ranking, seen items excluded; seed 0;
 hidden 64, 2 blocks, 1 head, lr 1e-3, batch 128, Adam betas (0.9, 0.98), eval every 4 epochs, patience 3;
 1 torch thread on a shared 2-core box; valid / test NDCG@10):
 - ce,  maxlen 50, dropout 0.2: best epoch 32, 0.0989 / 0.0901 (HR@10 0.182 / 0.176), 358 s -> the defaults.
@@ -47,7 +47,7 @@ from torch import nn
 from llmrec.config import SASRecConfig
 from llmrec.data import ItemVocab, user_sequences
 from llmrec.metrics import hr_at_k, mrr, ndcg_at_k
-from llmrec.split import Split
+from llmrec.data.split import Split
 from retrieval.base import rank_split_targets
 
 WEIGHTS_FILE = "model.safetensors"

@@ -31,7 +31,7 @@ import torch
 from llmrec.config import TowerConfig
 from llmrec.data import DataError, Dataset, ItemVocab, user_sequences
 from llmrec.metrics import hr_at_k, ndcg_at_k, target_ranks
-from llmrec.split import Split
+from llmrec.data.split import Split
 from llmrec.tags import history_tags, item_tags, tag_hits
 from retrieval.encoder import TextEncoder, build_item_features
 from retrieval.losses import (build_candidates, candidate_log_q, combine_losses, correct_logq, cosine_logits,

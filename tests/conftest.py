@@ -35,6 +35,6 @@ def tiny(ml100k: Dataset) -> Dataset:
 @pytest.fixture(scope="session")
 def model_dir() -> Path:
     """The real packaged SmolLM2-135M-Instruct as a HF folder, prepared once ($LLMREC_HOME cache, ~1 min cold)."""
-    from llmrec.model import prepare_default_model
+    from llmrec.llm.model import prepare_default_model
 
     return prepare_default_model()

@@ -1,6 +1,6 @@
 import pytest
 
-from llmrec.atomic import atomic_dir
+from llmrec.io import atomic_dir
 
 
 def test_success_replaces_the_folder_and_failure_keeps_the_old_one(tmp_path):

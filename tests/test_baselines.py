@@ -56,7 +56,7 @@ def test_item_knn_neighbors_and_shrink_are_applied():
 
 def test_baselines_beat_chance_on_tiny_movielens(tiny):
     from llmrec.data import user_sequences
-    from llmrec.split import split_leave_one_out
+    from llmrec.data.split import split_leave_one_out
 
     split = split_leave_one_out(tiny.events)
     vocab = ItemVocab.from_items(tiny.items)

@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 
 from llmrec.cli import app
 from llmrec.data import DataError, load_ml100k
-from llmrec.download import ML100K_FILES, download_ml100k
+from llmrec.data.download import ML100K_FILES, download_ml100k
 
 SHARED_FILES = ML100K_FILES + ("u.genre", "u.info")
 

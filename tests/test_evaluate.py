@@ -7,10 +7,10 @@ import pytest
 
 from llmrec.config import EvaluateConfig, TowerConfig
 from llmrec.data import ItemVocab
-from llmrec.evaluate import (Protocol, SliceView, build_protocol, long_tail_by_mass, run_evaluation, sample_users,
+from llmrec.eval.run import (Protocol, SliceView, build_protocol, long_tail_by_mass, run_evaluation, sample_users,
                              score_slice)
-from llmrec.evaluate_llm import ColdStartScorer, RerankScorer
-from llmrec.report import render_markdown, target_lines, write_report
+from llmrec.eval.llm_rows import ColdStartScorer, RerankScorer
+from llmrec.eval.report import render_markdown, target_lines, write_report
 
 
 class FixedScorer:

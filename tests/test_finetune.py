@@ -24,13 +24,13 @@ from finetune.train_lora import (
 from llmrec.config import FinetuneConfig, MiningConfig
 from llmrec.interests import interests_wire
 from llmrec.narrative import render_item
-from llmrec.split import split_leave_one_out
+from llmrec.data.split import split_leave_one_out
 from llmrec.tags import item_tags, tag_hits
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from llmrec.model import load_tokenizer
+    from llmrec.llm.model import load_tokenizer
 
     return load_tokenizer()
 
@@ -209,7 +209,7 @@ def test_tiny_lora_run_saves_a_reloadable_adapter_that_changes_logits(tiny_adapt
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from llmrec.model import resolve_model
+    from llmrec.llm.model import resolve_model
 
     config, result, threads_during = tiny_adapter
     out = result.out

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from llmrec.cli import app
 from llmrec.config import DataConfig
 from llmrec.data import DataError, load_dataset_dir, resolve_dataset
-from llmrec.ingest import import_tables, parse_mapping, parse_timestamps
+from llmrec.data.ingest import import_tables, parse_mapping, parse_timestamps
 
 MAP = {"user_id": "uid", "item_id": "movie", "timestamp": "ts", "value": "rating", "title": "name",
        "genres": "cats", "year": "yr"}

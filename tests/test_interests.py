@@ -233,7 +233,7 @@ REAL_MINING = MiningConfig(min_interests=2, max_interests=2, max_evidence=2, tag
 def real_narratives(tiny):
     from llmrec.config import NarrativeConfig
     from llmrec.narrative import load_narrative_tokenizer, render_narratives
-    from llmrec.split import split_leave_one_out
+    from llmrec.data.split import split_leave_one_out
 
     split = split_leave_one_out(tiny.events)
     users = ["1", "2"]

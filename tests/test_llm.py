@@ -21,7 +21,7 @@ from llmrec.llm import (
     AdapterError, FakeBackend, LLMBackend, TransformersBackend, adapter_id, choice_token_ids, encode_prompts,
     make_backend, read_adapter_rank,
 )  # fmt: skip
-from llmrec.model import ModelError, load_tokenizer
+from llmrec.llm.model import ModelError, load_tokenizer
 
 PROMPTS = [
     [{"role": "user", "content": "What is the capital of France?"}],

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from llmrec import model as M
+from llmrec.llm import model as M
 
 
 def test_prepared_default_model_is_a_complete_hf_folder(model_dir: Path):

@@ -16,7 +16,7 @@ from llmrec.narrative import (
     token_counter,
 )
 from llmrec.schema import Event, Item, UserHistory
-from llmrec.split import events_before, split_leave_one_out
+from llmrec.data.split import events_before, split_leave_one_out
 
 AS_OF = datetime(1998, 6, 15, 12, 0, tzinfo=timezone.utc)
 

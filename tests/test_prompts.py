@@ -4,7 +4,7 @@ import hashlib
 
 import pytest
 
-from llmrec.prompts import PROMPTS_ENV, PromptError, prompt_hash, prompt_path, render_prompt
+from llmrec.llm.prompts import PROMPTS_ENV, PromptError, prompt_hash, prompt_path, render_prompt
 
 TASKS = {
     "interests": dict(lines=["NARR", "second"], min_interests=5, max_interests=8, max_evidence=3,

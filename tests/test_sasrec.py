@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from llmrec.config import SASRecConfig
 from llmrec.data import ItemVocab
-from llmrec.split import split_leave_one_out
+from llmrec.data.split import split_leave_one_out
 from retrieval.base import SequenceScorer, check_scores
 from retrieval.sasrec import SASRec, SASRecScorer, bce_loss, ce_loss, pad_left, sample_negatives, train_sasrec
 

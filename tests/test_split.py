@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from llmrec.split import events_before, split_leave_one_out, truncate_history
+from llmrec.data.split import events_before, split_leave_one_out, truncate_history
 
 
 def test_leave_one_out_targets_are_each_users_last_events(ml100k):

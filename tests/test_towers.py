@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from llmrec.config import TowerConfig
 from llmrec.data import DataError, ItemVocab
-from llmrec.split import split_leave_one_out
+from llmrec.data.split import split_leave_one_out
 from retrieval.base import SequenceScorer, check_scores
 from retrieval.encoder import TextEncoder, build_item_features, item_text
 from retrieval.index import BruteForceIndex

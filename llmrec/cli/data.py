@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
         name: str = typer.Option(None, help="Dataset name (default: the events file's stem)."),
     ) -> None:
         """Import your own logs into a dataset folder; print its summary and load report as JSON."""
-        from llmrec.ingest import import_tables, parse_mapping
+        from llmrec.data.ingest import import_tables, parse_mapping
 
         try:
             ds = import_tables(events, items, users, parse_mapping(map), strict=strict, encoding=encoding,
@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", help="Download again even if a complete copy exists."),
     ) -> None:
         """Fetch the official MovieLens-100K zip, verify its checksum and unpack it; print the folder."""
-        from llmrec.download import GROUPLENS_URL, ML100K_MD5, download_ml100k
+        from llmrec.data.download import GROUPLENS_URL, ML100K_MD5, download_ml100k
 
         if dataset != "ml-100k":
             raise fail(ValueError(f"unknown dataset {dataset!r}: only ml-100k can be downloaded"))

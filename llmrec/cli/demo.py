@@ -71,14 +71,14 @@ def register(app: typer.Typer) -> None:
         from llmrec.config import LLMConfig, RecommenderConfig
         from llmrec.data import Dataset, load_ml100k, ml100k_dir
         from llmrec.build import build_recommender
-        from llmrec.model import resolve_model
+        from llmrec.llm.model import resolve_model
         from llmrec.pipeline import Recommender
 
         t0 = time.perf_counter()
         try:
             ml100k_dir()
         except FileNotFoundError:
-            from llmrec.download import download_ml100k
+            from llmrec.data.download import download_ml100k
 
             print("MovieLens-100K not found locally: downloading it from GroupLens")
             download_ml100k()

@@ -80,7 +80,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train and score every model on one split (3 seeds); write records, settings, Markdown and plots."""
         from llmrec.data import resolve_dataset
-        from llmrec.evaluate import run_evaluation
+        from llmrec.eval.run import run_evaluation
 
         if backend not in ("vllm", "transformers"):
             raise typer.BadParameter(f"--backend must be vllm or transformers, got {backend!r}")
@@ -133,7 +133,7 @@ def register(app: typer.Typer) -> None:
 def write_outputs(run, out: Path, extra: dict) -> list[Path]:
     """Records JSON, settings JSON, Markdown and plots for a (possibly partial) run; returns the other paths."""
     from llmrec.bench import write_records
-    from llmrec.report import write_report
+    from llmrec.eval.report import write_report
 
     settings = {**run.settings, **extra}
     write_records(run.records, "offline_eval", out)

@@ -19,7 +19,7 @@ import typer
 
 from llmrec.config import MiningConfig, NarrativeConfig
 from llmrec.interests import PROMPTS, MiningStats, profiles_to_table
-from llmrec.prompts import prompt_hashes
+from llmrec.llm.prompts import prompt_hashes
 from llmrec.schema import InterestProfile
 
 
@@ -63,7 +63,7 @@ def register(app: typer.Typer) -> None:
         from llmrec.data import resolve_dataset
         from llmrec.llm import make_backend
         from llmrec.narrative import load_narrative_tokenizer, render_narratives
-        from llmrec.split import split_leave_one_out
+        from llmrec.data.split import split_leave_one_out
 
         if backend not in ("vllm", "transformers"):
             raise typer.BadParameter(f"--backend must be vllm or transformers, got {backend!r}")
@@ -77,7 +77,7 @@ def register(app: typer.Typer) -> None:
         events = events[events["user_id"].isin(set(chosen))]
         served, merged_from = model, None
         if adapter is not None:  # one adapter for the whole job: serve it merged into the weights
-            from llmrec.model import merged_model
+            from llmrec.llm.model import merged_model
 
             served, merged_from = str(merged_model(model, adapter)), adapter
         mining = MiningConfig(batch_size=batch_size)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from llmrec.model import merge_adapter, prepare_default_model
+from llmrec.llm.model import merge_adapter, prepare_default_model
 
 
 def register(app: typer.Typer) -> None:

@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
         from llmrec.cli.data import fail
         from llmrec.config import NarrativeConfig
         from llmrec.data import DataError, resolve_dataset
-        from llmrec.ingest import parse_timestamps
+        from llmrec.data.ingest import parse_timestamps
         from llmrec.narrative import NarrativeReport, load_narrative_tokenizer, render_narratives
 
         try:

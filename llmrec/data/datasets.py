@@ -21,6 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from llmrec.errors import DataError
 from llmrec.config import DataConfig
 from llmrec.schema import EVENTS_SCHEMA, ITEMS_SCHEMA, Item, UserHistory, Event
 
@@ -32,10 +33,6 @@ ML100K_GENRES = (
 )  # fmt: skip
 # Known facts (STYLE 16): a loader that disagrees is reading the wrong or a damaged file.
 ML100K_EXPECTED = {"users": 943, "items": 1682, "events": 100_000}
-
-
-class DataError(ValueError):
-    """Bad input that cannot be skipped; the message names the file, row and field."""
 
 
 @dataclass

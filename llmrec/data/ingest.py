@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from llmrec.config import DataConfig
-from llmrec.data import Dataset, DataError, LoadReport, ratings_to_behaviors
+from llmrec.data.datasets import Dataset, DataError, LoadReport, ratings_to_behaviors
 
 TABLE_COLUMNS = {
     "events": ("user_id", "item_id", "timestamp", "behavior", "value"),

@@ -70,13 +70,13 @@ def token_counter(tokenizer: Any) -> TokenCounter:
 
 
 def load_narrative_tokenizer(model: str | Path | None = None) -> Any:
-    """The LLM's tokenizer, offline. A model folder -> its tokenizer (`llmrec.model.load_tokenizer`).
+    """The LLM's tokenizer, offline. A model folder -> its tokenizer (`llmrec.llm.model.load_tokenizer`).
 
     `None` -> the default SmolLM2: from the prepared default model when it exists, else straight from the
     packaged GGUF, saved once as a tokenizer-only folder under $LLMREC_HOME/tokenizers (parsing the GGUF takes
     ~10-30 s; the saved folder loads in ~1 s), so narrating never needs the full model prepared.
     """
-    from llmrec import model as llm_model
+    from llmrec.llm import model as llm_model
 
     if model is not None or llm_model.is_model_dir(llm_model.default_model_dir()):
         return llm_model.load_tokenizer(model)
@@ -89,8 +89,8 @@ _PACKAGED_TOKENIZERS: dict[str, Any] = {}
 def _load_packaged_tokenizer(folder: str) -> Any:
     from transformers import AutoTokenizer
 
-    from llmrec import model as llm_model
-    from llmrec.atomic import atomic_dir
+    from llmrec.llm import model as llm_model
+    from llmrec.io import atomic_dir
 
     if folder in _PACKAGED_TOKENIZERS:
         return _PACKAGED_TOKENIZERS[folder]

@@ -21,20 +21,17 @@ from typing import Any
 
 import jinja2
 
-from llmrec.llm import Messages
+from llmrec.errors import PromptError  # noqa: F401 (re-exported)
+from llmrec.llm.base import Messages
 
 PROMPTS_ENV = "LLMREC_PROMPTS_DIR"
 SUFFIX = ".jinja"
 
 
-class PromptError(ValueError):
-    """A prompt file is missing, malformed, or rendered with a missing variable."""
-
-
 def prompts_dir() -> Path:
     """$LLMREC_PROMPTS_DIR, else the repository's prompts/ folder."""
     env = os.environ.get(PROMPTS_ENV)
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "prompts"
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "prompts"
 
 
 def prompt_path(name: str) -> Path:

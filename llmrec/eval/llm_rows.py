@@ -1,6 +1,6 @@
 """The LLM rows of the offline comparison: 360Brew re-ranking and cold start by imagined histories.
 
-Both wrap a trained three-tower model as a `SequenceScorer`, so `llmrec.evaluate` ranks them with the same
+Both wrap a trained three-tower model as a `SequenceScorer`, so `llmrec.eval.run` ranks them with the same
 code, split and slices as every other row. They are costly on CPU (one LLM prompt per candidate, one
 generation per cold user and slice), so each runs on a seeded user sample whose size the records carry (`n`).
 """
@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from llmrec.config import EvaluateConfig
-from llmrec.evaluate import COLDSTART_ROWS, Protocol, TowerScorer, sample_users, score_slice, tags_parquet
+from llmrec.eval.run import COLDSTART_ROWS, Protocol, TowerScorer, sample_users, score_slice, tags_parquet
 from llmrec.metrics import topk
 from retrieval.base import SequenceScorer
 

@@ -22,7 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from llmrec.llm import AdapterError, Generation, Messages
+from llmrec.errors import AdapterError
+from llmrec.llm.base import Generation, Messages
 
 
 class VLLMServerBackend:
