@@ -30,6 +30,7 @@ ITEMS_SCHEMA = pa.schema(
         pa.field("genres", pa.list_(pa.string()), nullable=False),
         pa.field("year", pa.int32(), nullable=True),
         pa.field("text", pa.string(), nullable=True),
+        pa.field("brand", pa.string(), nullable=True),  # brand, publisher, studio: whatever makes the item
     ]
 )
 # Users: user_id plus any profile columns (all strings), e.g. age, gender, occupation for ML-100K.
@@ -70,6 +71,15 @@ class Item(Record):
     genres: tuple[str, ...] = ()
     year: int | None = None
     text: str | None = None
+    brand: str | None = None
+
+
+class Domain(Record):
+    """What a dataset's items and users are called, so prompts and explanations never assume movies."""
+
+    item: str = "item"  # "movie", "magazine", ...
+    items: str = "items"
+    user: str = "user"  # "viewer", "reader", ...
 
 
 class UserHistory(Record):

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from llmrec.errors import DataError
 from llmrec.config import DataConfig
-from llmrec.schema import EVENTS_SCHEMA, ITEMS_SCHEMA, Item, UserHistory, Event
+from llmrec.schema import EVENTS_SCHEMA, ITEMS_SCHEMA, Domain, Event, Item, UserHistory
 
 ML100K_ENV = "LLMREC_ML100K_DIR"
 HOME_ENV = "LLMREC_HOME"
@@ -65,9 +65,12 @@ class Dataset:
     items: pd.DataFrame
     users: pd.DataFrame
     report: LoadReport = field(default_factory=LoadReport)
+    domain: Domain = field(default_factory=Domain)
 
     def __post_init__(self) -> None:
         self.events = sort_events(self.events)
+        if "brand" not in self.items.columns:  # folders written before the column existed
+            self.items = self.items.assign(brand=None)
 
     @property
     def item_index(self) -> dict[str, Item]:
@@ -78,7 +81,8 @@ class Dataset:
                     title=r.title,
                     genres=tuple(r.genres),
                     year=None if pd.isna(r.year) else int(r.year),
-                    text=None if r.text is None or (isinstance(r.text, float) and np.isnan(r.text)) else r.text,
+                    text=_text_or_none(r.text),
+                    brand=_text_or_none(r.brand),
                 )
                 for r in self.items.itertuples(index=False)
             }
@@ -113,6 +117,7 @@ class Dataset:
             "users": int(self.events["user_id"].nunique()),
             "items": len(self.items),
             "events": len(self.events),
+            "domain": self.domain.model_dump(),
             "behaviors": {k: int(v) for k, v in self.events["behavior"].value_counts().sort_index().items()},
             "report": self.report.to_dict(),
         }
@@ -137,6 +142,10 @@ def _write_parquet(table: pa.Table, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     pq.write_table(table, tmp)
     tmp.replace(path)
+
+
+def _text_or_none(value: object) -> str | None:
+    return None if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
 
 
 def sort_events(events: pd.DataFrame) -> pd.DataFrame:
@@ -189,7 +198,8 @@ def load_ml100k(path: str | Path | None = None, config: DataConfig | None = None
     if unknown.any():
         raise DataError(f"{root / 'u.data'}: {int(unknown.sum())} events name items missing from u.item, "
                         f"first at row {int(np.flatnonzero(unknown)[0]) + 1}")
-    ds = Dataset(name="ml-100k", events=events, items=items, users=users, report=report)
+    ds = Dataset(name="ml-100k", events=events, items=items, users=users, report=report,
+                 domain=Domain(item="movie", items="movies", user="viewer"))
     got = {"users": ds.events["user_id"].nunique(), "items": len(items), "events": len(events)}
     if got != ML100K_EXPECTED:
         raise DataError(f"{root}: MovieLens-100K should have {ML100K_EXPECTED}, found {got}; damaged copy?")
@@ -256,7 +266,9 @@ def load_dataset_dir(path: str | Path) -> Dataset:
     users = pq.read_table(root / "users.parquet").to_pandas()
     meta = json.loads((root / "dataset.json").read_text()) if (root / "dataset.json").is_file() else {}
     report = LoadReport(**{k: meta.get("report", {}).get(k, {}) for k in ("skipped", "examples")})
-    return Dataset(name=meta.get("name", root.name), events=events, items=items, users=users, report=report)
+    domain = Domain(**meta["domain"]) if "domain" in meta else Domain()
+    return Dataset(name=meta.get("name", root.name), events=events, items=items, users=users, report=report,
+                   domain=domain)
 
 
 def resolve_dataset(spec: str | Path, config: DataConfig | None = None) -> Dataset:
