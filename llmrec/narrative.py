@@ -172,42 +172,9 @@ def render_narratives(
     cat_ids = items["item_id"].astype(str).to_numpy()
     n_users, n_cat = len(ev.users), len(cat_ids)
 
-    # Pairs: (user, item, bucket, behaviour) -> count, last time, best score. Sorting by one int64 key groups
-    # events by entry (user, item) and, inside it, by pair.
-    entry = ev.u.astype(np.int64) * n_cat + ev.cat  # (K,)
-    b_idx, b_uniq = pd.factorize(ev.bucket)
-    n_beh = max(len(ev.beh_names), 1)
-    order = np.argsort((entry * len(b_uniq) + b_idx) * n_beh + ev.beh, kind="stable")
-    pkey = ((entry * len(b_uniq) + b_idx) * n_beh + ev.beh)[order]
-    starts = _runs(pkey)  # (P,)
-    p_entry, p_bucket, p_beh = entry[order][starts], b_uniq[b_idx[order][starts]], ev.beh[order][starts]
-    p_n = np.diff(np.r_[starts, len(pkey)])
-    p_ts = np.maximum.reduceat(ev.ts[order], starts) if len(starts) else ev.ts[:0]
-    p_score = np.maximum.reduceat(ev.score[order], starts) if len(starts) else ev.score[:0]
-
-    if len(p_entry) and np.diff(np.r_[_runs(p_entry), len(p_entry)]).max() > 1:  # some item has several pairs
-        # Keep the best max_pairs_per_item pairs of each entry (score, then recency, then behaviour name).
-        by_rank = np.lexsort((p_beh, -p_ts, -p_score, p_entry))
-        keep = np.zeros(len(p_entry), dtype=bool)
-        keep[by_rank] = _rank_in_runs(p_entry[by_rank]) < config.max_pairs_per_item
-        report.pairs_over_cap += int((~keep).sum())
-        # Display order inside an entry: most recent first, then behaviour name.
-        disp = np.flatnonzero(keep)[np.lexsort((p_beh[keep], -p_ts[keep], p_entry[keep]))]
-        p_entry, p_bucket, p_beh, p_n, p_ts, p_score = (a[disp] for a in (p_entry, p_bucket, p_beh, p_n, p_ts,
-                                                                          p_score))
-
-    # Distinct pair texts are few: render and count each once, at the head of an entry or after ", ".
-    pair_code, pair_uniq = pd.factorize((p_bucket * n_beh + p_beh) * (p_n.max(initial=1) + 1) + p_n)
-    pn_u = pair_uniq % (p_n.max(initial=1) + 1)
-    pb_u = pair_uniq // (p_n.max(initial=1) + 1)
-    pair_text = np.array([f"{bucket_label(int(b // n_beh))} {ev.beh_names[b % n_beh]}" + (f" x{n}" if n > 1 else "")
-                          for b, n in zip(pb_u, pn_u)], dtype=object)
-    e_start = _runs(p_entry)  # (N,) first pair of each entry
-    e_len = np.diff(np.r_[e_start, len(p_entry)])
-    head = np.zeros(len(p_entry), dtype=bool)
-    head[e_start] = True
-    tok_head, tok_tail = counter.count(list(pair_text)), counter.count([", " + t for t in pair_text])
-    p_tok = np.where(head, tok_head[pair_code], tok_tail[pair_code])
+    pairs = _group_pairs(ev, n_cat, config, report)
+    pair_text, pair_code, e_start, e_len, p_tok = _pair_tokens(pairs, len(ev.beh_names), ev.beh_names, counter)
+    p_entry, p_ts, p_score = pairs.entry, pairs.ts, pairs.score
 
     # Entries: one per (user, item), best first (score, recency, item id).
     e_u, e_cat = p_entry[e_start] // n_cat, p_entry[e_start] % n_cat
@@ -247,6 +214,65 @@ def render_narratives(
                   item_ids=tuple(cat_ids[lines_of[i]].tolist()))
         for i in range(n_users)
     ]
+
+
+@dataclass
+class _Pairs:
+    """(user, item, bucket, behaviour) groups of visible events, (P,) arrays in display order."""
+
+    entry: np.ndarray  # user * n_catalogue + catalogue index
+    bucket: np.ndarray
+    beh: np.ndarray
+    n: np.ndarray  # events in the pair
+    ts: np.ndarray  # latest event time
+    score: np.ndarray  # best informativeness score
+
+
+def _group_pairs(ev: "_Visible", n_cat: int, config: NarrativeConfig, report: NarrativeReport) -> _Pairs:
+    """Pairs: (user, item, bucket, behaviour) -> count, last time, best score, at most max_pairs_per_item each."""
+    # Sorting by one int64 key groups events by entry (user, item) and, inside it, by pair.
+    entry = ev.u.astype(np.int64) * n_cat + ev.cat  # (K,)
+    b_idx, b_uniq = pd.factorize(ev.bucket)
+    n_beh = max(len(ev.beh_names), 1)
+    order = np.argsort((entry * len(b_uniq) + b_idx) * n_beh + ev.beh, kind="stable")
+    pkey = ((entry * len(b_uniq) + b_idx) * n_beh + ev.beh)[order]
+    starts = _runs(pkey)  # (P,)
+    p_entry, p_bucket, p_beh = entry[order][starts], b_uniq[b_idx[order][starts]], ev.beh[order][starts]
+    p_n = np.diff(np.r_[starts, len(pkey)])
+    p_ts = np.maximum.reduceat(ev.ts[order], starts) if len(starts) else ev.ts[:0]
+    p_score = np.maximum.reduceat(ev.score[order], starts) if len(starts) else ev.score[:0]
+    pairs = _Pairs(p_entry, p_bucket, p_beh, p_n, p_ts, p_score)
+    if not len(p_entry) or np.diff(np.r_[_runs(p_entry), len(p_entry)]).max() <= 1:
+        return pairs  # no item has several pairs
+    # Keep the best max_pairs_per_item pairs of each entry (score, then recency, then behaviour name).
+    by_rank = np.lexsort((p_beh, -p_ts, -p_score, p_entry))
+    keep = np.zeros(len(p_entry), dtype=bool)
+    keep[by_rank] = _rank_in_runs(p_entry[by_rank]) < config.max_pairs_per_item
+    report.pairs_over_cap += int((~keep).sum())
+    # Display order inside an entry: most recent first, then behaviour name.
+    disp = np.flatnonzero(keep)[np.lexsort((p_beh[keep], -p_ts[keep], p_entry[keep]))]
+    return _Pairs(*(a[disp] for a in (p_entry, p_bucket, p_beh, p_n, p_ts, p_score)))
+
+
+def _pair_tokens(pairs: _Pairs, n_names: int, beh_names, counter: Any):
+    """Texts of the distinct pairs, each pair's code, entry starts/lengths and each pair's token count.
+
+    Distinct pair texts are few: render and count each once, at the head of an entry or after ", ".
+    """
+    n_beh = max(n_names, 1)
+    p_entry, p_bucket, p_beh, p_n = pairs.entry, pairs.bucket, pairs.beh, pairs.n
+    pair_code, pair_uniq = pd.factorize((p_bucket * n_beh + p_beh) * (p_n.max(initial=1) + 1) + p_n)
+    pn_u = pair_uniq % (p_n.max(initial=1) + 1)
+    pb_u = pair_uniq // (p_n.max(initial=1) + 1)
+    pair_text = np.array([f"{bucket_label(int(b // n_beh))} {beh_names[b % n_beh]}" + (f" x{n}" if n > 1 else "")
+                          for b, n in zip(pb_u, pn_u)], dtype=object)
+    e_start = _runs(p_entry)  # (N,) first pair of each entry
+    e_len = np.diff(np.r_[e_start, len(p_entry)])
+    head = np.zeros(len(p_entry), dtype=bool)
+    head[e_start] = True
+    tok_head, tok_tail = counter.count(list(pair_text)), counter.count([", " + t for t in pair_text])
+    p_tok = np.where(head, tok_head[pair_code], tok_tail[pair_code])
+    return pair_text, pair_code, e_start, e_len, p_tok
 
 
 @dataclass
