@@ -66,3 +66,61 @@ def finetune_dataset(
         "max_users": max_users,
     }
     return train_lora(examples, config, out, model=model, manifest_extra=extra, log=log)
+
+
+RANKER_RETRIEVERS = ("popularity", "item_knn", "sasrec")
+
+
+def finetune_ranker(
+    dataset: Any,
+    config: FinetuneConfig,
+    out: str | Path,
+    *,
+    listwise: Any = None,
+    retriever: str = "sasrec",
+    model: str | Path | None = None,
+    max_users: int | None = None,
+    log: Any = print,
+) -> Any:
+    """LoRA-tune the listwise ranker (`llmrec.listwise`) on the TRAIN split with `retriever`'s top-K negatives.
+
+    `retriever` names the candidate generator trained on the same train split: popularity, item_knn or sasrec
+    (SASRec+, full-softmax CE). Returns `finetune.train_lora.TrainResult`.
+    """
+    from finetune.build_ranker import build_ranker_examples
+    from finetune.train_lora import train_lora
+    from llmrec.config import ListwiseConfig, SASRecConfig
+    from llmrec.data import ItemVocab
+    from llmrec.data.split import split_leave_one_out
+    from llmrec.listwise import PROMPT
+    from llmrec.llm.model import load_tokenizer, resolve_model
+    from llmrec.llm.prompts import prompt_hashes
+    from retrieval.baselines import ItemKNNScorer, PopularityScorer
+
+    if retriever not in RANKER_RETRIEVERS:
+        raise ValueError(f"retriever must be one of {RANKER_RETRIEVERS}, got {retriever!r}")
+    listwise = listwise or ListwiseConfig()
+    split = split_leave_one_out(dataset.events)
+    vocab = ItemVocab.from_items(dataset.items)
+    if retriever == "sasrec":
+        from retrieval.sasrec import train_sasrec
+
+        scorer, _ = train_sasrec(split, vocab, SASRecConfig(loss="ce", seed=config.seed), log=log)
+    elif retriever == "item_knn":
+        scorer = ItemKNNScorer.fit(split.train, vocab)
+    else:
+        scorer = PopularityScorer.fit(split.train, vocab)
+    train = split.train
+    if max_users is not None:
+        keep = sorted(train["user_id"].unique(), key=lambda u: (len(u), u))[:max_users]
+        train = train[train["user_id"].isin(keep)]
+    tokenizer = load_tokenizer(resolve_model(model))
+    examples, report = build_ranker_examples(train, dataset.item_index, dataset.items, vocab, scorer, listwise,
+                                             tokenizer, domain=getattr(dataset, "domain", None))
+    log(f"ranker SFT: {report.examples} examples from {report.users} users; skipped {report.skipped}")
+    if not examples:
+        raise ValueError(f"no ranker example could be built from {dataset.name}: {report.to_dict()}")
+    extra = {"task": "ranker", "dataset": dataset.name, "split_hash": split.hash, "retriever": retriever,
+             "prompt_hashes": prompt_hashes([PROMPT]), "listwise_config": listwise.model_dump(mode="json"),
+             "sft_report": report.to_dict(), "max_users": max_users}
+    return train_lora(examples, config, out, model=model, manifest_extra=extra, log=log)

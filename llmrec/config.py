@@ -267,6 +267,23 @@ class RerankConfig(StageConfig):
     max_interests: int = Field(default=8, ge=0)  # interests of the profile named in the prompt
 
 
+class ListwiseConfig(StageConfig):
+    """LlamaRec-style listwise LLM ranker over a retriever's top candidates (see `llmrec.listwise`)."""
+
+    candidates: int = Field(default=20, ge=2, le=20)  # lettered A..T: one token each in SmolLM2's vocabulary
+    max_narrative_chars: int = Field(default=1200, ge=100)  # narrative lines kept in each prompt (prefill cost)
+    batch_size: int = Field(default=32, ge=1)  # prompts per backend.score_choices call
+    lambdas: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)  # fusion weights tried on validation
+    seed: int = 0  # candidate shuffling of the SFT examples
+
+    @model_validator(mode="after")
+    def _listwise(self) -> Self:
+        if not self.lambdas or any(lam < 0 for lam in self.lambdas) or 0.0 not in self.lambdas:
+            raise ValueError(f"lambdas must be non-negative and include 0.0 (the retriever alone), got "
+                             f"{list(self.lambdas)}")
+        return self
+
+
 class TowerConfig(StageConfig):
     """User/item/tag three-tower retriever (see `retrieval.towers`, `retrieval.losses`, `retrieval.train`)."""
 
