@@ -386,7 +386,11 @@ class EvaluateConfig(StageConfig):
     seeds: tuple[int, ...] = (0, 1, 2)  # each seed trains every learned model anew
     ablation_seeds: tuple[int, ...] | None = None  # seeds of the ablation rows (a subset of seeds); None = seeds
     k: int = Field(default=10, ge=1)  # cut-off of ndcg/hr/coverage/long-tail share
-    cold_lengths: tuple[int, ...] = (0, 1, 3, 5)  # cold_N slices: the last N events before the test item
+    cold_lengths: tuple[int, ...] = (0, 1, 3, 5)  # cold_user_N slices: held-out users' first N events
+    short_lengths: tuple[int, ...] = (1, 3, 5)  # short_N slices: warm users' last N events before the test item
+    cold_user_share: float = Field(default=0.15, ge=0.0, lt=1.0)  # users held out of every model's training
+    cold_user_seed: int = 0  # which users are held out (recorded in the split report and hash)
+    bootstrap_samples: int = Field(default=2000, ge=1)  # paired bootstrap over users (diff vs sasrec_ce)
     long_tail_mass: float = Field(default=0.8, gt=0.0, lt=1.0)  # head = most popular items holding this share
     max_users: int | None = Field(default=None, ge=1)  # evaluate a seeded sample of test users (None = all)
     sample_seed: int = 0  # the user samples (max_users, rerank_users, coldstart_users)
@@ -419,6 +423,8 @@ class EvaluateConfig(StageConfig):
                              f"{list(self.ablation_seeds)}")
         if any(n < 0 for n in self.cold_lengths) or len(set(self.cold_lengths)) != len(self.cold_lengths):
             raise ValueError(f"cold_lengths must be distinct integers >= 0, got {list(self.cold_lengths)}")
+        if any(n < 1 for n in self.short_lengths) or len(set(self.short_lengths)) != len(self.short_lengths):
+            raise ValueError(f"short_lengths must be distinct integers >= 1, got {list(self.short_lengths)}")
         if self.coldstart.max_events < max(self.cold_lengths, default=0):
             raise ValueError(f"coldstart.max_events ({self.coldstart.max_events}) must cover the longest cold "
                              f"slice ({max(self.cold_lengths)}), or those users are never augmented")
