@@ -40,3 +40,26 @@ def test_bootstrap_rejects_bad_input():
         bootstrap_mean_interval(np.array([]))
     with pytest.raises(DataError, match="level"):
         bootstrap_mean_interval(np.ones(3), level=1.5)
+
+
+def test_aggregate_adds_paired_difference_records_against_sasrec_ce():
+    from llmrec.config import EvaluateConfig
+    from llmrec.eval.run import Scores, aggregate
+
+    scores = Scores()
+    users = [str(u) for u in range(40)]
+    for seed in (0, 1):  # SASRec+: 0.1 for everyone; the row: +0.05 for everyone, on two seeds
+        scores.add("sasrec_ce", "all", 40, {"ndcg@10": 0.1}, {u: 0.1 for u in users})
+        scores.add("three_tower_notag", "all", 40, {"ndcg@10": 0.15}, {u: 0.15 + 0.01 * (seed - 0.5) for u in users})
+    scores.add("popularity", "all", 40, {"ndcg@10": 0.1}, {u: (0.0 if int(u) % 2 else 0.2) for u in users})
+    scores.seeds_of = {"sasrec_ce": [0, 1], "three_tower_notag": [0, 1], "popularity": [0, 1]}
+    recs = aggregate(scores, EvaluateConfig(dataset="toy", bootstrap_samples=200))
+    diff = {r["model"]: r for r in recs if r["metric"] == "ndcg@10_diff_vs_sasrec_ce"}
+    assert set(diff) == {"three_tower_notag", "popularity"}  # never the reference against itself
+    tt = diff["three_tower_notag"]
+    assert tt["value"] == pytest.approx(0.05) and tt["lo"] == pytest.approx(0.05) and tt["significant"] is True
+    assert tt["n"] == 40 and tt["slice"] == "all" and tt["seeds"] == "0,1"
+    pop = diff["popularity"]
+    assert pop["value"] == pytest.approx(0.0) and pop["lo"] < 0 < pop["hi"] and pop["significant"] is False
+    plain = [r for r in recs if r["model"] == "three_tower_notag" and r["metric"] == "ndcg@10"]
+    assert plain[0]["value"] == pytest.approx(0.15) and plain[0]["std"] == 0.0

@@ -95,7 +95,8 @@ def test_evaluate_config_validates_and_round_trips(tmp_path):
 
 def test_baseline_rows_records_and_absent_rows(tiny):
     config = EvaluateConfig(dataset="tiny", models=("popularity", "item_knn", "three_tower_llm_tags", "coldstart_none"),
-                            seeds=(0, 1), cold_lengths=(0, 2), max_users=15, sample_seed=3, k=5, use_llm=False,
+                            seeds=(0, 1), cold_lengths=(0, 2), short_lengths=(2,), cold_user_share=0.2, max_users=15,
+                            sample_seed=3, k=5, use_llm=False,
                             long_tail_mass=0.5, knn_neighbors=5, knn_shrink=0.0, score_batch_size=4)
     partial = []
     run = run_evaluation(tiny, config, log=lambda s: None, checkpoint=partial.append)
@@ -104,39 +105,74 @@ def test_baseline_rows_records_and_absent_rows(tiny):
     # A checkpoint after each scored row: a killed run still leaves its finished rows.
     assert [{r["model"] for r in p.records} for p in partial] == [{"popularity"}, {"popularity", "item_knn"}]
     assert not partial[0].settings["complete"] and run.settings["complete"]
-    assert {r["slice"] for r in recs} == {"all", "cold_0", "cold_2", "long_tail"}
+    assert {r["slice"] for r in recs} == {"all", "valid", "short_2", "cold_user_0", "cold_user_2", "long_tail"}
     assert {r["metric"] for r in recs} == {"ndcg@5", "hr@5", "mrr", "coverage@5", "long_tail_share@5"}
+    assert run.settings["split_report"]["holdout_users"] == 4 and run.settings["slices"]["all"] == 15
     for r in recs:
         assert r["benchmark"] == "offline_eval" and r["seeds"] == "0,1" and r["std"] == 0.0 and r["dataset"] == "tiny"
-        assert r["n"] == (15 if r["slice"] != "long_tail" else run.settings["slices"]["long_tail"])
+        assert r["n"] == run.settings["slices"][r["slice"]]
     assert "mined-tags" in run.settings["absent"]["three_tower_llm_tags"]
     assert "no-llm" in run.settings["absent"]["coldstart_none"]
     assert run.settings["long_tail"]["head_mass"] == 0.5
     assert run.settings["model_configs"]["item_knn"] == {"neighbors": 5, "shrink": 0.0}
-    # A cold_0 user has no history: item-kNN falls back to popularity exactly.
+    # A cold_user_0 user has no history: item-kNN falls back to popularity exactly.
     get = {(r["model"], r["slice"], r["metric"]): r["value"] for r in recs}
-    assert get[("item_knn", "cold_0", "ndcg@5")] == pytest.approx(get[("popularity", "cold_0", "ndcg@5")])
+    assert get[("item_knn", "cold_user_0", "ndcg@5")] == pytest.approx(get[("popularity", "cold_user_0", "ndcg@5")])
+
+
+def _rec(model, s, metric, value, n=10, **extra):
+    return {"benchmark": "offline_eval", "metric": metric, "value": value, "unit": "fraction", "model": model,
+            "slice": s, "std": 0.01, "seeds": "0,1,2", "n": n, **extra}
 
 
 def test_report_files_and_target_ratios(tmp_path):
-    def rec(model, s, metric, value, n=10):
-        return {"benchmark": "offline_eval", "metric": metric, "value": value, "unit": "fraction", "model": model,
-                "slice": s, "std": 0.01, "seeds": "0,1,2", "n": n}
-
-    records = [rec("sasrec_ce", "all", "ndcg@10", 0.10), rec("sasrec_ce", "cold_1", "ndcg@10", 0.02),
-               rec("three_tower_heuristic_tags", "all", "ndcg@10", 0.11), rec("three_tower_heuristic_tags", "cold_1",
-               "ndcg@10", 0.03), rec("three_tower_llm_rerank", "all", "ndcg@10", 0.2, n=3)]
+    rec = _rec
+    records = [rec("sasrec_ce", "all", "ndcg@10", 0.10), rec("sasrec_ce", "cold_user_1", "ndcg@10", 0.02),
+               rec("three_tower_heuristic_tags", "all", "ndcg@10", 0.11),
+               rec("three_tower_heuristic_tags", "valid", "ndcg@10", 0.12),
+               rec("three_tower_heuristic_tags", "cold_user_1", "ndcg@10", 0.03),
+               rec("three_tower_llm_rerank", "all", "ndcg@10", 0.2, n=3)]
     records += [dict(r, metric="hr@10") for r in records]
+    records += [rec("three_tower_heuristic_tags", "cold_user_1", "ndcg@10_diff_vs_sasrec_ce", 0.01, lo=0.002, hi=0.02,
+                    significant=True),
+                rec("three_tower_heuristic_tags", "all", "ndcg@10_diff_vs_sasrec_ce", 0.01, lo=-0.01, hi=0.03,
+                    significant=False),
+                rec("three_tower_llm_rerank", "all", "llm_share", 0.7), rec("three_tower_llm_rerank", "all",
+                                                                            "fallback_share", 0.3)]
     lines = "\n".join(target_lines(records))
-    assert "| all | three_tower_heuristic_tags | 0.1100 | 0.1000 | 1.10x | >= 1.05x | met |" in lines
-    assert "| cold_1 | three_tower_heuristic_tags | 0.0300 | 0.0200 | 1.50x | >= 1.3x | met |" in lines
+    assert "| all | three_tower_heuristic_tags | 0.1100 | 0.1000 | 1.10x | >= 1.05x | met | not significant |" in lines
+    assert "| cold_user_1 | three_tower_heuristic_tags | 0.0300 | 0.0200 | 1.50x | >= 1.3x | met | significant |" in lines
     settings = {"evaluate_config": {"seeds": [0, 1, 2], "k": 10}, "absent": {"three_tower_llm_tags": "no Parquet"}}
     paths = write_report(records, settings, tmp_path / "r.md")
+    assert [p.name for p in paths] == ["r.md", "r-ndcg-by-slice.png", "r-ndcg-by-history.png"]
     md = paths[0].read_text()
     assert "0.2000 ± 0.0100 (n=3)" in md and "three_tower_llm_tags: no Parquet" in md
+    assert "0.0300 ± 0.0100 ▲" in md and "0.1100 ± 0.0100 |" in md  # only the significant difference is marked
+    assert "+0.0100 [+0.0020, +0.0200]*" in md and "+0.0100 [-0.0100, +0.0300] |" in md
+    assert "| three_tower_llm_rerank | all | 0.700 | 0.300 | fallback > 20% |" in md
+    assert "three_tower_llm_rerank (fallback > 20%)" in md
     assert md == render_markdown(records, settings, paths[1:])
     for png in paths[1:]:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_verdict_chooses_the_fused_row_on_validation_never_on_test():
+    rec = _rec
+    # llm_tags is better on test, heuristic_tags on validation: the verdict must judge heuristic_tags.
+    records = [rec("sasrec_ce", "all", "ndcg@10", 0.10), rec("sasrec_ce", "valid", "ndcg@10", 0.10),
+               rec("three_tower_heuristic_tags", "all", "ndcg@10", 0.09),
+               rec("three_tower_heuristic_tags", "valid", "ndcg@10", 0.13),
+               rec("three_tower_llm_tags", "all", "ndcg@10", 0.20), rec("three_tower_llm_tags", "valid", "ndcg@10", 0.11)]
+    lines = target_lines(records)
+    assert "three_tower_heuristic_tags, chosen on validation NDCG@10 (0.1300)" in lines[0]
+    assert any(line.startswith("| all | three_tower_heuristic_tags | 0.0900 | 0.1000 | 0.90x") for line in lines)
+    assert not any("three_tower_llm_tags" in line for line in lines)
+    # Swap the validation scores and the choice follows them, whatever test says.
+    swapped = [dict(r, value={0.13: 0.11, 0.11: 0.13}.get(r["value"], r["value"])) if r["slice"] == "valid" else r
+               for r in records]
+    assert "three_tower_llm_tags, chosen" in target_lines(swapped)[0]
+    # Without validation records there is no verdict (never a fallback to test).
+    assert "Targets not computed" in target_lines([r for r in records if r["slice"] != "valid"])[0]
 
 
 class _Model:
@@ -237,7 +273,7 @@ def test_quick_cli_end_to_end(tiny, tmp_path):
     settings = json.loads(out.with_suffix(".settings.json").read_text())
     assert settings["evaluate_config"]["seeds"] == [0] and settings["split_hash"] and settings["complete"]
     assert settings["model_configs"]["sasrec_ce"]["loss"] == "ce" and "commit" in settings["git_commit"]
-    assert out.with_suffix(".md").is_file() and (out.parent / "tiny_ndcg_by_history.png").is_file()
+    assert out.with_suffix(".md").is_file() and (out.parent / "tiny-ndcg-by-history.png").is_file()
 
 
 def test_cli_config_file_with_option_overrides(tiny, tmp_path):
