@@ -296,6 +296,17 @@ def test_cli_config_file_with_option_overrides(tiny, tmp_path):
     assert "three_tower_llm_rerank" in summary["absent"]
     bad = CliRunner().invoke(app, ["evaluate", "--dataset", str(folder), "--out", str(out), "--models", "nope"])
     assert bad.exit_code != 0 and "models" in bad.output
+    # --results-dir: stable names from the dataset's name; the holdout share is a flag and is frozen.
+    res = CliRunner().invoke(app, ["evaluate", "--dataset", str(folder), "--results-dir", str(tmp_path / "results"),
+                                   "--config", str(path), "--no-llm", "--cold-user-share", "0.1"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == [
+        "tiny-ndcg-by-history.png", "tiny-ndcg-by-slice.png", "tiny.json", "tiny.md", "tiny.settings.json"]
+    settings = json.loads((tmp_path / "results" / "tiny.settings.json").read_text())
+    assert settings["evaluate_config"]["cold_user_share"] == 0.1 and settings["split_report"]["holdout_users"] == 2
+    both = CliRunner().invoke(app, ["evaluate", "--dataset", str(folder), "--out", str(out), "--results-dir",
+                                    str(tmp_path), "--no-llm"])
+    assert both.exit_code != 0 and "exclude" in both.output
 
 
 def test_resume_takes_over_finished_rows_and_retrains_changed_ones(tiny):
