@@ -164,6 +164,9 @@ class SASRecConfig(StageConfig):
     eval_every: int = Field(default=4, ge=1)  # epochs between validation evaluations
     seed: int = 0
     threads: int = Field(default=2, ge=1)  # torch CPU threads
+    # Add a linear projection of the item content features (frozen text vectors, genres, year) to the item id
+    # embedding: the towers' content without their architecture, so content and LLM effects separate.
+    content_features: bool = False
 
     @model_validator(mode="after")
     def _heads(self) -> Self:
@@ -278,6 +281,7 @@ class TowerConfig(StageConfig):
     year_bucket: int = Field(default=5, ge=1)  # release years per year-bucket embedding
     id_embedding: bool = True  # item tower adds a learned ID embedding (zero-initialised) to content features
     profile_features: bool = True  # user tower adds hashed profile features (age bucket, gender, occupation)
+    text_features: bool = True  # item tower reads the frozen text vectors (False: an attribution row without text)
     profile_buckets: int = Field(default=256, ge=1)  # hashlib buckets shared by all profile features
     max_len: int = Field(default=100, ge=2)  # most recent items fed to the user tower (with a start token);
     # ML-100K seed 0: 100 -> valid/test NDCG@10 0.105/0.088, 50 -> 0.090/0.074 (about half the training time)
@@ -370,7 +374,7 @@ EVAL_MODELS = (
     "popularity", "item_knn", "sasrec_bce", "sasrec_ce", "three_tower_notag", "three_tower_heuristic_tags",
     "three_tower_llm_tags", "three_tower_llm_lora_tags", "three_tower_llm_rerank", "three_tower_no_logq",
     "three_tower_no_mixed_negatives", "three_tower_fixed_temperature", "coldstart_none", "coldstart_early_fusion",
-    "coldstart_late_fusion",
+    "coldstart_late_fusion", "sasrec_ce_content", "three_tower_ids_only",
 )  # fmt: skip
 
 

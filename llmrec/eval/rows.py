@@ -16,7 +16,11 @@ LLM_TAG_ROWS = {"three_tower_llm_tags": "llm_tags", "three_tower_llm_lora_tags":
 ABLATIONS = {"three_tower_no_logq": {"logq": False}, "three_tower_no_mixed_negatives": {"mixed_negatives": False},
              "three_tower_fixed_temperature": {"learnable_temperature": False}}
 BASELINE_ROWS = ("popularity", "item_knn")  # deterministic: scored once, the score stands for every seed
-SASREC_ROWS = {"sasrec_bce": "bce", "sasrec_ce": "ce"}
+# SASRec rows: the SASRecConfig fields each sets. sasrec_ce_content gets the towers' item content (attribution).
+SASREC_ROWS = {"sasrec_bce": {"loss": "bce"}, "sasrec_ce": {"loss": "ce"},
+               "sasrec_ce_content": {"loss": "ce", "content_features": True}}
+# Towers without text and profile (ids, genres, year only), user tower alone: what the content adds.
+ID_TOWER_ROWS = {"three_tower_ids_only": {"text_features": False, "profile_features": False, "id_embedding": True}}
 COLDSTART_ROWS = {"coldstart_none": None, "coldstart_early_fusion": "early", "coldstart_late_fusion": "late"}
 # Rows trained from the base three-tower model (one training per seed serves all of them).
 BASE_TOWER_ROWS = ("three_tower_notag", "three_tower_heuristic_tags", "three_tower_llm_rerank", *COLDSTART_ROWS)
@@ -37,12 +41,16 @@ class TowerScorer:
 def row_config(model: str, config: EvaluateConfig) -> dict:
     """The config a row trains with (seed set per run): what the settings file freezes for it."""
     if model in SASREC_ROWS:
-        return config.sasrec.model_copy(update={"loss": SASREC_ROWS[model]}).model_dump(mode="json")
+        sasrec = config.sasrec.model_copy(update=SASREC_ROWS[model]).model_dump(mode="json")
+        if model == "sasrec_ce_content":  # the content features come from the towers' encoder settings
+            sasrec["features"] = {k: getattr(config.towers, k) for k in ("encoder", "year_bucket")}
+        return sasrec
     if model == "popularity":
         return {}
     if model == "item_knn":
         return {"neighbors": config.knn_neighbors, "shrink": config.knn_shrink}
-    towers = config.towers.model_copy(update=ABLATIONS.get(model, {})).model_dump(mode="json")
+    switch = {**ABLATIONS.get(model, {}), **ID_TOWER_ROWS.get(model, {})}
+    towers = config.towers.model_copy(update=switch).model_dump(mode="json")
     if model in LLM_TAG_ROWS:
         return {"towers": towers, "tags": getattr(config, LLM_TAG_ROWS[model])}
     if model == "three_tower_llm_rerank":
@@ -53,7 +61,8 @@ def row_config(model: str, config: EvaluateConfig) -> dict:
         return {"towers": towers, "beta": 1.0, "coldstart": config.coldstart.model_copy(
             update={"fusion": COLDSTART_ROWS[model] or config.coldstart.fusion}).model_dump(mode="json"),
             "users": config.coldstart_users, "llm": config.llm.model_dump(mode="json")}
-    return {"towers": towers, "beta": 1.0 if model == "three_tower_notag" else "chosen on validation"}
+    return {"towers": towers,
+            "beta": 1.0 if model in ("three_tower_notag", *ID_TOWER_ROWS) else "chosen on validation"}
 
 
 def resumable_rows(settings: Mapping, split_hash: str, configs: Mapping[str, dict]) -> list[list]:

@@ -24,8 +24,8 @@ from llmrec.data import Dataset
 from llmrec.eval.llm_rows import coldstart_rows, imagine_cold_histories, rerank_row
 from llmrec.eval.protocol import (Protocol, SliceView, build_protocol, long_tail_by_mass, sample_users, score_slice,
                                   score_view, tags_parquet)
-from llmrec.eval.rows import (ABLATIONS, BASE_TOWER_ROWS, BASELINE_ROWS, COLDSTART_ROWS, LLM_TAG_ROWS, REFERENCE_ROW,
-                              SASREC_ROWS, TowerScorer, absent_rows, resumable_rows, row_config)
+from llmrec.eval.rows import (ABLATIONS, BASE_TOWER_ROWS, BASELINE_ROWS, COLDSTART_ROWS, ID_TOWER_ROWS, LLM_TAG_ROWS,
+                              REFERENCE_ROW, SASREC_ROWS, TowerScorer, absent_rows, resumable_rows, row_config)
 from llmrec.eval.stats import paired_difference
 from retrieval.base import SequenceScorer
 
@@ -83,6 +83,7 @@ class Evaluation:
         self.tags_cache: dict[str, dict[str, list[str]]] = {}
         self.backend, self.own_backend = backend, False
         self.imagined = None
+        self._content = None
 
     # --- bookkeeping ----------------------------------------------------------------------------
 
@@ -193,6 +194,7 @@ class Evaluation:
             for seed in self.config.seeds:
                 self.score_sasrec(seed)
                 self.score_base_towers(seed)
+                self.score_id_towers(seed)
                 self.score_llm_tag_rows(seed)
                 self.score_ablations(seed)
         finally:
@@ -215,17 +217,32 @@ class Evaluation:
     def score_sasrec(self, seed: int) -> None:
         from retrieval.sasrec import train_sasrec
 
-        for row, loss in SASREC_ROWS.items():
+        for row, switch in SASREC_ROWS.items():
             if not self.due(row, seed):
                 continue
             t0 = time.perf_counter()
-            scorer, rep = train_sasrec(self.proto.split, self.proto.vocab, self.config.sasrec.model_copy(
-                update={"loss": loss, "seed": seed}), log=lambda s, r=row: self.log(f"[evaluate] {r} {s}"))
+            cfg = self.config.sasrec.model_copy(update={**switch, "seed": seed})
+            scorer, rep = train_sasrec(self.proto.split, self.proto.vocab, cfg,
+                                       log=lambda s, r=row: self.log(f"[evaluate] {r} {s}"),
+                                       item_features=self.content_matrix() if cfg.content_features else None)
             self.reports.setdefault(row, []).append({"seed": seed, **{k: v for k, v in rep.items() if k != "curve"}})
             self.log(f"[evaluate] {row} seed={seed} trained in {time.perf_counter() - t0:.0f}s "
                      f"(best epoch {rep['best_epoch']})")
             self.add(row, seed, scorer, self.proto.slices)
             self.finish(row, seed)
+
+    def content_matrix(self) -> np.ndarray:
+        """(V, F) item content rows for sasrec_ce_content: the very features the towers' item tower reads."""
+        if self._content is None:
+            from retrieval.encoder import TextEncoder, build_item_features
+            from retrieval.sasrec import item_content_matrix
+
+            towers = self.config.towers
+            items = [self.dataset.item_index[i] for i in self.proto.vocab.ids]
+            f = build_item_features(items, TextEncoder(towers.encoder, towers.cache_dir, towers.encoder_batch_size),
+                                    towers.year_bucket)
+            self._content = item_content_matrix(f.text, f.genres, f.year, f.n_year_buckets)
+        return self._content
 
     def slice_tags(self, s: str) -> dict[str, list[str]]:
         """Heuristic user tags from exactly the events slice `s` shows (a cold user's few events)."""
@@ -267,6 +284,17 @@ class Evaluation:
             if "three_tower_llm_rerank" in self.rows:
                 self.finish("three_tower_llm_rerank", seed)
         self.score_coldstart(seed, base.model)
+
+    def score_id_towers(self, seed: int) -> None:
+        """Towers without text and profile features, user tower alone: the tower architecture minus content."""
+        from retrieval.train import train_towers
+
+        for row, switch in ID_TOWER_ROWS.items():
+            if self.due(row, seed):
+                res = train_towers(self.train_dataset, self.proto.split,
+                                   self.config.towers.model_copy(update={"seed": seed, **switch}))
+                res = type(res)(model=res.model, report={**res.report, "beta": 1.0})
+                self.score_towers(row, seed, res, lambda s: {}, self.proto.slices)
 
     def score_coldstart(self, seed: int, model) -> None:
         """Imagined histories (LLM, once per run) fused into the cold users' few events; user tower alone."""
