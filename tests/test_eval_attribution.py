@@ -51,7 +51,7 @@ def test_train_sasrec_with_content_round_trips(tiny, tmp_path):
     feats[0] = 0
     with pytest.raises(ModelError, match="rows"):
         train_sasrec(split, vocab, cfg, log=lambda s: None, item_features=feats[:-1])
-    scorer, rep = train_sasrec(split, vocab, cfg, log=lambda s: None, item_features=feats)
+    scorer, _ = train_sasrec(split, vocab, cfg, log=lambda s: None, item_features=feats)
     assert np.allclose(scorer.model.item_features.numpy(), feats)
     hist = [np.array([1, 2, 3])]
     again = SASRecScorer.from_pretrained(scorer.save_pretrained(tmp_path / "m"))

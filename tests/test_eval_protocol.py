@@ -90,7 +90,7 @@ def test_no_trained_row_sees_a_held_out_user(tiny, monkeypatch):
             return real(*args, **kwargs)
         return wrapped
 
-    split_frames = lambda s: (s.train, s.valid, s.test)  # noqa: E731
+    split_frames = lambda s: (s.train, s.valid, s.test)
     monkeypatch.setattr(train, "train_towers", spy("towers", train.train_towers,
                                                    lambda d, s, *a: (d.events, *split_frames(s))))
     monkeypatch.setattr(sasrec, "train_sasrec", spy("sasrec", sasrec.train_sasrec, lambda s, *a: split_frames(s)))

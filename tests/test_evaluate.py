@@ -7,10 +7,10 @@ import pytest
 
 from llmrec.config import EvaluateConfig, TowerConfig
 from llmrec.data import ItemVocab
-from llmrec.eval.protocol import Protocol, SliceView, build_protocol, long_tail_by_mass, sample_users, score_slice
-from llmrec.eval.run import run_evaluation
 from llmrec.eval.llm_rows import ColdStartScorer, RerankScorer
+from llmrec.eval.protocol import Protocol, SliceView, long_tail_by_mass, sample_users, score_slice
 from llmrec.eval.report import render_markdown, target_lines, write_report
+from llmrec.eval.run import run_evaluation
 
 
 class FixedScorer:
@@ -244,16 +244,16 @@ def test_llm_rows_run_end_to_end_and_a_failing_row_is_reported(tiny, tmp_path):
     got = {(r["model"], r["slice"]): (r["n"], r["seeds"]) for r in run.records if r["metric"] == "ndcg@10"}
     assert {k: v for k, v in got.items() if k[0] != "popularity"} == {
         (m, s): (2, "0,1") for m in ("coldstart_none", "coldstart_early_fusion", "coldstart_late_fusion")
-        for s in ("cold_0", "cold_1")}
+        for s in ("cold_user_0", "cold_user_1")}
     assert "engine died" in run.settings["absent"]["three_tower_llm_rerank"]
-    assert run.settings["notes"]["coldstart"]["cold_0"]["generated"] == 2
+    assert run.settings["notes"]["coldstart"]["cold_user_0"]["generated"] == 2
     assert len(backend.calls) == 2  # one generation batch per cold slice, reused by the second seed
     # One cache file per slice (a user shows each slice another history): a rerun generates nothing.
-    assert {p.name for p in tmp_path.glob("cold*.json")} == {"cold.cold_0.json", "cold.cold_1.json"}
+    assert {p.name for p in tmp_path.glob("cold*.json")} == {"cold.cold_user_0.json", "cold.cold_user_1.json"}
     again = Backend()
     rerun = run_evaluation(tiny, config.model_copy(update={"models": ("coldstart_early_fusion",)}), backend=again,
                            log=lambda s: None)
-    assert again.calls == [] and rerun.settings["notes"]["coldstart"]["cold_1"]["cached"] == 2
+    assert again.calls == [] and rerun.settings["notes"]["coldstart"]["cold_user_1"]["cached"] == 2
 
 
 @pytest.mark.slow

@@ -129,7 +129,7 @@ def imagine_cold_histories(dataset, proto: Protocol, config: EvaluateConfig, bac
 
 
 def slice_cache(path: str | None, slice_name: str) -> Path | None:
-    """One cache file per cold slice (`cache.json` -> `cache.cold_1.json`): a user's cache entry is keyed by the
+    """One cache file per cold slice (`cache.json` -> `cache.cold_user_1.json`): a user's cache entry is keyed by the
     history it was imagined from, and each slice shows the same user a different history."""
     return None if path is None else Path(path).with_suffix(f".{slice_name}{Path(path).suffix or '.json'}")
 
