@@ -131,7 +131,7 @@ def test_report_files_and_target_ratios(tmp_path):
                rec("three_tower_heuristic_tags", "all", "ndcg@10", 0.11),
                rec("three_tower_heuristic_tags", "valid", "ndcg@10", 0.12),
                rec("three_tower_heuristic_tags", "cold_user_1", "ndcg@10", 0.03),
-               rec("three_tower_llm_rerank", "all", "ndcg@10", 0.2, n=3)]
+               rec("three_tower_llm_rerank", "all", "ndcg@10", 0.2, n=3), rec("sasrec_ce_content", "all", "ndcg@10", 0.1)]
     records += [dict(r, metric="hr@10") for r in records]
     records += [rec("three_tower_heuristic_tags", "cold_user_1", "ndcg@10_diff_vs_sasrec_ce", 0.01, lo=0.002, hi=0.02,
                     significant=True),
@@ -151,6 +151,7 @@ def test_report_files_and_target_ratios(tmp_path):
     assert "+0.0100 [+0.0020, +0.0200]*" in md and "+0.0100 [-0.0100, +0.0300] |" in md
     assert "| three_tower_llm_rerank | all | 0.700 | 0.300 | fallback > 20% |" in md
     assert "three_tower_llm_rerank (fallback > 20%)" in md
+    assert "- sasrec_ce_content: SASRec+ with the towers' item content" in md and "three_tower_ids_only:" not in md
     assert md == render_markdown(records, settings, paths[1:])
     for png in paths[1:]:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000

@@ -15,6 +15,12 @@ from llmrec.eval.tables import (BASELINE, FALLBACK_LIMIT, diff_table, render_tab
                                 target_lines)
 
 __all__ = ["render_markdown", "target_lines", "write_report"]
+ATTRIBUTION = {
+    "sasrec_ce_content": "SASRec+ with the towers' item content (frozen text vectors, genres, year, linearly "
+                         "projected and added to the item id embedding): how much of a tower gain is content.",
+    "three_tower_ids_only": "the three-tower model without text and profile features (ids, genres, year), user "
+                            "tower alone: the architecture without the content.",
+}
 
 
 def render_markdown(records: Sequence[dict], settings: dict, plots: Sequence[Path] = ()) -> str:
@@ -57,6 +63,10 @@ def render_markdown(records: Sequence[dict], settings: dict, plots: Sequence[Pat
     if shares:
         lines += ["", f"## LLM share (rows whose LLM stage fell back for more than {FALLBACK_LIMIT:.0%} of users "
                   "are marked)", "", *shares]
+    present = {r["model"] for r in records}
+    attribution = [f"- {m}: {why}" for m, why in ATTRIBUTION.items() if m in present]
+    if attribution:
+        lines += ["", "## Attribution rows (content vs architecture vs LLM)", "", *attribution]
     lines += ["", "## Rows left out", ""]
     absent = settings.get("absent", {})
     lines += [f"- {m}: {why}" for m, why in absent.items()] or ["- none"]
