@@ -87,6 +87,10 @@ def test_evaluate_config_validates_and_round_trips(tmp_path):
         EvaluateConfig(cold_lengths=(-1,))
     with pytest.raises(ValueError, match="max_events"):
         EvaluateConfig(cold_lengths=(0, 8))
+    with pytest.raises(ValueError, match="short_lengths"):
+        EvaluateConfig(short_lengths=(0, 1))
+    with pytest.raises(ValueError, match="cold_user_share"):
+        EvaluateConfig(cold_user_share=1.0)
     with pytest.raises(ValueError, match="extra"):
         EvaluateConfig(sead=1)
     cfg = EvaluateConfig(seeds=(3,), towers=TowerConfig(epochs=3), llm_tags="x.parquet")
