@@ -164,6 +164,9 @@ class SASRecConfig(StageConfig):
     eval_every: int = Field(default=4, ge=1)  # epochs between validation evaluations
     seed: int = 0
     threads: int = Field(default=2, ge=1)  # torch CPU threads
+    # Add a linear projection of the item content features (frozen text vectors, genres, year) to the item id
+    # embedding: the towers' content without their architecture, so content and LLM effects separate.
+    content_features: bool = False
 
     @model_validator(mode="after")
     def _heads(self) -> Self:
@@ -295,6 +298,7 @@ class TowerConfig(StageConfig):
     year_bucket: int = Field(default=5, ge=1)  # release years per year-bucket embedding
     id_embedding: bool = True  # item tower adds a learned ID embedding (zero-initialised) to content features
     profile_features: bool = True  # user tower adds hashed profile features (age bucket, gender, occupation)
+    text_features: bool = True  # item tower reads the frozen text vectors (False: an attribution row without text)
     profile_buckets: int = Field(default=256, ge=1)  # hashlib buckets shared by all profile features
     max_len: int = Field(default=100, ge=2)  # most recent items fed to the user tower (with a start token);
     # ML-100K seed 0: 100 -> valid/test NDCG@10 0.105/0.088, 50 -> 0.090/0.074 (about half the training time)
@@ -387,7 +391,7 @@ EVAL_MODELS = (
     "popularity", "item_knn", "sasrec_bce", "sasrec_ce", "three_tower_notag", "three_tower_heuristic_tags",
     "three_tower_llm_tags", "three_tower_llm_lora_tags", "three_tower_llm_rerank", "three_tower_no_logq",
     "three_tower_no_mixed_negatives", "three_tower_fixed_temperature", "coldstart_none", "coldstart_early_fusion",
-    "coldstart_late_fusion",
+    "coldstart_late_fusion", "sasrec_ce_content", "three_tower_ids_only",
 )  # fmt: skip
 
 
@@ -403,7 +407,11 @@ class EvaluateConfig(StageConfig):
     seeds: tuple[int, ...] = (0, 1, 2)  # each seed trains every learned model anew
     ablation_seeds: tuple[int, ...] | None = None  # seeds of the ablation rows (a subset of seeds); None = seeds
     k: int = Field(default=10, ge=1)  # cut-off of ndcg/hr/coverage/long-tail share
-    cold_lengths: tuple[int, ...] = (0, 1, 3, 5)  # cold_N slices: the last N events before the test item
+    cold_lengths: tuple[int, ...] = (0, 1, 3, 5)  # cold_user_N slices: held-out users' first N events
+    short_lengths: tuple[int, ...] = (1, 3, 5)  # short_N slices: warm users' last N events before the test item
+    cold_user_share: float = Field(default=0.15, ge=0.0, lt=1.0)  # users held out of every model's training
+    cold_user_seed: int = 0  # which users are held out (recorded in the split report and hash)
+    bootstrap_samples: int = Field(default=2000, ge=1)  # paired bootstrap over users (diff vs sasrec_ce)
     long_tail_mass: float = Field(default=0.8, gt=0.0, lt=1.0)  # head = most popular items holding this share
     max_users: int | None = Field(default=None, ge=1)  # evaluate a seeded sample of test users (None = all)
     sample_seed: int = 0  # the user samples (max_users, rerank_users, coldstart_users)
@@ -436,6 +444,8 @@ class EvaluateConfig(StageConfig):
                              f"{list(self.ablation_seeds)}")
         if any(n < 0 for n in self.cold_lengths) or len(set(self.cold_lengths)) != len(self.cold_lengths):
             raise ValueError(f"cold_lengths must be distinct integers >= 0, got {list(self.cold_lengths)}")
+        if any(n < 1 for n in self.short_lengths) or len(set(self.short_lengths)) != len(self.short_lengths):
+            raise ValueError(f"short_lengths must be distinct integers >= 1, got {list(self.short_lengths)}")
         if self.coldstart.max_events < max(self.cold_lengths, default=0):
             raise ValueError(f"coldstart.max_events ({self.coldstart.max_events}) must cover the longest cold "
                              f"slice ({max(self.cold_lengths)}), or those users are never augmented")

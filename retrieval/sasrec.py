@@ -12,6 +12,11 @@ Two losses (`SASRecConfig.loss`):
 - "ce": full softmax cross-entropy over the catalogue ("SASRec+", Klenitskiy & Vasilev 2023; gSASRec
   shows it fixes BCE's overconfidence from the single negative).
 
+`SASRecConfig.content_features` ("sasrec_ce_content" in `llmrec evaluate`): the item embedding becomes the
+id embedding PLUS a linear projection of the item's content features (the frozen text vectors the three-tower
+item tower reads, genre multi-hot and year-bucket one-hot: `item_content_matrix`), in both the input and the
+output layer. It gives SASRec the towers' content, so a tower-vs-SASRec gap is not just "more features".
+
 Training uses the split's training sequences (each user's events before the validation target) with
 next-item targets at every position; early stopping watches validation NDCG@10 (full catalogue, seen items
 excluded) and keeps the best weights. Validation numbers pick settings; only `llmrec evaluate` reports.
@@ -45,6 +50,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from llmrec.config import SASRecConfig
+from llmrec.errors import ModelError
 from llmrec.data import ItemVocab, user_sequences
 from llmrec.metrics import hr_at_k, mrr, ndcg_at_k
 from llmrec.data.split import Split
@@ -89,11 +95,19 @@ class Block(nn.Module):
 
 
 class SASRec(nn.Module):
-    def __init__(self, n_items: int, config: SASRecConfig):
+    def __init__(self, n_items: int, config: SASRecConfig, n_features: int = 0):
         super().__init__()
         self.n_items, self.config = n_items, config
         d = config.hidden
         self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=0)  # row 0 = padding; also the output layer
+        self.content = None
+        if config.content_features:
+            if n_features < 1:
+                raise ModelError("SASRecConfig.content_features is on but no item content features were given "
+                                 "(train_sasrec(..., item_features=item_content_matrix(...)))")
+            # (V, F) fixed content rows, saved with the weights; row 0 (padding) is all zeros.
+            self.register_buffer("item_features", torch.zeros(n_items + 1, n_features))
+            self.content = nn.Linear(n_features, d, bias=False)  # no bias: padding stays a zero vector
         self.pos_emb = nn.Embedding(config.maxlen, d)
         self.emb_drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(d, config.heads, config.dropout) for _ in range(config.blocks))
@@ -111,7 +125,7 @@ class SASRec(nn.Module):
         b, l = seqs.shape
         keep = (seqs > 0).unsqueeze(-1).float()  # (B, L, 1)
         pos = torch.arange(self.config.maxlen - l, self.config.maxlen, device=seqs.device)
-        x = self.item_emb(seqs) * math.sqrt(self.config.hidden) + self.pos_emb(pos)  # (B, L, d)
+        x = F.embedding(seqs, self.item_table()) * math.sqrt(self.config.hidden) + self.pos_emb(pos)  # (B, L, d)
         x = self.emb_drop(x) * keep
         causal = torch.ones(l, l, dtype=torch.bool, device=seqs.device).tril()
         # Keys: earlier real items; the diagonal stays allowed so an all-padding row never softmaxes over nothing.
@@ -120,9 +134,15 @@ class SASRec(nn.Module):
             x = block(x, allowed) * keep
         return self.ln_final(x)
 
+    def item_table(self) -> torch.Tensor:
+        """(V, d) item embeddings: the id embedding, plus the projected content features when configured."""
+        if self.content is None:
+            return self.item_emb.weight
+        return self.item_emb.weight + self.content(self.item_features)
+
     def item_scores(self, states: torch.Tensor) -> torch.Tensor:
         """(..., d) -> (..., V) relevance of every item index (shared embeddings)."""
-        return states @ self.item_emb.weight.T
+        return states @ self.item_table().T
 
 
 # --- Losses (pure functions) ------------------------------------------------------------------------
@@ -184,9 +204,22 @@ def evaluate_stage(scorer, split: Split, vocab: ItemVocab, stage: str, k: int = 
     return {f"ndcg@{k}": ndcg_at_k(ranks, k), f"hr@{k}": hr_at_k(ranks, k), "mrr": mrr(ranks), "users": len(ranks)}
 
 
+def item_content_matrix(text: np.ndarray, genres: np.ndarray, year: np.ndarray, n_year_buckets: int) -> np.ndarray:
+    """(V, T + G + Y) float32 content rows: text vectors, genre multi-hot, year-bucket one-hot (bucket 0 =
+    unknown gets no column, so the padding row 0 stays all zeros). Inputs as `retrieval.encoder.ItemFeatures`."""
+    year_hot = np.zeros((len(year), n_year_buckets), dtype=np.float32)
+    known = np.asarray(year) > 0
+    year_hot[np.flatnonzero(known), np.asarray(year)[known] - 1] = 1.0
+    return np.concatenate([np.asarray(text, np.float32), np.asarray(genres, np.float32), year_hot], axis=1)
+
+
 def train_sasrec(split: Split, vocab: ItemVocab, config: SASRecConfig,
-                 log: Callable[[str], None] = print) -> tuple["SASRecScorer", dict]:
-    """Train on the split's training sequences; early-stop on validation NDCG@10; return the best model."""
+                 log: Callable[[str], None] = print,
+                 item_features: np.ndarray | None = None) -> tuple["SASRecScorer", dict]:
+    """Train on the split's training sequences; early-stop on validation NDCG@10; return the best model.
+
+    item_features: (V, F) content rows (`item_content_matrix`), required when `config.content_features`.
+    """
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
     gen = torch.Generator().manual_seed(config.seed)
@@ -196,7 +229,11 @@ def train_sasrec(split: Split, vocab: ItemVocab, config: SASRecConfig,
     seen = torch.zeros(len(seqs), vocab.size, dtype=torch.bool)  # (U, V) for negative sampling
     for u, s in enumerate(seqs):
         seen[u, torch.from_numpy(s)] = True
-    model = SASRec(vocab.size - 1, config)
+    model = SASRec(vocab.size - 1, config, 0 if item_features is None else item_features.shape[1])
+    if model.content is not None:
+        if item_features.shape[0] != vocab.size:
+            raise ModelError(f"item_features has {item_features.shape[0]} rows, the vocabulary {vocab.size}")
+        model.item_features.copy_(torch.from_numpy(np.asarray(item_features, dtype=np.float32)))
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.98))
     scorer = SASRecScorer(model, vocab)
     best, best_state, bad_evals, curve, t0 = -1.0, None, 0, [], time.time()
@@ -207,9 +244,9 @@ def train_sasrec(split: Split, vocab: ItemVocab, config: SASRecConfig,
             states = model.encode(inputs[rows])  # (B, L, d)
             if config.loss == "bce":
                 neg = sample_negatives(targets[rows], seen, rows, gen)
-                loss = bce_loss(states, targets[rows], neg, model.item_emb.weight)
+                loss = bce_loss(states, targets[rows], neg, model.item_table())
             else:
-                loss = ce_loss(states, targets[rows], model.item_emb.weight)
+                loss = ce_loss(states, targets[rows], model.item_table())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -280,8 +317,10 @@ class SASRecScorer:
         if expect_split_hash is not None and manifest.get("split_hash") != expect_split_hash:
             raise ValueError(f"{root}: trained on split {manifest.get('split_hash')!r}, expected {expect_split_hash!r}")
         vocab = ItemVocab(ids=tuple(json.loads((root / "vocab.json").read_text())))
-        model = SASRec(len(vocab.ids), SASRecConfig.from_json(root / "config.json"))
-        model.load_state_dict(load_file(str(root / WEIGHTS_FILE)))
+        weights = load_file(str(root / WEIGHTS_FILE))
+        n_features = weights["item_features"].shape[1] if "item_features" in weights else 0
+        model = SASRec(len(vocab.ids), SASRecConfig.from_json(root / "config.json"), n_features)
+        model.load_state_dict(weights)
         model.eval()
         return cls(model, vocab)
 

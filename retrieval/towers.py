@@ -141,7 +141,8 @@ class ThreeTowerModel(nn.Module):
 
     def item_table(self) -> torch.Tensor:
         """[N+1, d] raw item-tower outputs for the whole vocabulary (row 0 = padding)."""
-        return self.item_tower(self.feat_text, self.feat_genres, self.feat_year)
+        text = self.feat_text if self.config.text_features else torch.zeros_like(self.feat_text)  # [N+1, 384]
+        return self.item_tower(text, self.feat_genres, self.feat_year)
 
     def sequence_batch(self, histories: Sequence[np.ndarray], profiles: Sequence[Mapping[str, str]]):
         """(seq [B, L] = START + last items, left-padded; profile [B, F]) tensors for the user tower."""

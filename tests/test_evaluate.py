@@ -7,10 +7,10 @@ import pytest
 
 from llmrec.config import EvaluateConfig, TowerConfig
 from llmrec.data import ItemVocab
-from llmrec.eval.run import (Protocol, SliceView, build_protocol, long_tail_by_mass, run_evaluation, sample_users,
-                             score_slice)
 from llmrec.eval.llm_rows import ColdStartScorer, RerankScorer
+from llmrec.eval.protocol import Protocol, SliceView, long_tail_by_mass, sample_users, score_slice
 from llmrec.eval.report import render_markdown, target_lines, write_report
+from llmrec.eval.run import run_evaluation
 
 
 class FixedScorer:
@@ -78,30 +78,6 @@ def test_sample_users_is_seeded_and_keeps_order():
     assert sample_users(users, None, 0) == users and sample_users(users, 99, 0) == users
 
 
-def test_cold_slices_really_truncate_and_no_history_holds_the_test_item(tiny):
-    config = EvaluateConfig(cold_lengths=(0, 1, 3, 5))
-    proto = build_protocol(tiny, config)
-    test = proto.split.targets("test").set_index("user_id")
-    full = dict(zip(proto.slices["all"].users, proto.slices["all"].histories))
-    for name, view in proto.slices.items():
-        rec = RecordingScorer(proto.vocab.size)
-        score_slice(rec, view, proto, batch_size=7)
-        assert [u for u, _ in rec.seen] == view.users
-        for (u, h), target in zip(rec.seen, view.targets):
-            assert target == proto.vocab.index[test.loc[u, "item_id"]]
-            assert target not in h  # no leakage of the test item
-            if name.startswith("cold_"):
-                n = int(name.split("_")[1])
-                assert len(h) == min(n, len(full[u]))
-                assert np.array_equal(h, full[u][len(full[u]) - len(h):])  # the LAST n events
-            else:
-                assert np.array_equal(h, full[u])
-    # The full visible history is train + the validation event, all strictly before the test event.
-    visible = proto.slices["all"].events
-    assert (visible.groupby("user_id")["timestamp"].max() <= test.loc[visible["user_id"].unique(), "timestamp"]).all()
-    assert all(proto.vocab.index[test.loc[u, "item_id"]] in proto.long_tail for u in proto.slices["long_tail"].users)
-
-
 def test_evaluate_config_validates_and_round_trips(tmp_path):
     with pytest.raises(ValueError, match="models"):
         EvaluateConfig(models=("sasrec",))
@@ -111,6 +87,10 @@ def test_evaluate_config_validates_and_round_trips(tmp_path):
         EvaluateConfig(cold_lengths=(-1,))
     with pytest.raises(ValueError, match="max_events"):
         EvaluateConfig(cold_lengths=(0, 8))
+    with pytest.raises(ValueError, match="short_lengths"):
+        EvaluateConfig(short_lengths=(0, 1))
+    with pytest.raises(ValueError, match="cold_user_share"):
+        EvaluateConfig(cold_user_share=1.0)
     with pytest.raises(ValueError, match="extra"):
         EvaluateConfig(sead=1)
     cfg = EvaluateConfig(seeds=(3,), towers=TowerConfig(epochs=3), llm_tags="x.parquet")
@@ -119,7 +99,8 @@ def test_evaluate_config_validates_and_round_trips(tmp_path):
 
 def test_baseline_rows_records_and_absent_rows(tiny):
     config = EvaluateConfig(dataset="tiny", models=("popularity", "item_knn", "three_tower_llm_tags", "coldstart_none"),
-                            seeds=(0, 1), cold_lengths=(0, 2), max_users=15, sample_seed=3, k=5, use_llm=False,
+                            seeds=(0, 1), cold_lengths=(0, 2), short_lengths=(2,), cold_user_share=0.2, max_users=15,
+                            sample_seed=3, k=5, use_llm=False,
                             long_tail_mass=0.5, knn_neighbors=5, knn_shrink=0.0, score_batch_size=4)
     partial = []
     run = run_evaluation(tiny, config, log=lambda s: None, checkpoint=partial.append)
@@ -128,39 +109,75 @@ def test_baseline_rows_records_and_absent_rows(tiny):
     # A checkpoint after each scored row: a killed run still leaves its finished rows.
     assert [{r["model"] for r in p.records} for p in partial] == [{"popularity"}, {"popularity", "item_knn"}]
     assert not partial[0].settings["complete"] and run.settings["complete"]
-    assert {r["slice"] for r in recs} == {"all", "cold_0", "cold_2", "long_tail"}
+    assert {r["slice"] for r in recs} == {"all", "valid", "short_2", "cold_user_0", "cold_user_2", "long_tail"}
     assert {r["metric"] for r in recs} == {"ndcg@5", "hr@5", "mrr", "coverage@5", "long_tail_share@5"}
+    assert run.settings["split_report"]["holdout_users"] == 4 and run.settings["slices"]["all"] == 15
     for r in recs:
         assert r["benchmark"] == "offline_eval" and r["seeds"] == "0,1" and r["std"] == 0.0 and r["dataset"] == "tiny"
-        assert r["n"] == (15 if r["slice"] != "long_tail" else run.settings["slices"]["long_tail"])
+        assert r["n"] == run.settings["slices"][r["slice"]]
     assert "mined-tags" in run.settings["absent"]["three_tower_llm_tags"]
     assert "no-llm" in run.settings["absent"]["coldstart_none"]
     assert run.settings["long_tail"]["head_mass"] == 0.5
     assert run.settings["model_configs"]["item_knn"] == {"neighbors": 5, "shrink": 0.0}
-    # A cold_0 user has no history: item-kNN falls back to popularity exactly.
+    # A cold_user_0 user has no history: item-kNN falls back to popularity exactly.
     get = {(r["model"], r["slice"], r["metric"]): r["value"] for r in recs}
-    assert get[("item_knn", "cold_0", "ndcg@5")] == pytest.approx(get[("popularity", "cold_0", "ndcg@5")])
+    assert get[("item_knn", "cold_user_0", "ndcg@5")] == pytest.approx(get[("popularity", "cold_user_0", "ndcg@5")])
+
+
+def _rec(model, s, metric, value, n=10, **extra):
+    return {"benchmark": "offline_eval", "metric": metric, "value": value, "unit": "fraction", "model": model,
+            "slice": s, "std": 0.01, "seeds": "0,1,2", "n": n, **extra}
 
 
 def test_report_files_and_target_ratios(tmp_path):
-    def rec(model, s, metric, value, n=10):
-        return {"benchmark": "offline_eval", "metric": metric, "value": value, "unit": "fraction", "model": model,
-                "slice": s, "std": 0.01, "seeds": "0,1,2", "n": n}
-
-    records = [rec("sasrec_ce", "all", "ndcg@10", 0.10), rec("sasrec_ce", "cold_1", "ndcg@10", 0.02),
-               rec("three_tower_heuristic_tags", "all", "ndcg@10", 0.11), rec("three_tower_heuristic_tags", "cold_1",
-               "ndcg@10", 0.03), rec("three_tower_llm_rerank", "all", "ndcg@10", 0.2, n=3)]
+    rec = _rec
+    records = [rec("sasrec_ce", "all", "ndcg@10", 0.10), rec("sasrec_ce", "cold_user_1", "ndcg@10", 0.02),
+               rec("three_tower_heuristic_tags", "all", "ndcg@10", 0.11),
+               rec("three_tower_heuristic_tags", "valid", "ndcg@10", 0.12),
+               rec("three_tower_heuristic_tags", "cold_user_1", "ndcg@10", 0.03),
+               rec("three_tower_llm_rerank", "all", "ndcg@10", 0.2, n=3), rec("sasrec_ce_content", "all", "ndcg@10", 0.1)]
     records += [dict(r, metric="hr@10") for r in records]
+    records += [rec("three_tower_heuristic_tags", "cold_user_1", "ndcg@10_diff_vs_sasrec_ce", 0.01, lo=0.002, hi=0.02,
+                    significant=True),
+                rec("three_tower_heuristic_tags", "all", "ndcg@10_diff_vs_sasrec_ce", 0.01, lo=-0.01, hi=0.03,
+                    significant=False),
+                rec("three_tower_llm_rerank", "all", "llm_share", 0.7), rec("three_tower_llm_rerank", "all",
+                                                                            "fallback_share", 0.3)]
     lines = "\n".join(target_lines(records))
-    assert "| all | three_tower_heuristic_tags | 0.1100 | 0.1000 | 1.10x | >= 1.05x | met |" in lines
-    assert "| cold_1 | three_tower_heuristic_tags | 0.0300 | 0.0200 | 1.50x | >= 1.3x | met |" in lines
+    assert "| all | three_tower_heuristic_tags | 0.1100 | 0.1000 | 1.10x | >= 1.05x | met | not significant |" in lines
+    assert "| cold_user_1 | three_tower_heuristic_tags | 0.0300 | 0.0200 | 1.50x | >= 1.3x | met | significant |" in lines
     settings = {"evaluate_config": {"seeds": [0, 1, 2], "k": 10}, "absent": {"three_tower_llm_tags": "no Parquet"}}
     paths = write_report(records, settings, tmp_path / "r.md")
+    assert [p.name for p in paths] == ["r.md", "r-ndcg-by-slice.png", "r-ndcg-by-history.png"]
     md = paths[0].read_text()
     assert "0.2000 ± 0.0100 (n=3)" in md and "three_tower_llm_tags: no Parquet" in md
+    assert "0.0300 ± 0.0100 ▲" in md and "0.1100 ± 0.0100 |" in md  # only the significant difference is marked
+    assert "+0.0100 [+0.0020, +0.0200]*" in md and "+0.0100 [-0.0100, +0.0300] |" in md
+    assert "| three_tower_llm_rerank | all | 0.700 | 0.300 | fallback > 20% |" in md
+    assert "three_tower_llm_rerank (fallback > 20%)" in md
+    assert "- sasrec_ce_content: SASRec+ with the towers' item content" in md and "three_tower_ids_only:" not in md
     assert md == render_markdown(records, settings, paths[1:])
     for png in paths[1:]:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_verdict_chooses_the_fused_row_on_validation_never_on_test():
+    rec = _rec
+    # llm_tags is better on test, heuristic_tags on validation: the verdict must judge heuristic_tags.
+    records = [rec("sasrec_ce", "all", "ndcg@10", 0.10), rec("sasrec_ce", "valid", "ndcg@10", 0.10),
+               rec("three_tower_heuristic_tags", "all", "ndcg@10", 0.09),
+               rec("three_tower_heuristic_tags", "valid", "ndcg@10", 0.13),
+               rec("three_tower_llm_tags", "all", "ndcg@10", 0.20), rec("three_tower_llm_tags", "valid", "ndcg@10", 0.11)]
+    lines = target_lines(records)
+    assert "three_tower_heuristic_tags, chosen on validation NDCG@10 (0.1300)" in lines[0]
+    assert any(line.startswith("| all | three_tower_heuristic_tags | 0.0900 | 0.1000 | 0.90x") for line in lines)
+    assert not any("three_tower_llm_tags" in line for line in lines)
+    # Swap the validation scores and the choice follows them, whatever test says.
+    swapped = [dict(r, value={0.13: 0.11, 0.11: 0.13}.get(r["value"], r["value"])) if r["slice"] == "valid" else r
+               for r in records]
+    assert "three_tower_llm_tags, chosen" in target_lines(swapped)[0]
+    # Without validation records there is no verdict (never a fallback to test).
+    assert "Targets not computed" in target_lines([r for r in records if r["slice"] != "valid"])[0]
 
 
 class _Model:
@@ -232,16 +249,16 @@ def test_llm_rows_run_end_to_end_and_a_failing_row_is_reported(tiny, tmp_path):
     got = {(r["model"], r["slice"]): (r["n"], r["seeds"]) for r in run.records if r["metric"] == "ndcg@10"}
     assert {k: v for k, v in got.items() if k[0] != "popularity"} == {
         (m, s): (2, "0,1") for m in ("coldstart_none", "coldstart_early_fusion", "coldstart_late_fusion")
-        for s in ("cold_0", "cold_1")}
+        for s in ("cold_user_0", "cold_user_1")}
     assert "engine died" in run.settings["absent"]["three_tower_llm_rerank"]
-    assert run.settings["notes"]["coldstart"]["cold_0"]["generated"] == 2
+    assert run.settings["notes"]["coldstart"]["cold_user_0"]["generated"] == 2
     assert len(backend.calls) == 2  # one generation batch per cold slice, reused by the second seed
     # One cache file per slice (a user shows each slice another history): a rerun generates nothing.
-    assert {p.name for p in tmp_path.glob("cold*.json")} == {"cold.cold_0.json", "cold.cold_1.json"}
+    assert {p.name for p in tmp_path.glob("cold*.json")} == {"cold.cold_user_0.json", "cold.cold_user_1.json"}
     again = Backend()
     rerun = run_evaluation(tiny, config.model_copy(update={"models": ("coldstart_early_fusion",)}), backend=again,
                            log=lambda s: None)
-    assert again.calls == [] and rerun.settings["notes"]["coldstart"]["cold_1"]["cached"] == 2
+    assert again.calls == [] and rerun.settings["notes"]["coldstart"]["cold_user_1"]["cached"] == 2
 
 
 @pytest.mark.slow
@@ -261,7 +278,7 @@ def test_quick_cli_end_to_end(tiny, tmp_path):
     settings = json.loads(out.with_suffix(".settings.json").read_text())
     assert settings["evaluate_config"]["seeds"] == [0] and settings["split_hash"] and settings["complete"]
     assert settings["model_configs"]["sasrec_ce"]["loss"] == "ce" and "commit" in settings["git_commit"]
-    assert out.with_suffix(".md").is_file() and (out.parent / "tiny_ndcg_by_history.png").is_file()
+    assert out.with_suffix(".md").is_file() and (out.parent / "tiny-ndcg-by-history.png").is_file()
 
 
 def test_cli_config_file_with_option_overrides(tiny, tmp_path):
@@ -284,6 +301,17 @@ def test_cli_config_file_with_option_overrides(tiny, tmp_path):
     assert "three_tower_llm_rerank" in summary["absent"]
     bad = CliRunner().invoke(app, ["evaluate", "--dataset", str(folder), "--out", str(out), "--models", "nope"])
     assert bad.exit_code != 0 and "models" in bad.output
+    # --results-dir: stable names from the dataset's name; the holdout share is a flag and is frozen.
+    res = CliRunner().invoke(app, ["evaluate", "--dataset", str(folder), "--results-dir", str(tmp_path / "results"),
+                                   "--config", str(path), "--no-llm", "--cold-user-share", "0.1"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == [
+        "tiny-ndcg-by-history.png", "tiny-ndcg-by-slice.png", "tiny.json", "tiny.md", "tiny.settings.json"]
+    settings = json.loads((tmp_path / "results" / "tiny.settings.json").read_text())
+    assert settings["evaluate_config"]["cold_user_share"] == 0.1 and settings["split_report"]["holdout_users"] == 2
+    both = CliRunner().invoke(app, ["evaluate", "--dataset", str(folder), "--out", str(out), "--results-dir",
+                                    str(tmp_path), "--no-llm"])
+    assert both.exit_code != 0 and "exclude" in both.output
 
 
 def test_resume_takes_over_finished_rows_and_retrains_changed_ones(tiny):

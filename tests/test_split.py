@@ -57,3 +57,31 @@ def test_events_before_per_user_cutoff(tiny):
     split = split_leave_one_out(tiny.events)
     before = events_before(tiny.events, split.as_of("test"))
     assert (before["timestamp"] < before["user_id"].map(split.as_of("test"))).all()
+
+
+def test_holdout_off_keeps_the_plain_split_and_its_hash(ml100k):
+    plain = split_leave_one_out(ml100k.events)
+    assert plain.hash == "2717acfe23f1ae52"  # the ML-100K split every artifact manifest already carries
+    assert plain.holdout is None and plain.holdout_users == frozenset() and "holdout_users" not in plain.report
+    assert split_leave_one_out(ml100k.events, holdout_share=0.0, holdout_seed=9).hash == plain.hash
+
+
+def test_holdout_takes_whole_users_out_seeded_and_changes_the_hash(tiny):
+    from llmrec.data.split import holdout_user_ids
+    from llmrec.errors import DataError
+
+    split = split_leave_one_out(tiny.events, holdout_share=0.25, holdout_seed=1)
+    held = split.holdout_users
+    assert len(held) == 5 and split.report["holdout_users"] == 5 and split.report["holdout_seed"] == 1
+    for frame in (split.train, split.valid, split.test):
+        assert not set(frame["user_id"].astype(str)) & held
+    # Every event of a held-out user is in the holdout, and nothing else is.
+    assert len(split.holdout) == tiny.events["user_id"].astype(str).isin(held).sum()
+    assert len(split.holdout) + len(split.train) + len(split.valid) + len(split.test) == len(tiny.events)
+    assert split_leave_one_out(tiny.events.sample(frac=1, random_state=0), holdout_share=0.25,
+                               holdout_seed=1).holdout_users == held  # input order does not matter
+    assert split_leave_one_out(tiny.events, holdout_share=0.25, holdout_seed=2).holdout_users != held
+    assert split.hash != split_leave_one_out(tiny.events).hash
+    assert split.hash != split_leave_one_out(tiny.events, holdout_share=0.25, holdout_seed=2).hash
+    with pytest.raises(DataError, match="share"):
+        holdout_user_ids(["a"], 1.0, 0)

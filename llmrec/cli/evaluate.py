@@ -1,7 +1,8 @@
 """`llmrec evaluate`: the offline comparison -> records JSON, settings JSON, Markdown report and PNG plots.
 
 Writes OUT (records, benchmark "offline_eval"), OUT with `.settings.json` (the frozen EvaluateConfig with
-every model config, split hash, git commit, command), and OUT with `.md` plus two PNG plots beside it.
+every model config, split hash, git commit, command), and OUT with `.md` plus two PNG plots beside it
+(OUT-ndcg-by-slice.png, OUT-ndcg-by-history.png); `--results-dir DIR` sets OUT = DIR/<dataset name>.json.
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ def register(app: typer.Typer) -> None:
         dataset: str = typer.Option("ml-100k", help="Built-in name (ml-100k) or a dataset folder."),
         out: Path = typer.Option(None, help="Records JSON; default reports/<dataset>.json. The settings JSON, "
                                             "the Markdown report and the plots go beside it."),
+        results_dir: Path = typer.Option(None, help="Write NAME.json, NAME.settings.json, NAME.md and NAME-*.png "
+                                                    "here (NAME = the dataset's name), e.g. docs/results; "
+                                                    "excludes --out."),
+        cold_user_share: float = typer.Option(None, min=0.0, max=0.99, help="Share of users held out of every "
+                                              "model's training (cold_user_N slices); default 0.15, 0 = off."),
         quick: bool = typer.Option(False, "--quick", help="Small version (1 seed, 2 epochs, 100 users, "
                                                           "hashed-bow text features): minutes, for tests."),
         seeds: str = typer.Option(None, help="Comma-separated seeds, each retraining every model; default 0,1,2 "
@@ -94,7 +100,7 @@ def register(app: typer.Typer) -> None:
                     raise typer.BadParameter(f"--{key.replace('_', '-')} {value}: no such file or folder")
                 over[key] = str(value)
         for key, value in (("rerank_users", rerank_users), ("coldstart_users", coldstart_users),
-                           ("max_users", max_users)):
+                           ("max_users", max_users), ("cold_user_share", cold_user_share)):
             if value is not None:
                 over[key] = value
         if seeds is not None:
@@ -113,7 +119,9 @@ def register(app: typer.Typer) -> None:
                 config = quick_config(**over) if quick else EvaluateConfig(**over)
         except ValueError as e:
             raise typer.BadParameter(str(e)) from None
-        out = out or Path("reports") / f"{Path(dataset).name}.json"
+        if results_dir is not None and out is not None:
+            raise typer.BadParameter("--results-dir and --out exclude each other")
+        out = out or (results_dir or Path("reports")) / f"{Path(dataset).name}.json"
         extra = {"command": " ".join(["llmrec", *sys.argv[1:]]),
                  "git_commit": git_commit(Path(__file__).resolve().parents[2])}
         earlier = None

@@ -5,6 +5,12 @@ each user's last event is the test target, the second-to-last the validation tar
 training history. A model scored on the test target may see the training history and the validation
 event, nothing later: `Split.history("test")`. Users with fewer than `min_events` events have no targets;
 their events stay in training and the count is reported in `Split.report`.
+
+Optional user-level holdout (`holdout_share` > 0): a seeded share of the users is taken out whole. Their
+events are in `Split.holdout` only (never in train/valid/test), so every model trained on `Split.train`
+(SASRec, towers, item-kNN, popularity, the LoRA SFT data) has never seen them: the true cold-start users of
+the evaluation. Membership is decided per user by a salted sha256 (stable across processes and input order).
+With the holdout off the split, and its hash, are exactly the plain leave-one-out split.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from llmrec.data.datasets import sort_events
+from llmrec.errors import DataError
 
 Stage = Literal["valid", "test"]
 
@@ -27,6 +34,14 @@ class Split:
     valid: pd.DataFrame  # one row per user with targets
     test: pd.DataFrame  # one row per user with targets
     report: dict = field(default_factory=dict)
+    holdout: pd.DataFrame | None = None  # every event of the held-out users (None: holdout off)
+
+    @property
+    def holdout_users(self) -> frozenset[str]:
+        """Users whose events no model may train on (empty when the holdout is off)."""
+        if self.holdout is None:
+            return frozenset()
+        return frozenset(self.holdout["user_id"].astype(str))
 
     def targets(self, stage: Stage) -> pd.DataFrame:
         if stage not in ("valid", "test"):
@@ -53,12 +68,34 @@ class Split:
             for col in ("user_id", "item_id"):
                 h.update("\x1f".join(frame[col].astype(str)).encode())
             h.update(frame["timestamp"].astype("int64").to_numpy().tobytes())
+        if self.holdout is not None:  # only then: the plain split keeps the hash it always had
+            h.update(b"\x1eholdout")
+            h.update("\x1f".join(sorted(self.holdout_users)).encode())
         return h.hexdigest()[:16]
 
 
-def split_leave_one_out(events: pd.DataFrame, min_events: int = 3) -> Split:
-    """Last event per user -> test, second-to-last -> valid, the rest -> train."""
+def holdout_user_ids(user_ids, share: float, seed: int) -> set[str]:
+    """A seeded `share` of the distinct users (rounded), chosen by the smallest sha256(seed, user) digests."""
+    if not 0.0 <= share < 1.0:
+        raise DataError(f"holdout share must be in [0, 1), got {share}")
+    users = sorted({str(u) for u in user_ids})
+    n = int(round(share * len(users)))
+    ranked = sorted(users, key=lambda u: hashlib.sha256(f"{seed}\x1f{u}".encode()).hexdigest())
+    return set(ranked[:n])
+
+
+def split_leave_one_out(events: pd.DataFrame, min_events: int = 3, holdout_share: float = 0.0,
+                        holdout_seed: int = 0) -> Split:
+    """Last event per user -> test, second-to-last -> valid, the rest -> train.
+
+    holdout_share > 0: that share of the users is first taken out whole into `Split.holdout`.
+    """
     ev = sort_events(events)
+    holdout = None
+    if holdout_share > 0:
+        held = holdout_user_ids(ev["user_id"], holdout_share, holdout_seed)
+        out = ev["user_id"].astype(str).isin(held).to_numpy()
+        holdout, ev = ev[out].reset_index(drop=True), ev[~out].reset_index(drop=True)
     counts = ev.groupby("user_id", sort=False)["user_id"].transform("size").to_numpy()
     # Position from the end within each user: 0 = last event.
     from_end = ev.groupby("user_id", sort=False).cumcount(ascending=False).to_numpy()
@@ -72,8 +109,11 @@ def split_leave_one_out(events: pd.DataFrame, min_events: int = 3) -> Split:
         "users_too_short": int(ev.loc[~eligible, "user_id"].nunique()),
         "min_events": min_events,
     }
+    if holdout is not None:
+        report.update(holdout_users=int(holdout["user_id"].nunique()), holdout_share=holdout_share,
+                      holdout_seed=holdout_seed)
     return Split(train=train, valid=ev[is_valid].reset_index(drop=True), test=ev[is_test].reset_index(drop=True),
-                 report=report)
+                 report=report, holdout=holdout)
 
 
 def truncate_history(events: pd.DataFrame, n_last: int) -> pd.DataFrame:

@@ -14,7 +14,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from llmrec.config import EvaluateConfig
-from llmrec.eval.run import COLDSTART_ROWS, Protocol, TowerScorer, sample_users, score_slice, tags_parquet
+from llmrec.eval.protocol import Protocol, sample_users, score_slice, tags_parquet
+from llmrec.eval.rows import COLDSTART_ROWS, TowerScorer
 from llmrec.metrics import topk
 from retrieval.base import SequenceScorer
 
@@ -84,9 +85,7 @@ def rerank_row(dataset, proto: Protocol, config: EvaluateConfig, base, tags, bac
     view = proto.slices["all"]
     users = sample_users(view.users, config.rerank_users, config.sample_seed)
     sub = view.subset(users)
-    as_of = proto.split.as_of("test")
-    as_of.index = as_of.index.astype(str)
-    narratives = {n.user_id: n for n in render_narratives(sub.events, dataset.items, as_of.loc[users],
+    narratives = {n.user_id: n for n in render_narratives(sub.events, dataset.items, sub.as_of,
                                                           config.narrative, load_narrative_tokenizer(config.llm.model))}
     profiles = None
     if config.llm_tags is not None:
@@ -103,11 +102,10 @@ def rerank_row(dataset, proto: Protocol, config: EvaluateConfig, base, tags, bac
 
 
 def imagine_cold_histories(dataset, proto: Protocol, config: EvaluateConfig, backend, cold: Sequence[str]):
-    """Imagined histories for the cold-start user sample on every cold slice (LLM; generated once per run)."""
+    """Imagined histories for a user sample of every cold slice (LLM; generated once per run)."""
     from llmrec.coldstart import Catalogue, ExamplePool, imagine_histories
     from retrieval.encoder import TextEncoder
 
-    users = sample_users(proto.slices["all"].users, config.coldstart_users, config.sample_seed)
     encoder = TextEncoder(config.towers.encoder, config.towers.cache_dir, config.towers.encoder_batch_size)
 
     def encode(texts):
@@ -118,8 +116,9 @@ def imagine_cold_histories(dataset, proto: Protocol, config: EvaluateConfig, bac
     catalogue = Catalogue(items, encode)
     profiles = {u: dataset.profile(u) for u in dataset.users["user_id"].astype(str)}
     pool = ExamplePool.from_events(proto.split.train, profiles, dataset.item_index, config.coldstart.example_items)
-    out, stats = {}, {"n_users": len(users)}
+    out, stats = {}, {"n_users": config.coldstart_users}
     for s in cold:
+        users = sample_users(proto.slices[s].users, config.coldstart_users, config.sample_seed)
         events = proto.slices[s].events
         histories = {u: dataset.history(u, events) for u in users}
         result, st = imagine_histories([(u, profiles.get(u, {}), histories[u].events) for u in users], backend,
@@ -130,7 +129,7 @@ def imagine_cold_histories(dataset, proto: Protocol, config: EvaluateConfig, bac
 
 
 def slice_cache(path: str | None, slice_name: str) -> Path | None:
-    """One cache file per cold slice (`cache.json` -> `cache.cold_1.json`): a user's cache entry is keyed by the
+    """One cache file per cold slice (`cache.json` -> `cache.cold_user_1.json`): a user's cache entry is keyed by the
     history it was imagined from, and each slice shows the same user a different history."""
     return None if path is None else Path(path).with_suffix(f".{slice_name}{Path(path).suffix or '.json'}")
 
@@ -139,11 +138,10 @@ def coldstart_rows(proto: Protocol, config: EvaluateConfig, model, imagined, row
     """coldstart_none / early / late fusion on each cold slice, user tower alone (beta = 1)."""
     from llmrec.coldstart import fuse
 
-    as_of = proto.split.as_of("test")
-    as_of.index = as_of.index.astype(str)
     for s, (by_user, histories) in imagined.items():
         users = list(histories)
         sub = proto.slices[s].subset(users)
+        as_of = sub.as_of
         for row in rows:
             fusion = COLDSTART_ROWS[row]
             fused = {}

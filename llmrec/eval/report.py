@@ -1,8 +1,8 @@
-"""The offline comparison as a reader sees it: a Markdown table (models x slices) and two PNG plots.
+"""The offline comparison as a reader sees it: one Markdown report and two PNG plots beside the records.
 
-Everything is computed from the records `llmrec.eval.run` wrote and its settings; nothing is typed in by
-hand. The targets compare the best fused three-tower row with SASRec+ (`sasrec_ce`) on NDCG@10: >= 1.05x on
-all users and >= 1.3x on each cold slice.
+Everything is computed from the records `llmrec.eval.run` wrote and its settings (`llmrec.eval.tables`,
+`llmrec.eval.plots`); file names are stable: NAME.md, NAME-ndcg-by-slice.png, NAME-ndcg-by-history.png next to
+NAME.json and NAME.settings.json.
 """
 
 from __future__ import annotations
@@ -10,121 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
+from llmrec.eval.plots import plot_ndcg_by_history, plot_ndcg_by_slice
+from llmrec.eval.tables import (BASELINE, FALLBACK_LIMIT, diff_table, render_table, share_table, table_values,
+                                target_lines)
 
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-
-SLICE_ORDER = ("all", "cold_0", "cold_1", "cold_3", "cold_5", "long_tail")
-FUSED_ROWS = ("three_tower_heuristic_tags", "three_tower_llm_tags", "three_tower_llm_lora_tags")
-BASELINE = "sasrec_ce"
-TARGET_ALL, TARGET_COLD = 1.05, 1.3
-
-
-def table_values(records: Sequence[dict], metric: str) -> dict[str, dict[str, dict]]:
-    """model -> slice -> the record of `metric`, models in first-seen order."""
-    out: dict[str, dict[str, dict]] = {}
-    for r in records:
-        if r["metric"] == metric:
-            out.setdefault(r["model"], {})[r["slice"]] = r
-    return out
-
-
-def slices_of(records: Sequence[dict]) -> list[str]:
-    seen = {r["slice"] for r in records}
-    return [s for s in SLICE_ORDER if s in seen] + sorted(seen - set(SLICE_ORDER))
-
-
-def render_table(records: Sequence[dict], metric: str) -> str:
-    """A Markdown table: one row per model, one column per slice, "mean ± std"; "n=" marks a user sample."""
-    values, slices = table_values(records, metric), slices_of(records)
-    full_n = {s: max((r["n"] for r in records if r["slice"] == s), default=0) for s in slices}
-    lines = ["| model | beta | " + " | ".join(slices) + " |", "|---|---|" + "---|" * len(slices)]
-    for model, row in values.items():
-        beta = next((r.get("beta") for r in row.values() if r.get("beta")), "")
-        cells = []
-        for s in slices:
-            r = row.get(s)
-            if r is None:
-                cells.append("–")
-                continue
-            cell = f"{r['value']:.4f} ± {r['std']:.4f}"
-            if r["n"] != full_n[s]:
-                cell += f" (n={r['n']})"
-            cells.append(cell)
-        lines.append(f"| {model} | {beta} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def target_lines(records: Sequence[dict], k: int = 10) -> list[str]:
-    """The product targets as ratios of NDCG@k, best fused three-tower row vs SASRec+, per slice."""
-    values = table_values(records, f"ndcg@{k}")
-    base = values.get(BASELINE)
-    fused = [m for m in FUSED_ROWS if m in values]
-    if base is None or not fused:
-        return [f"Targets not computed: needs {BASELINE} and one of {', '.join(FUSED_ROWS)} in the records."]
-    out = []
-    for s in [s for s in slices_of(records) if s == "all" or s.startswith("cold_")]:
-        have = [m for m in fused if s in values[m]]
-        if s not in base or not have:
-            continue
-        best = max(have, key=lambda m: values[m][s]["value"])
-        b, f = base[s]["value"], values[best][s]["value"]
-        goal = TARGET_ALL if s == "all" else TARGET_COLD
-        if b > 0:
-            verdict = f"{f / b:.2f}x | >= {goal}x | {'met' if f / b >= goal else 'not met'}"
-        else:
-            verdict = f"undefined (SASRec+ scored 0) | >= {goal}x | not judged"
-        out.append(f"| {s} | {best} | {f:.4f} | {b:.4f} | {verdict} |")
-    return ["| slice | fused row | NDCG@10 | SASRec+ NDCG@10 | ratio | target | |", "|---|---|---|---|---|---|---|",
-            *out]
-
-
-def plot_ndcg_by_slice(records: Sequence[dict], path: str | Path, k: int = 10) -> Path:
-    """Grouped bars: NDCG@k per slice (x) for every model (bars), error bars = std over seeds."""
-    values, slices = table_values(records, f"ndcg@{k}"), slices_of(records)
-    fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(slices)), 5))
-    width = 0.8 / max(len(values), 1)
-    colors = plt.get_cmap("tab20").colors
-    for j, (model, row) in enumerate(values.items()):
-        have = [i for i, s in enumerate(slices) if s in row]
-        ax.bar([i + j * width for i in have], [row[slices[i]]["value"] for i in have], width,
-               yerr=[row[slices[i]]["std"] for i in have], label=model, color=colors[j % len(colors)])
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(slices))], slices)
-    ax.set_ylabel(f"NDCG@{k} (test)")
-    ax.set_title(f"NDCG@{k} per slice per model")
-    ax.legend(fontsize=7, ncol=2)
-    return _save(fig, path)
-
-
-def plot_ndcg_by_history(records: Sequence[dict], path: str | Path, k: int = 10) -> Path:
-    """NDCG@k against the history length the model saw: cold_0/1/3/5 and the full history ("all")."""
-    values = table_values(records, f"ndcg@{k}")
-    cold = sorted((s for s in slices_of(records) if s.startswith("cold_")), key=lambda s: int(s.split("_")[1]))
-    points = cold + ["all"]
-    fig, ax = plt.subplots(figsize=(8, 5))
-    colors = plt.get_cmap("tab20").colors
-    for j, (model, row) in enumerate(values.items()):
-        if sum(s in row for s in points) > 1:  # a missing point (NaN) breaks the line instead of bridging it
-            nan = float("nan")
-            ax.errorbar(range(len(points)), [row[s]["value"] if s in row else nan for s in points],
-                        yerr=[row[s]["std"] if s in row else nan for s in points], marker="o", label=model,
-                        capsize=2, color=colors[j % len(colors)])
-    ax.set_xticks(range(len(points)), [s.replace("cold_", "") for s in cold] + ["all"])
-    ax.set_xlabel("events of history shown to the model")
-    ax.set_ylabel(f"NDCG@{k} (test)")
-    ax.set_title(f"NDCG@{k} against history length")
-    ax.legend(fontsize=7, ncol=2)
-    return _save(fig, path)
-
-
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+__all__ = ["render_markdown", "target_lines", "write_report"]
+ATTRIBUTION = {
+    "sasrec_ce_content": "SASRec+ with the towers' item content (frozen text vectors, genres, year, linearly "
+                         "projected and added to the item id embedding): how much of a tower gain is content.",
+    "three_tower_ids_only": "the three-tower model without text and profile features (ids, genres, year), user "
+                            "tower alone: the architecture without the content.",
+}
 
 
 def render_markdown(records: Sequence[dict], settings: dict, plots: Sequence[Path] = ()) -> str:
@@ -141,14 +37,20 @@ def render_markdown(records: Sequence[dict], settings: dict, plots: Sequence[Pat
         *([] if settings.get("complete", True) else
           ["**Partial report: the run is still going (or was stopped); rows below are the finished ones.**", ""]),
         "Protocol: leave-one-out by time (last event = test, the one before = validation), full-catalogue "
-        "ranking with pessimistic ties, the items of the history shown to the model excluded. Cold slices "
-        "show only the last N events before the test item (models trained on the normal split). Long tail: "
-        f"items outside the most popular ones holding {cfg.get('long_tail_mass', 0.8):.0%} of training "
-        "interactions. Values are test results, mean ± sample std over seeds; beta and early stopping used "
-        "the validation targets only.", "",
-        f"## NDCG@{k}", "", render_table(records, f"ndcg@{k}"), "",
-        f"## HR@{k}", "", render_table(records, f"hr@{k}"), "",
-        "## Targets (fused three-tower vs SASRec+, NDCG@10)", "", *target_lines(records, k), "",
+        "ranking with pessimistic ties, the items of the history shown to the model excluded. "
+        f"{cfg.get('cold_user_share', 0):.0%} of the users (seed {cfg.get('cold_user_seed', 0)}; "
+        f"{settings.get('split_report', {}).get('holdout_users', 0)} users) are held out of every model's "
+        "training: `cold_user_N` shows such a user's first N events and asks for event N+1 (true cold start). "
+        "`short_N` shows a warm user only the last N events before the test item. `valid` is the validation "
+        "target with the training history: rows are chosen there. Long tail: items outside the most popular "
+        f"ones holding {cfg.get('long_tail_mass', 0.8):.0%} of training interactions. Values are test results "
+        "(except `valid`), mean ± sample std over seeds; ▲/▼: the paired per-user NDCG difference against "
+        f"SASRec+ ({BASELINE}) has a 95% bootstrap interval above/below 0.", "",
+        f"## NDCG@{k}", "", render_table(records, f"ndcg@{k}", k), "",
+        f"## HR@{k}", "", render_table(records, f"hr@{k}", k), "",
+        f"## NDCG@{k} difference vs SASRec+ (paired over users, seeds pooled; 95% bootstrap interval, "
+        "* significant)", "", *diff_table(records, k), "",
+        f"## Verdict (fused three-tower vs SASRec+, NDCG@{k})", "", *target_lines(records, k), "",
         f"## All users: MRR, coverage@{k}, long-tail share@{k}", "",
         "| model | mrr | coverage | long-tail share |", "|---|---|---|---|",
     ]
@@ -157,6 +59,14 @@ def render_markdown(records: Sequence[dict], settings: dict, plots: Sequence[Pat
         cells = [t.get(model, {}).get("all") for t in (mrr, cov, tail)]
         lines.append(f"| {model} | " + " | ".join(f"{c['value']:.4f} ± {c['std']:.4f}" if c else "–" for c in cells)
                      + " |")
+    shares = share_table(records)
+    if shares:
+        lines += ["", f"## LLM share (rows whose LLM stage fell back for more than {FALLBACK_LIMIT:.0%} of users "
+                  "are marked)", "", *shares]
+    present = {r["model"] for r in records}
+    attribution = [f"- {m}: {why}" for m, why in ATTRIBUTION.items() if m in present]
+    if attribution:
+        lines += ["", "## Attribution rows (content vs architecture vs LLM)", "", *attribution]
     lines += ["", "## Rows left out", ""]
     absent = settings.get("absent", {})
     lines += [f"- {m}: {why}" for m, why in absent.items()] or ["- none"]
@@ -173,8 +83,8 @@ def render_markdown(records: Sequence[dict], settings: dict, plots: Sequence[Pat
                          f" HR@{k} {same.get(f'hr@{k}', float('nan')):.4f}.")
         cs = notes.get("coldstart")
         if cs:
-            lines.append(f"- coldstart_*: user tower alone (beta = 1) on {cs['n_users']} sampled users per cold "
-                         "slice; imagined histories generated once per slice and reused for every seed. "
+            lines.append(f"- coldstart_*: user tower alone (beta = 1) on up to {cs['n_users']} sampled held-out "
+                         "users per cold-user slice; imagined histories generated once per slice and reused for every seed. "
                          "Per slice: " + "; ".join(
                              f"{s}: {v.get('n_matched', 0)}/{v.get('n_imagined', 0)} imagined items matched, "
                              f"{v.get('fallback', 0)} fallbacks, {v.get('seconds', 0):.0f} s"
@@ -190,8 +100,8 @@ def write_report(records: Sequence[dict], settings: dict, md_path: str | Path) -
     """Write the Markdown report and its two plots next to it; returns the paths written."""
     md_path = Path(md_path)
     k = settings.get("evaluate_config", {}).get("k", 10)
-    plots = [plot_ndcg_by_slice(records, md_path.with_name(f"{md_path.stem}_ndcg_by_slice.png"), k),
-             plot_ndcg_by_history(records, md_path.with_name(f"{md_path.stem}_ndcg_by_history.png"), k)]
+    plots = [plot_ndcg_by_slice(records, md_path.with_name(f"{md_path.stem}-ndcg-by-slice.png"), k),
+             plot_ndcg_by_history(records, md_path.with_name(f"{md_path.stem}-ndcg-by-history.png"), k)]
     md_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = md_path.with_suffix(".md.tmp")
     tmp.write_text(render_markdown(records, settings, plots))

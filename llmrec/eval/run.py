@@ -1,75 +1,37 @@
-"""The offline comparison: every model on one split, ranked by one metric code, over several seeds.
+"""The offline comparison: every row on one protocol (`llmrec.eval.protocol`), over several seeds.
 
-Protocol (STYLE 13/14), built once per run by `build_protocol`:
-- `llmrec.data.split.split_leave_one_out`: each user's last event is the test target, the one before it the
-  validation target. Models train on `Split.train`; early stopping and beta use the validation targets only.
-  Every number reported here is a test number.
-- Full-catalogue ranking, ties pessimistic, the items of the history the scorer was given excluded
-  (`llmrec.metrics.target_ranks`). A cold slice hides older events from the model, so it also does not
-  exclude them: the system of a cold user does not know them either (ML-100K has no repeats, so a hidden
-  item is never the target).
-- Slices: `all` (full visible history), `cold_N` (the last N visible events only: `truncate_history`; models
-  are still trained on the normal train split), `long_tail` (users whose test item is long-tail).
-- Long tail: sort items by training interactions; the head is the smallest set of most popular items that
-  holds `long_tail_mass` (80%) of them; every other item, unseen ones included, is long-tail.
-- Metrics at k = 10: ndcg, hr, mrr (no cut-off), coverage (share of the catalogue in any top-k list of the
-  slice) and long_tail_share (share of recommended slots holding a long-tail item).
-- Seeds retrain every learned model; a record's value is the mean over seeds, std the sample std (0 for one
-  seed or a deterministic model). LLM rows run on a seeded user sample (`n` in the record says how many).
+`Evaluation` runs named steps: protocol -> baselines -> SASRec rows -> tower rows (with the LLM re-ranking
+and cold-start rows built on the base towers) -> LLM-tag rows -> ablations -> aggregate. Each finished
+(row, seed) is checkpointed, so a killed run leaves its rows behind and `--resume` takes them over.
+
+Records: one per (row, slice, metric), value = mean over seeds, std the sample std (0 for one seed or a
+deterministic row), plus "ndcg@K_diff_vs_sasrec_ce": the paired per-user NDCG difference against SASRec+ with
+its bootstrap 95% interval (`lo`, `hi`, `significant`), seeds pooled per user (`llmrec.eval.stats`). The
+`valid` slice holds validation numbers: choose rows there, report test.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
-import pandas as pd
 
 from llmrec.bench import record
 from llmrec.config import EvaluateConfig
-from llmrec.data import Dataset, ItemVocab, user_sequences
-from llmrec.metrics import coverage_at_k, hr_at_k, long_tail_share_at_k, mrr, ndcg_at_k, target_ranks, topk
-from llmrec.data.split import Split, split_leave_one_out, truncate_history
-from retrieval.base import SequenceScorer, check_scores
+from llmrec.data import Dataset
+from llmrec.eval.llm_rows import coldstart_rows, imagine_cold_histories, rerank_row
+from llmrec.eval.protocol import (Protocol, SliceView, build_protocol, long_tail_by_mass, sample_users, score_slice,
+                                  score_view, tags_parquet)
+from llmrec.eval.rows import (ABLATIONS, BASE_TOWER_ROWS, BASELINE_ROWS, COLDSTART_ROWS, ID_TOWER_ROWS, LLM_TAG_ROWS,
+                              REFERENCE_ROW, SASREC_ROWS, TowerScorer, absent_rows, resumable_rows, row_config)
+from llmrec.eval.stats import paired_difference
+from retrieval.base import SequenceScorer
 
 BENCHMARK = "offline_eval"
-METRICS = ("ndcg@{k}", "hr@{k}", "mrr", "coverage@{k}", "long_tail_share@{k}")
-LLM_TAG_ROWS = {"three_tower_llm_tags": "llm_tags", "three_tower_llm_lora_tags": "llm_lora_tags"}
-ABLATIONS = {"three_tower_no_logq": {"logq": False}, "three_tower_no_mixed_negatives": {"mixed_negatives": False},
-             "three_tower_fixed_temperature": {"learnable_temperature": False}}
-BASELINE_ROWS = ("popularity", "item_knn")  # deterministic: scored once, the score stands for every seed
-COLDSTART_ROWS = {"coldstart_none": None, "coldstart_early_fusion": "early", "coldstart_late_fusion": "late"}
-# Rows trained from the base three-tower model (one training per seed serves all of them).
-BASE_TOWER_ROWS = ("three_tower_notag", "three_tower_heuristic_tags", "three_tower_llm_rerank", *COLDSTART_ROWS)
-
-
-@dataclass
-class SliceView:
-    """One slice: its users, their test targets and the history each model is shown."""
-
-    name: str
-    users: list[str]
-    targets: np.ndarray  # [U] item indices
-    histories: list[np.ndarray]  # [U] visible item indices in time order
-    events: pd.DataFrame  # the visible events themselves (tags, narratives and cold-start prompts read them)
-
-    def subset(self, users: Sequence[str]) -> "SliceView":
-        pos = {u: n for n, u in enumerate(self.users)}
-        rows = [pos[u] for u in users]
-        return SliceView(self.name, [self.users[r] for r in rows], self.targets[rows],
-                         [self.histories[r] for r in rows], self.events[self.events["user_id"].isin(set(users))])
-
-
-@dataclass
-class Protocol:
-    split: Split
-    vocab: ItemVocab
-    slices: dict[str, SliceView]
-    long_tail: np.ndarray  # item indices outside the head
-    k: int
+__all__ = ["BENCHMARK", "Evaluation", "EvaluationRun", "Protocol", "SliceView", "build_protocol", "evaluate",
+           "long_tail_by_mass", "run_evaluation", "sample_users", "score_slice"]
 
 
 @dataclass
@@ -78,89 +40,327 @@ class EvaluationRun:
     settings: dict = field(default_factory=dict)
 
 
-def long_tail_by_mass(counts: np.ndarray, mass: float) -> np.ndarray:
-    """Item indices (1..V-1) outside the head: the fewest most-interacted items holding `mass` of all counts.
+@dataclass
+class Scores:
+    """Everything scored so far, per (row, slice): metric dicts and NDCG per user, one entry per seed."""
 
-    counts: [V] training interactions per item index (column 0 = padding). Equal counts: lower index first.
-    """
-    counts = np.asarray(counts, dtype=np.float64)
-    order = np.lexsort((np.arange(1, counts.size), -counts[1:])) + 1  # popular first
-    cum = np.cumsum(counts[order])
-    n_head = int(np.searchsorted(cum, mass * cum[-1] - 1e-9) + 1) if cum.size and cum[-1] > 0 else 0
-    return np.sort(order[n_head:])
+    values: dict[tuple[str, str], list[dict[str, float]]] = field(default_factory=dict)
+    per_user: dict[tuple[str, str], list[dict[str, float]]] = field(default_factory=dict)
+    n_of: dict[tuple[str, str], int] = field(default_factory=dict)
+    seeds_of: dict[str, list[int]] = field(default_factory=dict)
+    betas: dict[str, list[float]] = field(default_factory=dict)
 
+    def add(self, model: str, slice_name: str, n: int, metrics: dict, by_user: dict) -> None:
+        self.values.setdefault((model, slice_name), []).append(metrics)
+        self.per_user.setdefault((model, slice_name), []).append(by_user)
+        self.n_of[(model, slice_name)] = n
 
-def sample_users(users: Sequence[str], n: int | None, seed: int) -> list[str]:
-    """A seeded sample of `n` users, kept in the input order (all of them when n is None or too large)."""
-    if n is None or n >= len(users):
-        return list(users)
-    keep = np.sort(np.random.default_rng(seed).choice(len(users), size=n, replace=False))
-    return [users[i] for i in keep]
-
-
-def build_protocol(dataset: Dataset, config: EvaluateConfig, split: Split | None = None) -> Protocol:
-    """The split, the slices and the long-tail set; built once, shared by every row."""
-    split = split or split_leave_one_out(dataset.events)
-    vocab = ItemVocab.from_items(dataset.items)
-    test = split.targets("test")
-    users = sample_users([str(u) for u in test["user_id"]], config.max_users, config.sample_seed)
-    targets = dict(zip(test["user_id"].astype(str), vocab.encode(test["item_id"])))
-    visible = split.history("test")
-    visible = visible[visible["user_id"].isin(set(users))].reset_index(drop=True)
-    tail = long_tail_by_mass(np.bincount(vocab.encode(split.train["item_id"]), minlength=vocab.size),
-                             config.long_tail_mass)
-
-    def view(name: str, events: pd.DataFrame, who: list[str]) -> SliceView:
-        seqs = user_sequences(events, vocab)
-        empty = np.zeros(0, dtype=np.int64)
-        return SliceView(name, who, np.array([targets[u] for u in who], dtype=np.int64),
-                         [seqs.get(u, empty) for u in who], events[events["user_id"].isin(set(who))])
-
-    slices = {"all": view("all", visible, users)}
-    for n in config.cold_lengths:
-        slices[f"cold_{n}"] = view(f"cold_{n}", truncate_history(visible, n), users)
-    tail_set = set(tail.tolist())
-    slices["long_tail"] = view("long_tail", visible, [u for u in users if targets[u] in tail_set])
-    return Protocol(split=split, vocab=vocab, slices=slices, long_tail=tail, k=config.k)
+    def drop(self, model: str) -> None:
+        for table in (self.values, self.per_user, self.n_of):
+            for key in [key for key in table if key[0] == model]:
+                del table[key]
 
 
-def score_slice(scorer: SequenceScorer, view: SliceView, protocol: Protocol, batch_size: int = 256) -> dict[str, float]:
-    """The five metrics of one scorer on one slice (the scorer sees `view.histories`, nothing else)."""
-    k, n = protocol.k, len(view.users)
-    ranks = np.empty(n, dtype=np.int64)
-    tops = np.zeros((n, k), dtype=np.int64)
-    for s in range(0, n, batch_size):
-        hist, users = view.histories[s:s + batch_size], view.users[s:s + batch_size]
-        scores = check_scores(scorer.score(hist, users), len(users), protocol.vocab.size, getattr(scorer, "name", "?"))
-        ranks[s:s + len(users)] = target_ranks(scores, view.targets[s:s + batch_size], hist)
-        tops[s:s + len(users)] = topk(scores, hist, k)
-    if n == 0:
-        return {}
-    return {f"ndcg@{k}": ndcg_at_k(ranks, k), f"hr@{k}": hr_at_k(ranks, k), "mrr": mrr(ranks),
-            f"coverage@{k}": coverage_at_k(tops, protocol.vocab.size - 1),
-            f"long_tail_share@{k}": long_tail_share_at_k(tops, protocol.long_tail)}
+class Evaluation:
+    """One run of `config` on `dataset`: build the protocol once, then train and score row by row."""
+
+    def __init__(self, dataset: Dataset, config: EvaluateConfig, backend=None,
+                 log: Callable[[str], None] = print, checkpoint: Callable[[EvaluationRun], None] | None = None):
+        self.dataset, self.config, self.log, self.checkpoint = dataset, config, log, checkpoint
+        self.t_start = time.perf_counter()
+        self.proto = build_protocol(dataset, config)
+        # What the trained rows get: no event of a held-out (cold) user, even where a trainer could read it.
+        held = self.proto.split.holdout_users
+        self.train_dataset = replace(dataset, events=dataset.events[
+            ~dataset.events["user_id"].astype(str).isin(held)].reset_index(drop=True)) if held else dataset
+        self.scores = Scores()
+        self.absent = absent_rows(config)
+        self.rows = [m for m in config.models if m not in self.absent]
+        self.reports: dict[str, list[dict]] = {}
+        self.notes: dict[str, object] = {}
+        self.raw: list[dict] = []  # one entry per (model, seed, slice): what a resumed run takes over
+        self.finished: list[list] = []  # [model, seed] pairs whose every slice is scored
+        self.tags_cache: dict[str, dict[str, list[str]]] = {}
+        self.backend, self.own_backend = backend, False
+        self.imagined = None
+        self._content = None
+
+    # --- bookkeeping ----------------------------------------------------------------------------
+
+    def due(self, model: str, seed: int) -> bool:
+        return model in self.rows and [model, seed] not in self.finished
+
+    def add(self, model: str, seed: int, scorer: SequenceScorer, slices: Sequence[str],
+            views: Mapping[str, SliceView] | None = None) -> None:
+        """Score `scorer` on each slice (from `views`, default the protocol's) as (model, seed)."""
+        for s in slices:
+            view = (views or self.proto.slices)[s]
+            t0 = time.perf_counter()
+            got = score_view(scorer, view, self.proto, self.config.score_batch_size)
+            if got.metrics:
+                self.scores.add(model, s, len(view.users), got.metrics, got.ndcg_by_user)
+                self.raw.append({"model": model, "seed": seed, "slice": s, "n": len(view.users),
+                                 "metrics": got.metrics,
+                                 "ndcg_by_user": {u: round(v, 6) for u, v in got.ndcg_by_user.items()}})
+            ndcg = got.metrics.get(f"ndcg@{self.config.k}", float("nan"))
+            self.log(f"[evaluate] {model} seed={seed} {s}: ndcg@{self.config.k}={ndcg:.4f} "
+                     f"(n={len(view.users)}, {time.perf_counter() - t0:.1f}s)")
+        if seed not in self.scores.seeds_of.setdefault(model, []):
+            self.scores.seeds_of[model].append(seed)
+
+    def finish(self, model: str, seed: int) -> None:
+        self.finished.append([model, seed])
+        if self.checkpoint is not None:
+            self.checkpoint(self.snapshot())
+
+    def snapshot(self, complete: bool = False) -> EvaluationRun:
+        """Records and settings as they stand (settings["complete"] False until the last row is done)."""
+        proto, dataset, config = self.proto, self.dataset, self.config
+        settings = {
+            "evaluate_config": config.model_dump(mode="json"),
+            "dataset": {"name": dataset.name, "users": int(dataset.events["user_id"].nunique()),
+                        "items": len(dataset.items), "events": len(dataset.events)},
+            "split_hash": proto.split.hash, "split_report": proto.split.report,
+            "slices": {s: len(v.users) for s, v in proto.slices.items()},
+            "long_tail": {"items": int(proto.long_tail.size), "catalogue": proto.vocab.size - 1,
+                          "head_mass": config.long_tail_mass},
+            "model_configs": {m: row_config(m, config) for m in self.rows},
+            "absent": self.absent, "notes": self.notes, "model_reports": self.reports, "betas": self.scores.betas,
+            "seconds": round(time.perf_counter() - self.t_start, 1), "complete": complete,
+            "raw": self.raw, "finished": self.finished,
+        }
+        return EvaluationRun(records=aggregate(self.scores, config), settings=settings)
+
+    def restore(self, resume: Mapping) -> None:
+        """Take over the finished (row, seed) pairs of an earlier run with the same split and row config."""
+        config, scores = self.config, self.scores
+        taken = [[m, s] for m, s in resumable_rows(resume, self.proto.split.hash,
+                                                   {m: row_config(m, config) for m in self.rows})
+                 if s in config.seeds]
+        for entry in resume.get("raw", []):
+            if [entry["model"], entry["seed"]] in taken:
+                scores.add(entry["model"], entry["slice"], entry["n"], entry["metrics"],
+                           entry.get("ndcg_by_user", {}))
+                self.raw.append(entry)
+        for model, seed in taken:
+            self.finished.append([model, seed])
+            if model in BASELINE_ROWS:
+                scores.seeds_of[model] = list(config.seeds)
+            else:
+                scores.seeds_of.setdefault(model, []).append(seed)
+            for rep in resume.get("model_reports", {}).get(model, []):
+                if rep.get("seed") == seed:
+                    self.reports.setdefault(model, []).append(rep)
+                    if model in resume.get("betas", {}):  # a fused row (SASRec reports carry no beta)
+                        scores.betas.setdefault(model, []).append(float(rep["beta"]))
+        for key, note in resume.get("notes", {}).items():
+            if any(m == key or key == "coldstart" for m, _ in taken):
+                self.notes.setdefault(key, note)
+        self.log(f"[evaluate] resumed {len(self.finished)} finished (row, seed) pairs from the earlier run")
+
+    # --- the LLM --------------------------------------------------------------------------------
+
+    def get_backend(self):
+        if self.backend is None:  # started only when an LLM row is due: it holds GBs of memory
+            from llmrec.llm import make_backend
+
+            self.backend, self.own_backend = make_backend(self.config.llm), True
+        return self.backend
+
+    def close_backend(self) -> None:
+        if self.own_backend and self.backend is not None:
+            self.backend.close()
+            self.backend = None
+
+    def guarded(self, names: Sequence[str], fn: Callable[[], object]):
+        """Run an LLM row; a failure leaves the row out with its reason instead of losing the whole run."""
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - reported in the settings and the Markdown
+            for m in names:
+                self.absent[m] = f"failed: {type(e).__name__}: {str(e)[:300]}"
+                self.rows.remove(m)
+                self.scores.drop(m)
+            self.log(f"[evaluate] {', '.join(names)} failed: {type(e).__name__}: {e}")
+            return None
+
+    # --- the steps ------------------------------------------------------------------------------
+
+    def run(self, resume: Mapping | None = None) -> EvaluationRun:
+        if resume is not None:
+            self.restore(resume)
+        try:
+            self.score_baselines()
+            for seed in self.config.seeds:
+                self.score_sasrec(seed)
+                self.score_base_towers(seed)
+                self.score_id_towers(seed)
+                self.score_llm_tag_rows(seed)
+                self.score_ablations(seed)
+        finally:
+            self.close_backend()
+        return self.snapshot(complete=True)
+
+    def score_baselines(self) -> None:
+        """Deterministic baselines, fitted on the training events and scored once for every seed."""
+        from retrieval.baselines import ItemKNNScorer, PopularityScorer
+
+        seed, train, vocab = self.config.seeds[0], self.proto.split.train, self.proto.vocab
+        fit = {"popularity": lambda: PopularityScorer.fit(train, vocab),
+               "item_knn": lambda: ItemKNNScorer.fit(train, vocab, self.config.knn_neighbors, self.config.knn_shrink)}
+        for name in BASELINE_ROWS:
+            if self.due(name, seed):
+                self.add(name, seed, fit[name](), self.proto.slices)
+                self.scores.seeds_of[name] = list(self.config.seeds)
+                self.finish(name, seed)
+
+    def score_sasrec(self, seed: int) -> None:
+        from retrieval.sasrec import train_sasrec
+
+        for row, switch in SASREC_ROWS.items():
+            if not self.due(row, seed):
+                continue
+            t0 = time.perf_counter()
+            cfg = self.config.sasrec.model_copy(update={**switch, "seed": seed})
+            scorer, rep = train_sasrec(self.proto.split, self.proto.vocab, cfg,
+                                       log=lambda s, r=row: self.log(f"[evaluate] {r} {s}"),
+                                       item_features=self.content_matrix() if cfg.content_features else None)
+            self.reports.setdefault(row, []).append({"seed": seed, **{k: v for k, v in rep.items() if k != "curve"}})
+            self.log(f"[evaluate] {row} seed={seed} trained in {time.perf_counter() - t0:.0f}s "
+                     f"(best epoch {rep['best_epoch']})")
+            self.add(row, seed, scorer, self.proto.slices)
+            self.finish(row, seed)
+
+    def content_matrix(self) -> np.ndarray:
+        """(V, F) item content rows for sasrec_ce_content: the very features the towers' item tower reads."""
+        if self._content is None:
+            from retrieval.encoder import TextEncoder, build_item_features
+            from retrieval.sasrec import item_content_matrix
+
+            towers = self.config.towers
+            items = [self.dataset.item_index[i] for i in self.proto.vocab.ids]
+            f = build_item_features(items, TextEncoder(towers.encoder, towers.cache_dir, towers.encoder_batch_size),
+                                    towers.year_bucket)
+            self._content = item_content_matrix(f.text, f.genres, f.year, f.n_year_buckets)
+        return self._content
+
+    def slice_tags(self, s: str) -> dict[str, list[str]]:
+        """Heuristic user tags from exactly the events slice `s` shows (a cold user's few events)."""
+        from retrieval.train import heuristic_user_tags
+
+        if s not in self.tags_cache:
+            self.tags_cache[s] = heuristic_user_tags(self.dataset, self.proto.slices[s].events,
+                                                     self.config.towers.user_tags)
+        return self.tags_cache[s]
+
+    def score_towers(self, model: str, seed: int, result, tags_for: Callable[[str], dict],
+                     slices: Sequence[str]) -> None:
+        beta = float(result.report["beta"])
+        self.scores.betas.setdefault(model, []).append(beta)
+        self.reports.setdefault(model, []).append(
+            {"seed": seed, **{k: v for k, v in result.report.items() if k != "history"}})
+        for s in slices:
+            self.add(model, seed, TowerScorer(model, result.model, beta, tags_for(s)), [s])
+        self.finish(model, seed)
+
+    def score_base_towers(self, seed: int) -> None:
+        """One base three-tower training serves the no-tag, heuristic-tag, re-ranking and cold-start rows."""
+        from retrieval.train import train_towers
+
+        first = seed == self.config.seeds[0]
+        if not any(self.due(m, seed) and (m != "three_tower_llm_rerank" or first) for m in BASE_TOWER_ROWS):
+            return
+        base = train_towers(self.train_dataset, self.proto.split, self.config.towers.model_copy(update={"seed": seed}))
+        self.log(f"[evaluate] three-tower seed={seed} trained: beta={base.report['beta']}")
+        if self.due("three_tower_notag", seed):
+            res = type(base)(model=base.model, report={**base.report, "beta": 1.0})
+            self.score_towers("three_tower_notag", seed, res, lambda s: {}, self.proto.slices)
+        if self.due("three_tower_heuristic_tags", seed):
+            self.score_towers("three_tower_heuristic_tags", seed, base, self.slice_tags, self.proto.slices)
+        if first and self.due("three_tower_llm_rerank", seed):
+            self.notes["three_tower_llm_rerank"] = self.guarded(["three_tower_llm_rerank"], lambda: rerank_row(
+                self.dataset, self.proto, self.config, base, self.slice_tags("all"), self.get_backend(), self.add,
+                seed))
+            if "three_tower_llm_rerank" in self.rows:
+                self.finish("three_tower_llm_rerank", seed)
+        self.score_coldstart(seed, base.model)
+
+    def score_id_towers(self, seed: int) -> None:
+        """Towers without text and profile features, user tower alone: the tower architecture minus content."""
+        from retrieval.train import train_towers
+
+        for row, switch in ID_TOWER_ROWS.items():
+            if self.due(row, seed):
+                res = train_towers(self.train_dataset, self.proto.split,
+                                   self.config.towers.model_copy(update={"seed": seed, **switch}))
+                res = type(res)(model=res.model, report={**res.report, "beta": 1.0})
+                self.score_towers(row, seed, res, lambda s: {}, self.proto.slices)
+
+    def score_coldstart(self, seed: int, model) -> None:
+        """Imagined histories (LLM, once per run) fused into the cold users' few events; user tower alone."""
+        cold = [s for s in self.proto.slices if s.startswith("cold_user_")]
+        due = [m for m in COLDSTART_ROWS if self.due(m, seed)]
+        if due and self.imagined is None:
+            got = self.guarded(due, lambda: imagine_cold_histories(self.dataset, self.proto, self.config,
+                                                                    self.get_backend(), cold))
+            if got is not None:
+                self.imagined, self.notes["coldstart"] = got
+        self.close_backend()  # every LLM call is done after the first seed
+        due = [m for m in COLDSTART_ROWS if self.due(m, seed)]
+        if due and self.imagined is not None:
+            coldstart_rows(self.proto, self.config, model, self.imagined, due, self.add, seed)
+            for m in due:
+                self.finish(m, seed)
+
+    def score_llm_tag_rows(self, seed: int) -> None:
+        from retrieval.train import read_tags_table, train_towers
+
+        for row, key in LLM_TAG_ROWS.items():
+            if not self.due(row, seed):
+                continue
+            tags, info = read_tags_table(tags_parquet(getattr(self.config, key)))
+            cfg = self.config.towers.model_copy(update={"seed": seed})
+            res = train_towers(self.train_dataset, self.proto.split, cfg, llm_tags=tags, tags_info=info)
+            # Mined tags summarise a warm user's whole visible history: no short or cold slice has them.
+            self.score_towers(row, seed, res, lambda s, t=tags: t, ["all", "valid", "long_tail"])
+            self.notes[row] = {"tags": info, "slices": "all, valid and long_tail only: tags were mined from the "
+                               "full visible history, which a short or cold user does not have (mined as of the "
+                               "test time, so the valid numbers of this row are optimistic)"}
+
+    def score_ablations(self, seed: int) -> None:
+        from retrieval.train import train_towers
+
+        if seed not in (self.config.ablation_seeds or self.config.seeds):
+            return
+        for row, switch in ABLATIONS.items():
+            if self.due(row, seed):
+                cfg = self.config.towers.model_copy(update={"seed": seed, **switch})
+                self.score_towers(row, seed, train_towers(self.train_dataset, self.proto.split, cfg), self.slice_tags,
+                                  self.proto.slices)
 
 
-# --- Scorers wrapping the trained models --------------------------------------------------------
-
-
-class TowerScorer:
-    """A three-tower model at a fixed beta with fixed user tags T_u (beta = 1: the user tower alone)."""
-
-    def __init__(self, name: str, model, beta: float, tags: Mapping[str, Sequence[str]] | None = None):
-        self.name, self.model, self.beta, self.tags = name, model, beta, dict(tags or {})
-
-    def score(self, histories: Sequence[np.ndarray], user_ids: Sequence[str]) -> np.ndarray:
-        return self.model.score(histories, user_ids, user_tags=self.tags, beta=self.beta)
-
-
-# --- The run ----------------------------------------------------------------------------------------
-
-
-def tags_parquet(path: str | Path) -> Path:
-    """A mined-tags Parquet, given itself or the `llmrec mine-interests` folder holding profiles.parquet."""
-    path = Path(path)
-    return path / "profiles.parquet" if path.is_dir() else path
+def aggregate(scores: Scores, config: EvaluateConfig) -> list[dict]:
+    """Mean/std over seeds per (row, slice, metric), plus the paired NDCG difference against SASRec+."""
+    out = []
+    diff_metric = f"ndcg@{config.k}_diff_vs_{REFERENCE_ROW}"
+    for (model, s), runs in scores.values.items():
+        ctx = {"model": model, "slice": s, "seeds": ",".join(str(x) for x in scores.seeds_of[model]),
+               "n": scores.n_of[(model, s)], "dataset": config.dataset}
+        if model in scores.betas:
+            ctx["beta"] = ",".join(f"{b:g}" for b in scores.betas[model])
+        for metric in runs[0]:
+            v = np.array([r[metric] for r in runs])
+            out.append(record(BENCHMARK, metric, float(v.mean()), "fraction",
+                              **ctx, std=float(v.std(ddof=1)) if v.size > 1 else 0.0))
+        ref = scores.per_user.get((REFERENCE_ROW, s))
+        if model == REFERENCE_ROW or ref is None:
+            continue
+        d = paired_difference(scores.per_user[(model, s)], ref, n_boot=config.bootstrap_samples,
+                              seed=config.sample_seed)
+        if d is not None:
+            out.append(record(BENCHMARK, diff_metric, d.mean, "fraction", **{**ctx, "n": d.n}, std=0.0,
+                              lo=d.lo, hi=d.hi, significant=d.significant))
+    return out
 
 
 def evaluate(dataset: Dataset, config: EvaluateConfig | None = None, backend=None,
@@ -177,263 +377,7 @@ def run_evaluation(dataset: Dataset, config: EvaluateConfig | None = None, backe
 
     `backend`: an `LLMBackend` for the re-ranking and cold-start rows; None with `config.use_llm` starts
     `make_backend(config.llm)` when such a row is first due and closes it after the first seed's LLM work.
-    An LLM row that fails is left out with the error as its reason (the other rows still report).
-    `checkpoint` receives the partial run (settings["complete"] False) after every finished (row, seed), so a
-    run that is killed still leaves its finished rows behind.
-    `resume`: the settings of an earlier (possibly partial) run; its finished (row, seed) pairs are taken
-    over instead of retrained, where the split and the row's config are unchanged (`resumable_rows`).
+    `checkpoint` receives the partial run after every finished (row, seed). `resume`: the settings of an
+    earlier (possibly partial) run; its finished (row, seed) pairs are taken over instead of retrained.
     """
-    from llmrec.eval.llm_rows import coldstart_rows, imagine_cold_histories, rerank_row
-    from retrieval.baselines import ItemKNNScorer, PopularityScorer
-    from retrieval.sasrec import train_sasrec
-    from retrieval.train import heuristic_user_tags, read_tags_table, train_towers
-
-    config = config or EvaluateConfig()
-    t_start = time.perf_counter()
-    proto = build_protocol(dataset, config)
-    wanted = list(config.models)
-    values: dict[tuple[str, str], list[dict[str, float]]] = {}
-    seeds_of: dict[str, list[int]] = {}
-    betas: dict[str, list[float]] = {}
-    n_of: dict[tuple[str, str], int] = {}
-    absent: dict[str, str] = {}
-    reports: dict[str, list[dict]] = {}
-    notes: dict[str, object] = {}
-    cold = [s for s in proto.slices if s.startswith("cold_")]
-    tags_cache: dict[str, dict[str, list[str]]] = {}
-    raw: list[dict] = []  # one entry per (model, seed, slice): what a resumed run takes over
-    finished: list[list] = []  # [model, seed] pairs whose every slice is scored
-
-    def snapshot(complete: bool = False) -> EvaluationRun:
-        records = _aggregate(values, seeds_of, betas, n_of, config)
-        settings = {
-            "evaluate_config": config.model_dump(mode="json"),
-            "dataset": {"name": dataset.name, "users": int(dataset.events["user_id"].nunique()),
-                        "items": len(dataset.items), "events": len(dataset.events)},
-            "split_hash": proto.split.hash, "split_report": proto.split.report,
-            "slices": {s: len(v.users) for s, v in proto.slices.items()},
-            "long_tail": {"items": int(proto.long_tail.size), "catalogue": proto.vocab.size - 1,
-                          "head_mass": config.long_tail_mass},
-            "model_configs": {m: row_config(m, config) for m in rows},
-            "absent": absent, "notes": notes, "model_reports": reports, "betas": betas,
-            "seconds": round(time.perf_counter() - t_start, 1), "complete": complete,
-            "raw": raw, "finished": finished,
-        }
-        return EvaluationRun(records=records, settings=settings)
-
-    def add(model: str, seed: int, scorer: SequenceScorer, slices: Sequence[str], views=None) -> None:
-        for s in slices:
-            view = (views or proto.slices)[s]
-            t0 = time.perf_counter()
-            m = score_slice(scorer, view, proto, config.score_batch_size)
-            if m:
-                values.setdefault((model, s), []).append(m)
-                n_of[(model, s)] = len(view.users)
-                raw.append({"model": model, "seed": seed, "slice": s, "n": len(view.users), "metrics": m})
-            log(f"[evaluate] {model} seed={seed} {s}: ndcg@{config.k}={m.get(f'ndcg@{config.k}', float('nan')):.4f} "
-                f"(n={len(view.users)}, {time.perf_counter() - t0:.1f}s)")
-        if seed not in seeds_of.setdefault(model, []):
-            seeds_of[model].append(seed)
-
-    def finish(model: str, seed: int) -> None:
-        finished.append([model, seed])
-        if checkpoint is not None:
-            checkpoint(snapshot())
-
-    def done(model: str, seed: int) -> bool:
-        return [model, seed] in finished
-
-    def slice_tags(s: str) -> dict[str, list[str]]:
-        if s not in tags_cache:
-            tags_cache[s] = heuristic_user_tags(dataset, proto.slices[s].events, config.towers.user_tags)
-        return tags_cache[s]
-
-    def tower_rows(model: str, seed: int, result, tags_for: Callable[[str], dict], slices: Sequence[str]) -> None:
-        beta = float(result.report["beta"])
-        betas.setdefault(model, []).append(beta)
-        rep = {k: v for k, v in result.report.items() if k != "history"}
-        reports.setdefault(model, []).append({"seed": seed, **rep})
-        for s in slices:
-            add(model, seed, TowerScorer(model, result.model, beta, tags_for(s)), [s])
-        finish(model, seed)
-
-    # Which rows can run at all.
-    llm_tags: dict[str, tuple[dict, dict]] = {}
-    for row, key in LLM_TAG_ROWS.items():
-        path = getattr(config, key)
-        if row not in wanted:
-            continue
-        if path is None:
-            absent[row] = (f"no mined-tags Parquet given (--{key.replace('_', '-')}; produce one with "
-                           "`llmrec mine-interests`)")
-        else:
-            llm_tags[row] = read_tags_table(tags_parquet(path))
-    for row in ("three_tower_llm_rerank", "coldstart_early_fusion", "coldstart_late_fusion"):
-        if row in wanted and not config.use_llm:
-            absent[row] = "run with --no-llm (use_llm=False): rows that call the LLM were skipped"
-    if "coldstart_none" in wanted and not config.use_llm:
-        absent["coldstart_none"] = "compared only with the LLM cold-start rows, which --no-llm skipped"
-    rows = [m for m in wanted if m not in absent]
-    if resume is not None:
-        taken = resumable_rows(resume, proto.split.hash, {m: row_config(m, config) for m in rows})
-        for entry in resume.get("raw", []):
-            if [entry["model"], entry["seed"]] in taken and entry["seed"] in config.seeds:
-                values.setdefault((entry["model"], entry["slice"]), []).append(entry["metrics"])
-                n_of[(entry["model"], entry["slice"])] = entry["n"]
-                raw.append(entry)
-        for model, seed in taken:
-            if seed in config.seeds:
-                finished.append([model, seed])
-                if model in BASELINE_ROWS:
-                    seeds_of[model] = list(config.seeds)
-                else:
-                    seeds_of.setdefault(model, []).append(seed)
-                for rep in resume.get("model_reports", {}).get(model, []):
-                    if rep.get("seed") == seed:
-                        reports.setdefault(model, []).append(rep)
-                        if model in resume.get("betas", {}):  # a fused row (SASRec reports carry no beta)
-                            betas.setdefault(model, []).append(float(rep["beta"]))
-        for key, note in resume.get("notes", {}).items():
-            if any(m == key or key == "coldstart" for m, _ in taken):
-                notes.setdefault(key, note)
-        log(f"[evaluate] resumed {len(finished)} finished (row, seed) pairs from the earlier run")
-    llm = {"backend": backend, "own": False}
-
-    def get_backend():
-        if llm["backend"] is None:  # started only when an LLM row is due: it holds GBs of memory
-            from llmrec.llm import make_backend
-
-            llm["backend"], llm["own"] = make_backend(config.llm), True
-        return llm["backend"]
-
-    def guarded(names: Sequence[str], fn: Callable[[], object]):
-        """Run an LLM row; a failure leaves the row out with its reason instead of losing the whole run."""
-        try:
-            return fn()
-        except Exception as e:  # noqa: BLE001 - reported in the settings and the Markdown
-            for m in names:
-                absent[m] = f"failed: {type(e).__name__}: {str(e)[:300]}"
-                rows.remove(m)
-                for key in [key for key in values if key[0] == m]:
-                    del values[key]
-            log(f"[evaluate] {', '.join(names)} failed: {type(e).__name__}: {e}")
-            return None
-
-    try:
-        # Deterministic baselines: fitted and scored once; every seed would give the same numbers.
-        baselines: dict[str, SequenceScorer] = {}
-        if "popularity" in rows and not done("popularity", config.seeds[0]):
-            baselines["popularity"] = PopularityScorer.fit(proto.split.train, proto.vocab)
-        if "item_knn" in rows and not done("item_knn", config.seeds[0]):
-            baselines["item_knn"] = ItemKNNScorer.fit(proto.split.train, proto.vocab, config.knn_neighbors,
-                                                      config.knn_shrink)
-        for name, scorer in baselines.items():
-            add(name, config.seeds[0], scorer, proto.slices)
-            seeds_of[name] = list(config.seeds)
-            finish(name, config.seeds[0])
-        imagined = None
-        for seed in config.seeds:
-            for loss in ("bce", "ce"):
-                if f"sasrec_{loss}" in rows and not done(f"sasrec_{loss}", seed):
-                    t0 = time.perf_counter()
-                    scorer, rep = train_sasrec(proto.split, proto.vocab, config.sasrec.model_copy(
-                        update={"loss": loss, "seed": seed}), log=lambda s, n=loss: log(f"[evaluate] sasrec_{n} {s}"))
-                    reports.setdefault(f"sasrec_{loss}", []).append(
-                        {"seed": seed, **{k: v for k, v in rep.items() if k != "curve"}})
-                    log(f"[evaluate] sasrec_{loss} seed={seed} trained in {time.perf_counter() - t0:.0f}s "
-                        f"(best epoch {rep['best_epoch']})")
-                    add(f"sasrec_{loss}", seed, scorer, proto.slices)
-                    finish(f"sasrec_{loss}", seed)
-            tcfg = config.towers.model_copy(update={"seed": seed})
-            if any(m in rows and not done(m, seed) and (m != "three_tower_llm_rerank" or seed == config.seeds[0])
-                   for m in BASE_TOWER_ROWS):
-                base = train_towers(dataset, proto.split, tcfg)
-                log(f"[evaluate] three-tower seed={seed} trained: beta={base.report['beta']}")
-                if "three_tower_notag" in rows and not done("three_tower_notag", seed):
-                    res = type(base)(model=base.model, report={**base.report, "beta": 1.0})
-                    tower_rows("three_tower_notag", seed, res, lambda s: {}, proto.slices)
-                if "three_tower_heuristic_tags" in rows and not done("three_tower_heuristic_tags", seed):
-                    tower_rows("three_tower_heuristic_tags", seed, base, slice_tags, proto.slices)
-                if ("three_tower_llm_rerank" in rows and seed == config.seeds[0]
-                        and not done("three_tower_llm_rerank", seed)):
-                    notes["three_tower_llm_rerank"] = guarded(["three_tower_llm_rerank"], lambda: rerank_row(
-                        dataset, proto, config, base, slice_tags("all"), get_backend(), add, seed))
-                    if "three_tower_llm_rerank" in rows:
-                        finish("three_tower_llm_rerank", seed)
-                cold_rows = [m for m in COLDSTART_ROWS if m in rows and not done(m, seed)]
-                if cold_rows and imagined is None:
-                    imagined = guarded(cold_rows, lambda: imagine_cold_histories(dataset, proto, config,
-                                                                                 get_backend(), cold))
-                    if imagined is not None:
-                        imagined, notes["coldstart"] = imagined
-                if llm["own"] and llm["backend"] is not None:
-                    llm["backend"].close()  # every LLM call is done after the first seed
-                    llm["backend"] = None
-                cold_rows = [m for m in COLDSTART_ROWS if m in rows and not done(m, seed)]
-                if cold_rows and imagined is not None:
-                    coldstart_rows(proto, config, base.model, imagined, cold_rows, add, seed)
-                    for m in cold_rows:
-                        finish(m, seed)
-            for row, (tags, info) in llm_tags.items():
-                if done(row, seed):
-                    continue
-                res = train_towers(dataset, proto.split, tcfg, llm_tags=tags, tags_info=info)
-                # Mined tags summarise the whole visible history: not a cold user's, so cold slices are skipped.
-                tower_rows(row, seed, res, lambda s, t=tags: t, ["all", "long_tail"])
-                notes[row] = {"tags": info, "slices": "all and long_tail only: tags were mined from the full "
-                              "visible history, which a cold user does not have"}
-            for row, switch in ABLATIONS.items():
-                if row in rows and not done(row, seed) and seed in (config.ablation_seeds or config.seeds):
-                    res = train_towers(dataset, proto.split, tcfg.model_copy(update=switch))
-                    tower_rows(row, seed, res, slice_tags, proto.slices)
-    finally:
-        if llm["own"] and llm["backend"] is not None:
-            llm["backend"].close()
-    return snapshot(complete=True)
-
-
-def resumable_rows(settings: Mapping, split_hash: str, configs: Mapping[str, dict]) -> list[list]:
-    """The [model, seed] pairs of an earlier run's settings that a new run may take over unchanged.
-
-    Nothing when the split differs; per row, only when its config (as `row_config` freezes it) is equal.
-    """
-    if settings.get("split_hash") != split_hash:
-        return []
-    before = settings.get("model_configs", {})
-    return [[m, s] for m, s in settings.get("finished", [])
-            if m in configs and before.get(m) == configs[m]]
-
-
-def row_config(model: str, config: EvaluateConfig) -> dict:
-    """The config a row trains with (seed set per run): what the settings file freezes for it."""
-    if model.startswith("sasrec_"):
-        return config.sasrec.model_copy(update={"loss": model.split("_")[1]}).model_dump(mode="json")
-    if model in ("popularity",):
-        return {}
-    if model == "item_knn":
-        return {"neighbors": config.knn_neighbors, "shrink": config.knn_shrink}
-    towers = config.towers.model_copy(update=ABLATIONS.get(model, {})).model_dump(mode="json")
-    if model in LLM_TAG_ROWS:
-        return {"towers": towers, "tags": getattr(config, LLM_TAG_ROWS[model])}
-    if model == "three_tower_llm_rerank":
-        return {"towers": towers, "rerank": config.rerank.model_dump(mode="json"), "top": config.rerank_top,
-                "users": config.rerank_users, "llm": config.llm.model_dump(mode="json"),
-                "narrative": config.narrative.model_dump(mode="json")}
-    if model in COLDSTART_ROWS:
-        return {"towers": towers, "beta": 1.0, "coldstart": config.coldstart.model_copy(
-            update={"fusion": COLDSTART_ROWS[model] or config.coldstart.fusion}).model_dump(mode="json"),
-            "users": config.coldstart_users, "llm": config.llm.model_dump(mode="json")}
-    return {"towers": towers, "beta": 1.0 if model == "three_tower_notag" else "chosen on validation"}
-
-
-def _aggregate(values, seeds_of, betas, n_of, config: EvaluateConfig) -> list[dict]:
-    out = []
-    for (model, s), runs in values.items():
-        for metric in runs[0]:
-            v = np.array([r[metric] for r in runs])
-            ctx = {"model": model, "slice": s, "seeds": ",".join(str(x) for x in seeds_of[model]),
-                   "n": n_of[(model, s)], "std": float(v.std(ddof=1)) if v.size > 1 else 0.0, "dataset": config.dataset}
-            if model in betas:
-                ctx["beta"] = ",".join(f"{b:g}" for b in betas[model])
-            out.append(record(BENCHMARK, metric, float(v.mean()), "fraction", **ctx))
-    return out
+    return Evaluation(dataset, config or EvaluateConfig(), backend, log, checkpoint).run(resume)

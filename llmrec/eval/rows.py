@@ -1,0 +1,93 @@
+"""The rows of the offline comparison: their names, what each trains with, and the tower scorer.
+
+A row's config (`row_config`) is frozen into the settings file; `--resume` takes a finished (row, seed)
+over only when that config and the split hash are unchanged (`resumable_rows`).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from llmrec.config import EvaluateConfig
+
+LLM_TAG_ROWS = {"three_tower_llm_tags": "llm_tags", "three_tower_llm_lora_tags": "llm_lora_tags"}
+ABLATIONS = {"three_tower_no_logq": {"logq": False}, "three_tower_no_mixed_negatives": {"mixed_negatives": False},
+             "three_tower_fixed_temperature": {"learnable_temperature": False}}
+BASELINE_ROWS = ("popularity", "item_knn")  # deterministic: scored once, the score stands for every seed
+# SASRec rows: the SASRecConfig fields each sets. sasrec_ce_content gets the towers' item content (attribution).
+SASREC_ROWS = {"sasrec_bce": {"loss": "bce"}, "sasrec_ce": {"loss": "ce"},
+               "sasrec_ce_content": {"loss": "ce", "content_features": True}}
+# Towers without text and profile (ids, genres, year only), user tower alone: what the content adds.
+ID_TOWER_ROWS = {"three_tower_ids_only": {"text_features": False, "profile_features": False, "id_embedding": True}}
+COLDSTART_ROWS = {"coldstart_none": None, "coldstart_early_fusion": "early", "coldstart_late_fusion": "late"}
+# Rows trained from the base three-tower model (one training per seed serves all of them).
+BASE_TOWER_ROWS = ("three_tower_notag", "three_tower_heuristic_tags", "three_tower_llm_rerank", *COLDSTART_ROWS)
+REFERENCE_ROW = "sasrec_ce"  # SASRec+: every row's paired NDCG difference is taken against it
+LLM_CALLING_ROWS = ("three_tower_llm_rerank", "coldstart_early_fusion", "coldstart_late_fusion")
+
+
+class TowerScorer:
+    """A three-tower model at a fixed beta with fixed user tags T_u (beta = 1: the user tower alone)."""
+
+    def __init__(self, name: str, model, beta: float, tags: Mapping[str, Sequence[str]] | None = None):
+        self.name, self.model, self.beta, self.tags = name, model, beta, dict(tags or {})
+
+    def score(self, histories: Sequence[np.ndarray], user_ids: Sequence[str]) -> np.ndarray:
+        return self.model.score(histories, user_ids, user_tags=self.tags, beta=self.beta)
+
+
+def row_config(model: str, config: EvaluateConfig) -> dict:
+    """The config a row trains with (seed set per run): what the settings file freezes for it."""
+    if model in SASREC_ROWS:
+        sasrec = config.sasrec.model_copy(update=SASREC_ROWS[model]).model_dump(mode="json")
+        if model == "sasrec_ce_content":  # the content features come from the towers' encoder settings
+            sasrec["features"] = {k: getattr(config.towers, k) for k in ("encoder", "year_bucket")}
+        return sasrec
+    if model == "popularity":
+        return {}
+    if model == "item_knn":
+        return {"neighbors": config.knn_neighbors, "shrink": config.knn_shrink}
+    switch = {**ABLATIONS.get(model, {}), **ID_TOWER_ROWS.get(model, {})}
+    towers = config.towers.model_copy(update=switch).model_dump(mode="json")
+    if model in LLM_TAG_ROWS:
+        return {"towers": towers, "tags": getattr(config, LLM_TAG_ROWS[model])}
+    if model == "three_tower_llm_rerank":
+        return {"towers": towers, "rerank": config.rerank.model_dump(mode="json"), "top": config.rerank_top,
+                "users": config.rerank_users, "llm": config.llm.model_dump(mode="json"),
+                "narrative": config.narrative.model_dump(mode="json")}
+    if model in COLDSTART_ROWS:
+        return {"towers": towers, "beta": 1.0, "coldstart": config.coldstart.model_copy(
+            update={"fusion": COLDSTART_ROWS[model] or config.coldstart.fusion}).model_dump(mode="json"),
+            "users": config.coldstart_users, "llm": config.llm.model_dump(mode="json")}
+    return {"towers": towers,
+            "beta": 1.0 if model in ("three_tower_notag", *ID_TOWER_ROWS) else "chosen on validation"}
+
+
+def resumable_rows(settings: Mapping, split_hash: str, configs: Mapping[str, dict]) -> list[list]:
+    """The [model, seed] pairs of an earlier run's settings that a new run may take over unchanged.
+
+    Nothing when the split differs; per row, only when its config (as `row_config` freezes it) is equal.
+    """
+    if settings.get("split_hash") != split_hash:
+        return []
+    before = settings.get("model_configs", {})
+    return [[m, s] for m, s in settings.get("finished", [])
+            if m in configs and before.get(m) == configs[m]]
+
+
+def absent_rows(config: EvaluateConfig) -> dict[str, str]:
+    """Rows of `config.models` that cannot run, with the reason the report gives."""
+    absent = {}
+    for row, key in LLM_TAG_ROWS.items():
+        if row in config.models and getattr(config, key) is None:
+            absent[row] = (f"no mined-tags Parquet given (--{key.replace('_', '-')}; produce one with "
+                           "`llmrec mine-interests`)")
+    if not config.use_llm:
+        for row in LLM_CALLING_ROWS:
+            if row in config.models:
+                absent[row] = "run with --no-llm (use_llm=False): rows that call the LLM were skipped"
+        if "coldstart_none" in config.models:
+            absent["coldstart_none"] = "compared only with the LLM cold-start rows, which --no-llm skipped"
+    return absent

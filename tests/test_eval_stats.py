@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+
+from llmrec.errors import DataError
+from llmrec.eval.stats import bootstrap_mean_interval, paired_difference, seed_mean_by_user
+
+
+def test_bootstrap_interval_brackets_the_mean_and_matches_the_normal_width():
+    rng = np.random.default_rng(0)
+    diffs = rng.normal(0.05, 0.2, size=2000)
+    d = bootstrap_mean_interval(diffs, n_boot=2000, seed=1)
+    assert d.mean == pytest.approx(diffs.mean()) and d.n == 2000
+    assert d.lo < d.mean < d.hi
+    half = 1.96 * diffs.std(ddof=1) / np.sqrt(diffs.size)  # the normal approximation is close at this size
+    assert (d.hi - d.lo) / 2 == pytest.approx(half, rel=0.1)
+    assert d.significant  # 0.05 with a standard error of ~0.0045
+    assert bootstrap_mean_interval(diffs, seed=1) == bootstrap_mean_interval(diffs, seed=1)  # seeded
+
+
+def test_noise_around_zero_is_not_significant_and_constant_shift_is():
+    rng = np.random.default_rng(3)
+    noise = rng.choice([-1.0, 1.0], size=400)
+    noise -= noise.mean()  # mean exactly 0
+    assert not bootstrap_mean_interval(noise, seed=0).significant
+    shifted = bootstrap_mean_interval(np.full(10, -0.1))
+    assert shifted.lo == shifted.hi == pytest.approx(-0.1) and shifted.significant
+
+
+def test_paired_difference_pools_seeds_per_user_and_uses_shared_users_only():
+    row = [{"a": 0.5, "b": 0.0, "c": 1.0}, {"a": 0.3, "b": 0.2}]  # seed 1 scored only a and b
+    ref = [{"a": 0.1, "b": 0.1, "z": 0.9}]
+    assert seed_mean_by_user(row) == pytest.approx({"a": 0.4, "b": 0.1, "c": 1.0})
+    d = paired_difference(row, ref, n_boot=50)
+    assert d.n == 2 and d.mean == pytest.approx(((0.4 - 0.1) + (0.1 - 0.1)) / 2)
+    assert paired_difference([{"x": 1.0}], ref) is None
+
+
+def test_bootstrap_rejects_bad_input():
+    with pytest.raises(DataError, match="non-empty"):
+        bootstrap_mean_interval(np.array([]))
+    with pytest.raises(DataError, match="level"):
+        bootstrap_mean_interval(np.ones(3), level=1.5)
+
+
+def test_aggregate_adds_paired_difference_records_against_sasrec_ce():
+    from llmrec.config import EvaluateConfig
+    from llmrec.eval.run import Scores, aggregate
+
+    scores = Scores()
+    users = [str(u) for u in range(40)]
+    for seed in (0, 1):  # SASRec+: 0.1 for everyone; the row: +0.05 for everyone, on two seeds
+        scores.add("sasrec_ce", "all", 40, {"ndcg@10": 0.1}, {u: 0.1 for u in users})
+        scores.add("three_tower_notag", "all", 40, {"ndcg@10": 0.15}, {u: 0.15 + 0.01 * (seed - 0.5) for u in users})
+    scores.add("popularity", "all", 40, {"ndcg@10": 0.1}, {u: (0.0 if int(u) % 2 else 0.2) for u in users})
+    scores.seeds_of = {"sasrec_ce": [0, 1], "three_tower_notag": [0, 1], "popularity": [0, 1]}
+    recs = aggregate(scores, EvaluateConfig(dataset="toy", bootstrap_samples=200))
+    diff = {r["model"]: r for r in recs if r["metric"] == "ndcg@10_diff_vs_sasrec_ce"}
+    assert set(diff) == {"three_tower_notag", "popularity"}  # never the reference against itself
+    tt = diff["three_tower_notag"]
+    assert tt["value"] == pytest.approx(0.05) and tt["lo"] == pytest.approx(0.05) and tt["significant"] is True
+    assert tt["n"] == 40 and tt["slice"] == "all" and tt["seeds"] == "0,1"
+    pop = diff["popularity"]
+    assert pop["value"] == pytest.approx(0.0) and pop["lo"] < 0 < pop["hi"] and pop["significant"] is False
+    plain = [r for r in recs if r["model"] == "three_tower_notag" and r["metric"] == "ndcg@10"]
+    assert plain[0]["value"] == pytest.approx(0.15) and plain[0]["std"] == 0.0
+
+
+def test_resumed_rows_keep_their_per_user_scores_for_the_paired_test(tiny):
+    from llmrec.config import EvaluateConfig
+    from llmrec.eval.rows import row_config
+    from llmrec.eval.run import Evaluation, run_evaluation
+
+    config = EvaluateConfig(dataset="tiny", models=("popularity", "sasrec_ce"), seeds=(0,), max_users=12,
+                            cold_lengths=(0,), short_lengths=(1,), use_llm=False)
+    proto = Evaluation(tiny, config, log=lambda s: None).proto
+    users, split_hash = proto.slices["all"].users, proto.split.hash
+    earlier = {"split_hash": split_hash, "model_configs": {"sasrec_ce": row_config("sasrec_ce", config)},
+               "finished": [["sasrec_ce", 0]], "model_reports": {"sasrec_ce": [{"seed": 0, "best_epoch": 1}]},
+               "raw": [{"model": "sasrec_ce", "seed": 0, "slice": "all", "n": len(users), "metrics": {"ndcg@10": 0.0},
+                        "ndcg_by_user": {u: 0.0 for u in users}}]}
+    lines: list[str] = []
+    run = run_evaluation(tiny, config, log=lines.append, resume=earlier)
+    assert not [line for line in lines if "sasrec_ce" in line and "ndcg@" in line]  # taken over, not retrained
+    get = {(r["model"], r["slice"], r["metric"]): r for r in run.records}
+    diff = get[("popularity", "all", "ndcg@10_diff_vs_sasrec_ce")]
+    assert diff["value"] == pytest.approx(get[("popularity", "all", "ndcg@10")]["value"]) and diff["n"] == len(users)
+    assert ("popularity", "valid", "ndcg@10_diff_vs_sasrec_ce") not in get  # the resumed row scored "all" only
