@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+MIN_GAIN = 1e-9  # a smoothed "gain" below this is float rounding of the mean (0.1 * 3 / 3 > 0.1), not learning
+
 
 def is_eval_epoch(epoch: int, eval_every: int, epochs: int) -> bool:
     """Whether validation runs after `epoch` (1-based): every `eval_every` epochs and always after the last."""
@@ -50,7 +52,7 @@ class EarlyStopping:
         self.values.append(value)
         window = self.values[-self.smooth_evals:]
         smoothed = sum(window) / len(window)
-        if smoothed > self.best_smoothed:
+        if smoothed > self.best_smoothed + MIN_GAIN:
             self.best_smoothed, self.bad_evals = smoothed, 0
         else:
             self.bad_evals += 1

@@ -88,6 +88,25 @@ def test_training_evaluates_every_n_epochs_respects_the_floor_and_keeps_best_wei
     assert res.report["best_epoch"] in (3, 4)
 
 
+@pytest.mark.parametrize("values, kw, epochs_run", [
+    ([0.10, 0.20, 0.15, 0.16, 0.17], dict(patience=2, smooth_evals=1), 4),  # raw bar 0.20: stops at 4
+    ([0.10, 0.20, 0.15, 0.16, 0.17], dict(patience=2, smooth_evals=2), 5),  # the 2-mean stalls later
+    ([0.10] * 5, dict(patience=1, min_epochs=1), 2),
+    ([0.10] * 5, dict(patience=1, min_epochs=3), 3),  # the floor holds it to epoch 3
+    ([0.10] * 5, dict(patience=1, eval_every=2), 4),  # evaluations at 2 and 4: patience counts evaluations
+])
+def test_training_loop_stops_by_the_config(tiny, tmp_path, monkeypatch, values, kw, epochs_run):
+    """The loop's stop follows patience, smooth_evals, min_epochs and eval_every (scripted validation values)."""
+    import retrieval.train as train_module
+
+    scripted = iter(values)
+    monkeypatch.setattr(train_module, "evaluate", lambda *a, **k: {"ndcg@10": next(scripted), "hr@10": 0.0})
+    split = split_leave_one_out(tiny.events)
+    cfg = tiny_config(tmp_path, **{"epochs": 5, "batch_size": 32, "min_epochs": 1, **kw})
+    fit = fit_towers(tiny, split, cfg)
+    assert len(fit.history) == epochs_run
+
+
 # --- softmax choice ---------------------------------------------------------------------------------
 
 
