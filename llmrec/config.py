@@ -304,7 +304,8 @@ class TowerConfig(StageConfig):
     min_epochs: int = Field(default=40, ge=1)  # never stop before this epoch (capped at `epochs`)
     smooth_evals: int = Field(default=3, ge=1)  # stopping watches the mean of the last k validation NDCG@10
     softmax: Literal["auto", "full", "sampled"] = "auto"  # auto: full when n_items <= full_softmax_max_items
-    full_softmax_max_items: int = Field(default=50_000, ge=1)  # full softmax costs [positions, N] logits a step
+    full_softmax_max_items: int = Field(default=50_000, ge=1)  # full softmax holds [positions, N] logits a step:
+    # batch 64 x max_len 100 x 50k items ~ 1.3 GB float32 (plus its gradient); SASRec+ pays the same
     init_item_embeddings: Literal["none", "sasrec"] = "none"  # sasrec: ID embeddings start from SASRec+'s items
     beta_grid: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
     tag_pooling: Literal["mean", "max"] = "mean"  # s_tag = mean (or max) over the user's tags of tag . item

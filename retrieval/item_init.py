@@ -11,15 +11,13 @@ products between items are kept as far as the narrower width allows.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from llmrec.config import TowerConfig
-from llmrec.errors import DataError
 from llmrec.data import ItemVocab
-from llmrec.errors import ModelError
+from llmrec.errors import DataError, ModelError
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from pydantic import ValidationError
 

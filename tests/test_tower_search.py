@@ -26,9 +26,9 @@ from retrieval.tune import DEFAULT_GRID, grid_settings, tune_towers
 
 
 def tiny_config(tmp, **kw) -> TowerConfig:
-    base = dict(encoder="hashed-bow", cache_dir=str(tmp), dim=16, hidden=32, max_len=20, layers=1, heads=2,
-                batch_size=8, tag_batch_size=32, uniform_negatives=32, epochs=2, eval_every=1, patience=2,
-                min_epochs=1, threads=1, beta_grid=(0.0, 0.5, 1.0))
+    base = {"encoder": "hashed-bow", "cache_dir": str(tmp), "dim": 16, "hidden": 32, "max_len": 20, "layers": 1,
+            "heads": 2, "batch_size": 8, "tag_batch_size": 32, "uniform_negatives": 32, "epochs": 2, "eval_every": 1,
+            "patience": 2, "min_epochs": 1, "threads": 1, "beta_grid": (0.0, 0.5, 1.0)}
     return TowerConfig(**{**base, **kw})
 
 
@@ -89,11 +89,11 @@ def test_training_evaluates_every_n_epochs_respects_the_floor_and_keeps_best_wei
 
 
 @pytest.mark.parametrize("values, kw, epochs_run", [
-    ([0.10, 0.20, 0.15, 0.16, 0.17], dict(patience=2, smooth_evals=1), 4),  # raw bar 0.20: stops at 4
-    ([0.10, 0.20, 0.15, 0.16, 0.17], dict(patience=2, smooth_evals=2), 5),  # the 2-mean stalls later
-    ([0.10] * 5, dict(patience=1, min_epochs=1), 2),
-    ([0.10] * 5, dict(patience=1, min_epochs=3), 3),  # the floor holds it to epoch 3
-    ([0.10] * 5, dict(patience=1, eval_every=2), 4),  # evaluations at 2 and 4: patience counts evaluations
+    ([0.10, 0.20, 0.15, 0.16, 0.17], {"patience": 2, "smooth_evals": 1}, 4),  # raw bar 0.20: stops at 4
+    ([0.10, 0.20, 0.15, 0.16, 0.17], {"patience": 2, "smooth_evals": 2}, 5),  # the 2-mean stalls later
+    ([0.10] * 5, {"patience": 1, "min_epochs": 1}, 2),
+    ([0.10] * 5, {"patience": 1, "min_epochs": 3}, 3),  # the floor holds it to epoch 3
+    ([0.10] * 5, {"patience": 1, "eval_every": 2}, 4),  # evaluations at 2 and 4: patience counts evaluations
 ])
 def test_training_loop_stops_by_the_config(tiny, tmp_path, monkeypatch, values, kw, epochs_run):
     """The loop's stop follows patience, smooth_evals, min_epochs and eval_every (scripted validation values)."""
@@ -112,7 +112,7 @@ def test_training_loop_stops_by_the_config(tiny, tmp_path, monkeypatch, values, 
 
 def test_softmax_setting_decides_the_training_loss(tiny, tmp_path):
     split = split_leave_one_out(tiny.events)
-    kw = dict(epochs=1)
+    kw = {"epochs": 1}
     auto = fit_towers(tiny, split, tiny_config(tmp_path, **kw))
     assert auto.softmax == "full"  # 1,682 items <= 50,000
     small_cap = fit_towers(tiny, split, tiny_config(tmp_path, full_softmax_max_items=100, **kw))
@@ -178,7 +178,7 @@ def test_training_from_sasrec_embeddings(tiny, tmp_path):
     vocab = ItemVocab.from_items(tiny.items)
     torch.manual_seed(1)
     emb = sasrec_item_embeddings(SASRecScorer(SASRec(vocab.size - 1, SASRecConfig(hidden=16, blocks=1)), vocab))
-    kw = dict(epochs=1)
+    kw = {"epochs": 1}
     warm = train_towers(tiny, split, tiny_config(tmp_path, init_item_embeddings="sasrec", **kw), item_embeddings=emb)
     cold = train_towers(tiny, split, tiny_config(tmp_path, **kw))
     assert warm.report["init_item_embeddings"] == "sasrec" and cold.report["init_item_embeddings"] == "none"
