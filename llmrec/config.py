@@ -284,8 +284,9 @@ class TowerConfig(StageConfig):
     layers: int = Field(default=2, ge=1)  # causal self-attention blocks of the user tower
     heads: int = Field(default=2, ge=1)
     dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
-    logq: bool = True  # subtract log q(item) from sampled-softmax logits
-    mixed_negatives: bool = True  # in-batch negatives plus `uniform_negatives` uniform draws (else in-batch only)
+    logq: bool = True  # subtract log q(item) from sampled-softmax logits (sampled softmax only)
+    mixed_negatives: bool = True  # in-batch negatives plus `uniform_negatives` uniform draws (else in-batch only;
+    # sampled softmax only)
     uniform_negatives: int = Field(default=256, ge=1)
     learnable_temperature: bool = True  # else `temperature` stays fixed
     temperature: float = 0.1  # initial (or fixed) cosine temperature, within [0.01, 100]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib.metadata
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ from retrieval.stopping import EarlyStopping, is_eval_epoch
 from retrieval.towers import START, ThreeTowerModel
 
 K = 10
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -187,6 +189,9 @@ def fit_towers(dataset: Dataset, split: Split, config: TowerConfig,
         tag_feats = torch.from_numpy(model.text_encoder.encode(tag_texts, cache=True))  # [T, 384]
         t_features = time.perf_counter() - t0
         softmax = resolve_softmax(config.softmax, vocab.size - 1, config.full_softmax_max_items)
+        if softmax == "full" and not (config.logq and config.mixed_negatives):
+            log.warning("logq / mixed_negatives switches do nothing under the full softmax (%d items); set "
+                        "softmax='sampled' to ablate them", vocab.size - 1)
         stopper, history = _fit(model, config, softmax, train_seqs, tag_feats, pair_tag, pair_item, split, vocab,
                                 rng, gen, progress)
         t_train = time.perf_counter() - t0 - t_features

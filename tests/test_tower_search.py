@@ -110,7 +110,7 @@ def test_training_loop_stops_by_the_config(tiny, tmp_path, monkeypatch, values, 
 # --- softmax choice ---------------------------------------------------------------------------------
 
 
-def test_softmax_setting_decides_the_training_loss(tiny, tmp_path):
+def test_softmax_setting_decides_the_training_loss(tiny, tmp_path, caplog):
     split = split_leave_one_out(tiny.events)
     kw = {"epochs": 1}
     auto = fit_towers(tiny, split, tiny_config(tmp_path, **kw))
@@ -118,9 +118,13 @@ def test_softmax_setting_decides_the_training_loss(tiny, tmp_path):
     small_cap = fit_towers(tiny, split, tiny_config(tmp_path, full_softmax_max_items=100, **kw))
     assert small_cap.softmax == "sampled"
     sampled = fit_towers(tiny, split, tiny_config(tmp_path, softmax="sampled", **kw))
-    full = fit_towers(tiny, split, tiny_config(tmp_path, softmax="full", full_softmax_max_items=100, **kw))
+    with caplog.at_level("WARNING", logger="retrieval.train"):
+        full = fit_towers(tiny, split, tiny_config(tmp_path, softmax="full", full_softmax_max_items=100, logq=False,
+                                                   mixed_negatives=False, **kw))
+    assert "do nothing under the full softmax" in caplog.text
     assert full.softmax == "full" and sampled.softmax == "sampled"
-    np.testing.assert_array_equal(full.model.item_vectors(), auto.model.item_vectors())  # same seed, same loss
+    # Same seed, same loss: the sampled-softmax switches changed nothing.
+    np.testing.assert_array_equal(full.model.item_vectors(), auto.model.item_vectors())
     np.testing.assert_array_equal(sampled.model.item_vectors(), small_cap.model.item_vectors())
     assert not np.allclose(full.model.item_vectors(), sampled.model.item_vectors())
     assert full.history[0]["l_col"] != sampled.history[0]["l_col"]
