@@ -17,6 +17,10 @@ from the training popularity p and S uniform draws over N items, an item is *abs
 Similarity is cosine over a temperature tau, learnable through log tau and clipped to [0.01, 100], so every
 logit is bounded by 1/tau in magnitude (before the correction).
 
+Full softmax. When the catalogue fits (`TowerConfig.softmax`, `resolve_softmax`), every item is a candidate
+at every step: no sampling, so no logQ (q_i = 1 for all i, a constant shift that cancels in the softmax).
+This is what SASRec+ does, and it is the sampled softmax's limit when the sample is the whole catalogue.
+
 RecGPT's objective: L = L_col + alpha * L_tag + (1 - alpha) * L_cate, with L_col user -> next item, L_tag
 tag -> the item it was derived from, and L_cate tag -> every candidate of the positive's category (a
 multi-positive softmax: a tag describes a kind of item, not one item).
@@ -79,6 +83,32 @@ def candidate_log_q(pop_prob: torch.Tensor, batch_positives: int, n_uniform: int
 def correct_logq(logits: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """[Q, M] logits - log q: each candidate column shifted by exactly minus its log sampling probability."""
     return logits - log_q[None, :]  # [Q, M] - [1, M]
+
+
+def resolve_softmax(mode: str, n_items: int, max_items: int) -> str:
+    """"full" or "sampled": mode "auto" picks full when the catalogue has at most `max_items` items."""
+    if mode not in ("auto", "full", "sampled"):
+        raise ValueError(f"softmax must be 'auto', 'full' or 'sampled', got {mode!r}")
+    if mode != "auto":
+        return mode
+    return "full" if n_items <= max_items else "sampled"
+
+
+def all_candidates(n_items: int, positives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(candidates [N] = 1..N, labels [P] = positives - 1): the whole catalogue as the candidate set."""
+    if positives.numel() and (int(positives.min()) < 1 or int(positives.max()) > n_items):
+        raise ValueError(f"positives must be item indices in 1..{n_items}")
+    return torch.arange(1, n_items + 1), positives - 1
+
+
+def full_softmax_loss(queries: torch.Tensor, item_table: torch.Tensor, positives: torch.Tensor,
+                      temperature: torch.Tensor | float) -> torch.Tensor:
+    """Mean cross-entropy of queries [P, d] over every item of item_table [N+1, d] (row 0 = padding, excluded).
+
+    positives [P] item indices in 1..N. Logits are cos / tau against all N items ([P, N]).
+    """
+    cand, labels = all_candidates(item_table.shape[0] - 1, positives)
+    return F.cross_entropy(cosine_logits(queries, item_table[cand], temperature), labels)  # [P, N] -> scalar
 
 
 def sampled_softmax_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

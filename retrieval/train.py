@@ -5,8 +5,12 @@ recipe: one causal pass gives up to max_len examples per user). Each step adds t
 (tag, item) pairs: every catalogue item's own "modifier + core" tags (`llmrec.tags.item_tags`), plus, when a
 tags table is given, each user's LLM tags paired with the training items they hit (`tag_hits`).
 
-Early stopping watches validation NDCG@10 of the user tower alone (beta = 1). Then beta is chosen on the
-validation targets over `TowerConfig.beta_grid` with the user tags T_u, and the test targets are scored once.
+L_col (and the tag losses) use the full softmax over every item when the catalogue fits
+(`TowerConfig.softmax`), else the sampled softmax with logQ and mixed negatives (retrieval.losses).
+Early stopping (retrieval.stopping) watches validation NDCG@10 of the user tower alone (beta = 1), every
+`eval_every` epochs, with a smoothed metric and a `min_epochs` floor, and keeps the best weights. Then beta
+is chosen on the validation targets over `TowerConfig.beta_grid` with the user tags T_u, and the test
+targets are scored once.
 Heuristic tags (`history_tags`) are computed from exactly the events visible at each stage, so they never see
 the target. An LLM tags table is used as given for both stages: tags mined as of the test target (what
 `llmrec mine-interests` does) have seen the validation event, so the beta chosen on validation may lean
@@ -18,6 +22,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib.metadata
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,11 +39,15 @@ from llmrec.metrics import hr_at_k, ndcg_at_k, target_ranks
 from llmrec.data.split import Split
 from llmrec.tags import history_tags, item_tags, tag_hits
 from retrieval.encoder import TextEncoder, build_item_features
-from retrieval.losses import (build_candidates, candidate_log_q, combine_losses, correct_logq, cosine_logits,
-                              multi_positive_softmax_loss, same_category_mask, sample_uniform, sampled_softmax_loss)
+from retrieval.item_init import ItemEmbeddings, init_id_embeddings
+from retrieval.losses import (all_candidates, build_candidates, candidate_log_q, combine_losses, correct_logq,
+                              cosine_logits, full_softmax_loss, multi_positive_softmax_loss, resolve_softmax,
+                              same_category_mask, sample_uniform, sampled_softmax_loss)
+from retrieval.stopping import EarlyStopping, is_eval_epoch
 from retrieval.towers import START, ThreeTowerModel
 
 K = 10
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -139,14 +148,28 @@ def _stage(split: Split, stage: str, vocab: ItemVocab) -> tuple[list[np.ndarray]
     return [seqs.get(u, np.zeros(0, dtype=np.int64)) for u in users], users, vocab.encode(t["item_id"])
 
 
-def train_towers(dataset: Dataset, split: Split, config: TowerConfig | None = None,
-                 llm_tags: Mapping[str, Sequence[str]] | None = None, tags_info: dict | None = None,
-                 progress: Callable[[dict], None] | None = None) -> TrainResult:
-    """Train, early-stop, choose beta, score test; returns the model (index built) and a JSON-able report.
+@dataclass
+class FitResult:
+    """A trained model (best validation weights loaded) and its training record; no test target was seen."""
 
-    `progress`, if given, receives each epoch's record (losses, validation NDCG@10) as it finishes.
+    model: ThreeTowerModel
+    vocab: ItemVocab
+    best_epoch: int
+    best_valid_ndcg: float
+    history: list[dict]
+    softmax: str  # "full" or "sampled", as resolved for this catalogue
+    feature_seconds: float
+    train_seconds: float
+
+
+def fit_towers(dataset: Dataset, split: Split, config: TowerConfig,
+               llm_tags: Mapping[str, Sequence[str]] | None = None, item_embeddings: ItemEmbeddings | None = None,
+               progress: Callable[[dict], None] | None = None) -> FitResult:
+    """Build features, train with early stopping on validation NDCG@10 (beta = 1); touches no test target.
+
+    `item_embeddings` (e.g. `sasrec_item_embeddings` of a trained SASRec+) initialise the item tower's ID
+    embedding; they are required exactly when `config.init_item_embeddings` is "sasrec".
     """
-    config = config or TowerConfig()
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
@@ -160,20 +183,42 @@ def train_towers(dataset: Dataset, split: Split, config: TowerConfig | None = No
                                        config.year_bucket)
         profiles = {u: dataset.profile(u) for u in dataset.users["user_id"].astype(str)}
         model = ThreeTowerModel(config, vocab, features, profiles)
+        init_id_embeddings(model, config, item_embeddings)
         train_seqs = user_sequences(split.train, vocab)
         tag_texts, pair_tag, pair_item = tag_item_pairs(dataset, vocab, train_seqs, llm_tags)
         tag_feats = torch.from_numpy(model.text_encoder.encode(tag_texts, cache=True))  # [T, 384]
         t_features = time.perf_counter() - t0
-        best, history = _fit(model, config, train_seqs, tag_feats, pair_tag, pair_item, split, vocab, rng, gen,
-                             progress)
+        softmax = resolve_softmax(config.softmax, vocab.size - 1, config.full_softmax_max_items)
+        if softmax == "full" and not (config.logq and config.mixed_negatives):
+            log.warning("logq / mixed_negatives switches do nothing under the full softmax (%d items); set "
+                        "softmax='sampled' to ablate them", vocab.size - 1)
+        stopper, history = _fit(model, config, softmax, train_seqs, tag_feats, pair_tag, pair_item, split, vocab,
+                                rng, gen, progress)
         t_train = time.perf_counter() - t0 - t_features
     finally:
         torch.set_num_threads(threads)
-    report = _choose_beta_and_test(model, dataset, split, vocab, config, llm_tags)
+    return FitResult(model=model, vocab=vocab, best_epoch=stopper.best_epoch, best_valid_ndcg=stopper.best,
+                     history=history, softmax=softmax, feature_seconds=round(t_features, 1),
+                     train_seconds=round(t_train, 1))
+
+
+def train_towers(dataset: Dataset, split: Split, config: TowerConfig | None = None,
+                 llm_tags: Mapping[str, Sequence[str]] | None = None, tags_info: dict | None = None,
+                 progress: Callable[[dict], None] | None = None,
+                 item_embeddings: ItemEmbeddings | None = None) -> TrainResult:
+    """Train, early-stop, choose beta, score test; returns the model (index built) and a JSON-able report.
+
+    `progress`, if given, receives each epoch's record (losses, validation NDCG@10 when evaluated).
+    """
+    config = config or TowerConfig()
+    fit = fit_towers(dataset, split, config, llm_tags, item_embeddings, progress)
+    model = fit.model
+    report = _choose_beta_and_test(model, dataset, split, fit.vocab, config, llm_tags)
     model.build_index()
-    report.update(best_epoch=best["epoch"], epochs_run=len(history), history=history,
-                  feature_seconds=round(t_features, 1), train_seconds=round(t_train, 1),
+    report.update(best_epoch=fit.best_epoch, epochs_run=len(fit.history), history=fit.history,
+                  softmax=fit.softmax, feature_seconds=fit.feature_seconds, train_seconds=fit.train_seconds,
                   temperature=round(float(model.temperature().detach()), 4),
+                  init_item_embeddings=config.init_item_embeddings,
                   tags_source=_tags_source(llm_tags, tags_info))
     return TrainResult(model=model, report=report)
 
@@ -185,19 +230,18 @@ def _tags_source(llm_tags, tags_info) -> str:
     return str(info.get("path") or info.get("source") or "llm")
 
 
-def _fit(model, config, train_seqs, tag_feats, pair_tag, pair_item, split, vocab, rng, gen, progress):
+def _fit(model, config, softmax, train_seqs, tag_feats, pair_tag, pair_item, split, vocab, rng, gen, progress):
     users = [u for u, s in train_seqs.items() if len(s) > 0]
     pop = np.bincount(np.concatenate([train_seqs[u] for u in users]), minlength=vocab.size).astype(np.float64)
     pop_prob = torch.from_numpy(pop / pop.sum())  # [N+1] q from training popularity
     tag_pop = np.bincount(pair_item, minlength=vocab.size).astype(np.float64)
     tag_pop_prob = torch.from_numpy(tag_pop / tag_pop.sum())  # [N+1] positives of the tag losses
     categories = model.feat_category
-    n_items = vocab.size - 1
     n_uniform = config.uniform_negatives if config.mixed_negatives else 0
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     valid_h, valid_u, valid_t = _stage(split, "valid", vocab)
-    best = {"ndcg@10": -1.0, "epoch": 0, "state": None}
-    history = []
+    stopper = EarlyStopping(config.patience, config.min_epochs, config.smooth_evals)
+    best_state, history = None, []
     for epoch in range(1, config.epochs + 1):
         model.train()
         order = rng.permutation(len(users))
@@ -210,35 +254,39 @@ def _fit(model, config, train_seqs, tag_feats, pair_tag, pair_item, split, vocab
             item_table = model.item_table()  # [N+1, d]
             states = model.user_tower(x, item_table, prof)  # [B, L, d]
             valid = y > 0
-            l_col = _softmax_term(model, states[valid], y[valid], item_table, pop_prob, n_uniform, config, gen)
+            l_col = _softmax_term(model, softmax, states[valid], y[valid], item_table, pop_prob, n_uniform, config,
+                                  gen)
             pick = torch.from_numpy(rng.integers(0, len(pair_item), config.tag_batch_size))
             t_item = torch.from_numpy(pair_item)[pick]  # [Tb]
             t_vecs = model.tag_table(tag_feats[torch.from_numpy(pair_tag)[pick]])  # [Tb, d]
-            l_tag, l_cate = _tag_terms(model, t_vecs, t_item, item_table, tag_pop_prob, n_uniform, config,
+            l_tag, l_cate = _tag_terms(model, softmax, t_vecs, t_item, item_table, tag_pop_prob, n_uniform, config,
                                        categories, gen)
             loss = combine_losses(l_col, l_tag, l_cate, config.alpha)
             opt.zero_grad()
             loss.backward()
             opt.step()
             losses.append([loss.item(), l_col.item(), l_tag.item(), l_cate.item()])
-        metrics = evaluate(model, valid_h, valid_u, valid_t, beta=1.0)
         mean = np.mean(losses, axis=0)
         history.append({"epoch": epoch, "loss": round(float(mean[0]), 4), "l_col": round(float(mean[1]), 4),
-                        "l_tag": round(float(mean[2]), 4), "l_cate": round(float(mean[3]), 4),
-                        "valid_ndcg@10": round(metrics["ndcg@10"], 4)})
+                        "l_tag": round(float(mean[2]), 4), "l_cate": round(float(mean[3]), 4)})
+        if is_eval_epoch(epoch, config.eval_every, config.epochs):
+            ndcg = evaluate(model, valid_h, valid_u, valid_t, beta=1.0)["ndcg@10"]
+            history[-1]["valid_ndcg@10"] = round(ndcg, 4)
+            if stopper.update(epoch, ndcg) or best_state is None:
+                best_state = copy.deepcopy(model.state_dict())
         if progress is not None:
             progress(history[-1])
-        if metrics["ndcg@10"] > best["ndcg@10"]:
-            best = {"ndcg@10": metrics["ndcg@10"], "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
-        elif epoch - best["epoch"] >= config.patience:
+        if stopper.should_stop(epoch):
             break
-    model.load_state_dict(best["state"])
+    model.load_state_dict(best_state)
     model.eval()
-    return best, history
+    return stopper, history
 
 
-def _softmax_term(model, queries, positives, item_table, pop_prob, n_uniform, config, gen):
-    """Sampled softmax of queries [P, d] against the shared candidate set (in-batch + uniform), logQ-corrected."""
+def _softmax_term(model, softmax, queries, positives, item_table, pop_prob, n_uniform, config, gen):
+    """L_col for queries [P, d]: full softmax over all items, or sampled (in-batch + uniform, logQ-corrected)."""
+    if softmax == "full":
+        return full_softmax_loss(queries, item_table, positives, model.temperature())
     uniform = sample_uniform(item_table.shape[0] - 1, n_uniform, gen) if n_uniform else None
     cand, labels = build_candidates(positives, uniform)  # [M], [P]
     logits = cosine_logits(queries, item_table[cand], model.temperature())  # [P, M]
@@ -247,13 +295,17 @@ def _softmax_term(model, queries, positives, item_table, pop_prob, n_uniform, co
     return sampled_softmax_loss(logits, labels)
 
 
-def _tag_terms(model, tag_vecs, items, item_table, pop_prob, n_uniform, config, categories, gen):
-    """(L_tag, L_cate) for tag queries [T, d] whose positives are `items` [T]."""
-    uniform = sample_uniform(item_table.shape[0] - 1, n_uniform, gen) if n_uniform else None
-    cand, labels = build_candidates(items, uniform)
-    logits = cosine_logits(tag_vecs, item_table[cand], model.temperature())  # [T, M]
-    if config.logq:
-        logits = correct_logq(logits, candidate_log_q(pop_prob, items.numel(), n_uniform).float()[cand])
+def _tag_terms(model, softmax, tag_vecs, items, item_table, pop_prob, n_uniform, config, categories, gen):
+    """(L_tag, L_cate) for tag queries [T, d] whose positives are `items` [T]; full or sampled candidates."""
+    if softmax == "full":
+        cand, labels = all_candidates(item_table.shape[0] - 1, items)  # [N], [T]
+        logits = cosine_logits(tag_vecs, item_table[cand], model.temperature())  # [T, N]
+    else:
+        uniform = sample_uniform(item_table.shape[0] - 1, n_uniform, gen) if n_uniform else None
+        cand, labels = build_candidates(items, uniform)
+        logits = cosine_logits(tag_vecs, item_table[cand], model.temperature())  # [T, M]
+        if config.logq:
+            logits = correct_logq(logits, candidate_log_q(pop_prob, items.numel(), n_uniform).float()[cand])
     mask = same_category_mask(categories, items, cand)  # [T, M]
     return sampled_softmax_loss(logits, labels), multi_positive_softmax_loss(logits, mask)
 

@@ -10,9 +10,10 @@ import torch
 from pydantic import ValidationError
 
 from llmrec.config import TowerConfig
-from retrieval.losses import (TEMPERATURE_MAX, TEMPERATURE_MIN, build_candidates, candidate_log_q, clip_temperature,
-                              combine_losses, correct_logq, cosine_logits, multi_positive_softmax_loss,
-                              same_category_mask, sample_uniform, sampled_softmax_loss)
+from retrieval.losses import (TEMPERATURE_MAX, TEMPERATURE_MIN, all_candidates, build_candidates, candidate_log_q,
+                              clip_temperature, combine_losses, correct_logq, cosine_logits, full_softmax_loss,
+                              multi_positive_softmax_loss, resolve_softmax, same_category_mask, sample_uniform,
+                              sampled_softmax_loss)
 
 
 def test_logq_shifts_each_column_by_exactly_minus_log_q():
@@ -148,6 +149,13 @@ def test_combine_losses_weights_tag_and_category_by_alpha():
     ({"encoder": "word2vec"}, "encoder"),
     ({"tag_pooling": "sum"}, "tag_pooling"),
     ({"uniform_negative": 10}, "uniform_negative"),  # unknown key
+    ({"softmax": "hierarchical"}, "softmax"),
+    ({"full_softmax_max_items": 0}, "full_softmax_max_items"),
+    ({"eval_every": 0}, "eval_every"),
+    ({"min_epochs": 0}, "min_epochs"),
+    ({"smooth_evals": 0}, "smooth_evals"),
+    ({"init_item_embeddings": "bert"}, "init_item_embeddings"),
+    ({"init_item_embeddings": "sasrec", "id_embedding": False}, "id_embedding"),
 ])
 def test_tower_config_rejects_bad_values(bad, match):
     with pytest.raises(ValidationError, match=match):
@@ -155,5 +163,47 @@ def test_tower_config_rejects_bad_values(bad, match):
 
 
 def test_tower_config_round_trips_json(tmp_path):
-    cfg = TowerConfig(encoder="hashed-bow", dim=32, beta_grid=(0.0, 0.5, 1.0), tag_pooling="max")
+    cfg = TowerConfig(encoder="hashed-bow", dim=32, beta_grid=(0.0, 0.5, 1.0), tag_pooling="max", softmax="sampled",
+                      full_softmax_max_items=10, eval_every=2, min_epochs=3, smooth_evals=2,
+                      init_item_embeddings="sasrec")
     assert TowerConfig.from_json(cfg.to_json(tmp_path / "c.json")) == cfg
+
+
+def test_full_softmax_equals_sampled_softmax_over_the_whole_catalogue():
+    """Sampled softmax whose sample is every item, with uniform logQ, is the full softmax: same loss, same grads."""
+    torch.manual_seed(4)
+    n, d = 9, 5
+    positives = torch.tensor([3, 1, 9, 3, 6])  # [P]
+    q_full = torch.randn(5, d, dtype=torch.float64, requires_grad=True)
+    t_full = torch.randn(n + 1, d, dtype=torch.float64, requires_grad=True)  # [N+1, d], row 0 padding
+    q_s = q_full.detach().clone().requires_grad_(True)
+    t_s = t_full.detach().clone().requires_grad_(True)
+    full = full_softmax_loss(q_full, t_full, positives, 0.3)
+    cand, labels = build_candidates(positives, torch.arange(1, n + 1))  # the sample covers the catalogue
+    assert torch.equal(cand, torch.arange(1, n + 1))
+    uniform_pop = torch.full((n + 1,), 1.0 / n, dtype=torch.float64)
+    uniform_pop[0] = 0.0
+    log_q = candidate_log_q(uniform_pop, positives.numel(), 64)  # equal for every item: a constant shift
+    sampled = sampled_softmax_loss(correct_logq(cosine_logits(q_s, t_s[cand], 0.3), log_q[cand]), labels)
+    torch.testing.assert_close(full, sampled)
+    full.backward()
+    sampled.backward()
+    torch.testing.assert_close(q_full.grad, q_s.grad)
+    torch.testing.assert_close(t_full.grad, t_s.grad)
+    assert not t_full.grad[0].any()  # the padding row is never a candidate
+    # And it is plain cross-entropy over the N item logits.
+    ref = torch.nn.functional.cross_entropy(cosine_logits(q_full, t_full[1:], 0.3), positives - 1)
+    torch.testing.assert_close(full, ref)
+
+
+def test_all_candidates_and_resolve_softmax():
+    cand, labels = all_candidates(4, torch.tensor([4, 1]))
+    assert cand.tolist() == [1, 2, 3, 4] and labels.tolist() == [3, 0]
+    with pytest.raises(ValueError, match="1..4"):
+        all_candidates(4, torch.tensor([0]))
+    assert resolve_softmax("auto", 1000, 50_000) == "full"
+    assert resolve_softmax("auto", 60_000, 50_000) == "sampled"
+    assert resolve_softmax("auto", 50_000, 50_000) == "full"  # the bound is inclusive
+    assert resolve_softmax("full", 60_000, 50_000) == "full" and resolve_softmax("sampled", 10, 50_000) == "sampled"
+    with pytest.raises(ValueError, match="softmax"):
+        resolve_softmax("hierarchical", 10, 10)
