@@ -403,7 +403,8 @@ class RecommenderConfig(StageConfig):
 
 EVAL_MODELS = (
     "popularity", "item_knn", "sasrec_bce", "sasrec_ce", "three_tower_notag", "three_tower_heuristic_tags",
-    "three_tower_llm_tags", "three_tower_llm_lora_tags", "three_tower_llm_rerank", "three_tower_no_logq",
+    "three_tower_llm_tags", "three_tower_llm_lora_tags", "three_tower_llm_rerank", "three_tower_sampled_softmax",
+    "three_tower_no_logq",
     "three_tower_no_mixed_negatives", "three_tower_fixed_temperature", "coldstart_none", "coldstart_early_fusion",
     "coldstart_late_fusion", "sasrec_ce_content", "three_tower_ids_only",
 )  # fmt: skip

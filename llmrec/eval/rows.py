@@ -13,7 +13,11 @@ import numpy as np
 from llmrec.config import EvaluateConfig
 
 LLM_TAG_ROWS = {"three_tower_llm_tags": "llm_tags", "three_tower_llm_lora_tags": "llm_lora_tags"}
-ABLATIONS = {"three_tower_no_logq": {"logq": False}, "three_tower_no_mixed_negatives": {"mixed_negatives": False},
+# logQ and mixed negatives exist only under the sampled softmax (the full softmax scores every item), so those
+# ablations train sampled, against three_tower_sampled_softmax as their reference.
+ABLATIONS = {"three_tower_sampled_softmax": {"softmax": "sampled"},
+             "three_tower_no_logq": {"softmax": "sampled", "logq": False},
+             "three_tower_no_mixed_negatives": {"softmax": "sampled", "mixed_negatives": False},
              "three_tower_fixed_temperature": {"learnable_temperature": False}}
 BASELINE_ROWS = ("popularity", "item_knn")  # deterministic: scored once, the score stands for every seed
 # SASRec rows: the SASRecConfig fields each sets. sasrec_ce_content gets the towers' item content (attribution).
