@@ -8,7 +8,6 @@ import pytest
 
 from llmrec.config import MiningConfig
 from llmrec.interests import (
-    _parse,
     interests_wire,
     mine_interests,
     profiles_from_table,
@@ -17,6 +16,7 @@ from llmrec.interests import (
     salvage_truncated,
 )
 from llmrec.llm import FakeBackend
+from llmrec.llm.structured import repair_truncated
 from llmrec.schema import Narrative
 from llmrec.tags import history_tags
 
@@ -183,10 +183,9 @@ def test_truncated_answer_is_salvaged_only_when_cut_by_the_budget():
     wire = interests_wire(MiningConfig(min_interests=1))
     cut = '{"i":[{"n":"romantic comedy","e":[1],"t":["a {b"]},{"n":"dark","e":[2],"t":["x"]},{"n":"90s'
     assert salvage_truncated(cut) == '{"i":[{"n":"romantic comedy","e":[1],"t":["a {b"]},{"n":"dark","e":[2],"t":["x"]}]}'
-    obj, salvaged = _parse(wire, cut, "length")
-    assert salvaged and [i.n for i in obj.i] == ["romantic comedy", "dark"]
-    with pytest.raises(ValueError):
-        _parse(wire, cut, "stop")
+    (fixed,) = repair_truncated(cut, "length")
+    assert [i.n for i in wire.model_validate_json(fixed).i] == ["romantic comedy", "dark"]
+    assert repair_truncated(cut, "stop") == []
     assert salvage_truncated('{"i":[{"n":"x') is None
 
 
