@@ -26,7 +26,7 @@ import jinja2
 from langchain_core.messages import AIMessage
 from langchain_core.prompts import ChatPromptTemplate
 
-from llmrec.errors import PromptError  # noqa: F401 (re-exported)
+from llmrec.errors import PromptError
 from llmrec.llm.base import Messages
 
 PROMPTS_ENV = "LLMREC_PROMPTS_DIR"
