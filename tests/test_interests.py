@@ -110,7 +110,18 @@ def test_invalid_then_valid_is_retried_once_in_one_batch(tiny, narratives):
     assert stats.valid_retry == 3 and stats.valid_first == 0
     assert (stats.answers, stats.answers_valid, stats.to_dict()["json_valid_rate"]) == (6, 3, 0.5)
     assert all(p.source == "llm" for p in profiles)
-    assert stats.errors and stats.errors[0]["raw"].startswith("Sure!")
+    assert stats.errors and stats.errors[0]["raw"].startswith("Sure!") and stats.errors[0]["stage"] == "try1"
+    assert (stats.parse_failures, stats.semantic_failures, stats.unconstrained_answers) == (3, 0, 0)
+
+
+def test_semantic_failures_and_unconstrained_backends_are_counted(tiny, narratives):
+    class Unconstrained(FakeBackend):
+        enforces_schema = False
+
+    dup = json.dumps({"i": [{"n": "Same", "e": [1], "t": ["quiet drama"]}] * 5})
+    _, stats = mine_interests(narratives[:2], Unconstrained(lambda m, s: dup), WIDE, items=tiny.item_index)
+    assert (stats.parse_failures, stats.semantic_failures, stats.fallback) == (0, 4, 2)
+    assert stats.unconstrained_answers == stats.answers == 4 and stats.errors[0]["reason"].startswith("semantic:")
 
 
 def test_invalid_twice_falls_back_flagged_and_counted(tiny, narratives):
