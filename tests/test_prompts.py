@@ -63,6 +63,9 @@ def test_every_prompt_is_covered():
 def test_chat_template_renders_byte_identical_to_the_block_renderer(name, variables):
     got = render_prompt(name, **variables)
     assert got == reference_render(name, **variables)
+    roles = {"system": "system", "human": "user", "ai": "assistant"}
+    via_langchain = [{"role": roles[m.type], "content": m.content} for m in chat_prompt(name).format_messages(**variables)]
+    assert via_langchain == got  # langchain-core's own rendering of the template gives the same bytes
     assert json.dumps(got).encode() == json.dumps(reference_render(name, **variables)).encode()
 
 
@@ -81,6 +84,12 @@ def test_chat_prompt_is_rebuilt_when_the_file_changes(tmp_path, monkeypatch):
     assert render_prompt("p", x=1)[1]["content"] == "u 1"
     (tmp_path / "p.jinja").write_text("{% block system %}s{% endblock %}{% block user %}v {{ x }}{% endblock %}")
     assert render_prompt("p", x=1)[1]["content"] == "v 1"
+
+
+def test_missing_attribute_is_an_error_not_an_empty_string():
+    variables = dict(EVERY["imagine_history"], examples=[{"titles": ["Fargo (1996)"]}])  # no "profile"
+    with pytest.raises(PromptError, match="profile"):
+        render_prompt("imagine_history", **variables)
 
 
 def test_examples_block_with_variables_is_rejected(tmp_path, monkeypatch):
