@@ -4,8 +4,9 @@ Sequential Movie Recommenders" (RecSys 2025).
 For a user with at most `max_events` events, the LLM reads the profile (ML-100K: age, gender,
 occupation), the few real items, and `n_examples` in-context examples (the first items of similar users:
 same occupation, gender and age bucket score one point each), and imagines `n_imagined` items it would
-watch first: {"m":[{"t": title, "g": [genre], "y": year}]}. The answer is validated; invalid ones are
-re-asked `retries` times, then a flagged fallback (the examples' most common first items) stands in.
+watch first: {"m":[{"t": title, "g": [genre], "y": year}]}. The answer is validated
+(`llmrec.llm.structured.generate_validated`); invalid ones are re-asked `retries` times at `retry_temperature`,
+then a flagged fallback (the examples' most common first items) stands in.
 
 Imagined titles need not exist. Each is encoded as "Title (year; genres)" (the item-tower text format)
 and mapped to the nearest catalogue item when the cosine is >= `sim_threshold`; below it the item keeps
@@ -38,9 +39,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from llmrec.config import ColdStartConfig
 from llmrec.data import strip_year
-from llmrec.interests import salvage_truncated
 from llmrec.llm import LLMBackend, Messages
 from llmrec.llm.prompts import prompt_hash, render_prompt
+from llmrec.llm.structured import GenerationSettings, generate_validated, repair_unconstrained
 from llmrec.schema import Event, Item, Record, UserHistory
 
 PROMPT = "imagine_history"
@@ -74,6 +75,9 @@ class ColdStartStats:
     cached: int = 0
     generated: int = 0
     valid_first: int = 0  # valid JSON at the first attempt
+    valid_retry: int = 0  # valid at a retry (sampled at retry_temperature)
+    parse_failures: int = 0  # answers that were not schema-valid JSON, retries included
+    semantic_failures: int = 0  # schema-valid answers that copied the prompt's placeholders
     fallback: int = 0  # histories (cached or new) that are the flagged examples' fallback
     n_imagined: int = 0  # items of the LLM histories served, cached or new
     n_matched: int = 0  # mapped to a catalogue item
@@ -220,23 +224,17 @@ def imagine_messages(profile: dict[str, str], history_items: Sequence[Item], exa
     )
 
 
-def _parse(text: str, finish_reason: str, k: int):
-    """The validated answer, or None. Prose around the JSON is cut (unconstrained backends add it), a
-    budget-truncated answer is closed after its last complete item, and echoed placeholders are refused."""
-    wire = imagine_wire(k)
-    start, end = text.find("{"), text.rfind("}")
-    body = text[start:] if start >= 0 else text
-    candidates = [text[start : end + 1] if 0 <= start < end else body]
-    if finish_reason == "length":
-        candidates.append(salvage_truncated(body))
-    for candidate in filter(None, candidates):
-        try:
-            answer = wire.model_validate_json(candidate)
-        except ValidationError:
-            continue
-        if not any(m.t.casefold() in PLACEHOLDERS for m in answer.m):
-            return answer
-    return None
+def _refuse_placeholders(answer: BaseModel, index: int) -> str | None:
+    """`check` of the imagined answer: a copied format placeholder ("title") is no imagined item."""
+    echoed = [m.t for m in answer.m if m.t.casefold() in PLACEHOLDERS]
+    return f"the answer copies the prompt's placeholders: {echoed[:3]}" if echoed else None
+
+
+def coldstart_settings(config: ColdStartConfig, adapter: str | None) -> GenerationSettings:
+    """The sampling knobs of cold start; retries sample at `retry_temperature` (greedy would repeat itself)."""
+    return GenerationSettings(max_tokens=config.max_tokens, temperature=config.temperature,
+                              retry_temperature=config.retry_temperature, adapter=adapter, retries=config.retries,
+                              batch_size=config.batch_size)
 
 
 def _fallback(examples: Sequence[ExampleUser], config: ColdStartConfig) -> list[Item]:
@@ -283,28 +281,17 @@ def imagine_histories(
             stats.cached += 1
             continue
         todo.append((user_id, key, profile, events, examples.similar(user_id, profile, config.n_examples)))
-    answers: dict[int, BaseModel] = {}
-    pending = list(range(len(todo)))
-    for attempt in range(config.retries + 1):
-        if not pending:
-            break
-        failed = []
-        for start in range(0, len(pending), config.batch_size):
-            batch = pending[start : start + config.batch_size]
-            prompts = [imagine_messages(todo[i][2], [items_by_id[e.item_id] for e in todo[i][3] if e.item_id in items_by_id],
-                                        todo[i][4], config) for i in batch]
-            gens = backend.generate(prompts, json_schema=imagine_wire(config.n_imagined).model_json_schema(),
-                                    max_tokens=config.max_tokens, temperature=config.temperature, adapter=adapter)
-            for i, g in zip(batch, gens):
-                parsed = _parse(g.text, g.finish_reason, config.n_imagined)
-                if parsed is None:
-                    failed.append(i)
-                    if len(stats.errors) < 5:
-                        stats.errors.append(f"user {todo[i][0]} attempt {attempt}: invalid JSON {g.text[:80]!r}")
-                else:
-                    answers[i] = parsed
-                    stats.valid_first += attempt == 0
-        pending = failed
+    prompts = [imagine_messages(profile, [items_by_id[e.item_id] for e in events if e.item_id in items_by_id], exs,
+                                config) for _, _, profile, events, exs in todo]
+    # Prose around the JSON is cut (unconstrained backends add it); a budget-truncated answer is closed.
+    outcomes, gen = generate_validated(backend, prompts, schema=imagine_wire(config.n_imagined),
+                                       check=_refuse_placeholders, fallback=lambda i: None,
+                                       config=coldstart_settings(config, adapter), repair=repair_unconstrained)
+    answers = {i: r.value for i, r in enumerate(outcomes) if not r.fallback}
+    stats.valid_first, stats.valid_retry = gen.valid_first, gen.valid_retry
+    stats.parse_failures, stats.semantic_failures = gen.parse_failures, gen.semantic_failures
+    stats.errors = [f"user {todo[e['index']][0]} attempt {e['attempt']}: {e['kind']}: {e['reason']}: {e['raw'][:80]!r}"
+                    for e in gen.examples[:5]]
     stats.generated = len(todo)
     new = _map_answers(todo, answers, catalogue, config)
     results.update(new)

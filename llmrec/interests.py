@@ -10,8 +10,9 @@ system message (`prompts/interests.jinja`), which every user's prompt shares as 
 belongs to the interest it is listed under; a user's ranked tag list takes the interests' tags round-robin
 (first tag of every interest, then the second, ...), interests in the model's order.
 
-The call is schema-constrained (`backend.generate(json_schema=Wire.model_json_schema())`) and validated with
-the same pydantic model anyway; answers that fail are retried ONCE (in one batch, at `retry_temperature`),
+The call goes through `llmrec.llm.structured.generate_validated`: schema-constrained
+(`json_schema=Wire.model_json_schema()`) and validated with the same pydantic model anyway, then checked
+(`to_profile_parts`); answers that fail are retried ONCE (in one batch, at `retry_temperature`),
 and users that fail twice get a flagged fallback (`source="fallback"`) built from their history's most
 frequent tags. An answer cut off by the token budget is salvaged by closing the JSON after its last complete
 interest, then validated like any other. Counts of all of this are in `MiningStats`.
@@ -31,12 +32,19 @@ from itertools import zip_longest
 from typing import Annotated, Any, Sequence
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
 
 from llmrec.config import MiningConfig
 from llmrec.data import strip_year
 from llmrec.llm import LLMBackend, Messages
 from llmrec.llm.prompts import render_prompt
+from llmrec.llm.structured import (  # noqa: F401 (salvage_truncated re-exported)
+    GenerationSettings,
+    GenerationStats,
+    generate_validated,
+    repair_truncated,
+    salvage_truncated,
+)
 from llmrec.schema import Interest, InterestProfile, Item, Narrative, Tag
 from llmrec.tags import history_tags, item_tags, tag_attributes
 
@@ -113,6 +121,9 @@ class MiningStats:
     answers: int = 0  # generations, retries included
     answers_valid: int = 0  # of those, the ones that validated (JSON validity rate = answers_valid / answers)
     salvaged_truncated: int = 0  # answers cut at the token budget, closed after their last complete interest
+    parse_failures: int = 0  # answers that were not schema-valid JSON
+    semantic_failures: int = 0  # schema-valid answers refused (placeholders, too few distinct interests, no tag)
+    unconstrained_answers: int = 0  # answers from a backend that does not enforce the schema while decoding
     evidence_cited: int = 0
     evidence_dropped: int = 0  # line numbers naming no line of the narrative
     duplicate_interests_dropped: int = 0
@@ -147,40 +158,6 @@ class MiningStats:
     def error(self, user_id: str, stage: str, reason: str, raw: str) -> None:
         if len(self.errors) < 10:
             self.errors.append({"user_id": user_id, "stage": stage, "reason": reason[:300], "raw": raw[:300]})
-
-
-def salvage_truncated(text: str) -> str | None:
-    """Close JSON cut off inside its top-level array after the last complete element, else None.
-
-    Only the shape {"k":[{...},{...},... is handled: the wire format has it.
-    """
-    depth, in_str, escape, last_end = 0, False, False, -1
-    for pos, ch in enumerate(text):
-        if in_str:
-            escape = ch == "\\" and not escape
-            if ch == '"' and not escape:
-                in_str = False
-            continue
-        if ch == '"':
-            in_str = True
-        elif ch in "[{":
-            depth += 1
-        elif ch in "]}":
-            depth -= 1
-            if depth == 2 and ch == "}":
-                last_end = pos
-    return text[: last_end + 1] + "]}" if last_end >= 0 else None
-
-
-def _parse(wire: type[BaseModel], text: str, finish_reason: str) -> tuple[BaseModel, bool]:
-    """Validate an answer; a budget-truncated one is retried as its salvaged prefix."""
-    try:
-        return wire.model_validate_json(text), False
-    except ValidationError:
-        fixed = salvage_truncated(text) if finish_reason == "length" else None
-        if fixed is None:
-            raise
-        return wire.model_validate_json(fixed), True
 
 
 @dataclass
@@ -243,6 +220,26 @@ def to_profile_parts(obj: BaseModel, item_ids: Sequence[str], titles: re.Pattern
 # --- Mining ------------------------------------------------------------------------------------------
 
 
+def mining_settings(config: MiningConfig, adapter: str | None) -> GenerationSettings:
+    """The sampling knobs of mining: `batch_size` prompts per call (the whole shard when it is that wide)."""
+    return GenerationSettings(max_tokens=config.max_tokens, temperature=config.temperature,
+                              retry_temperature=config.retry_temperature, frequency_penalty=config.frequency_penalty,
+                              adapter=adapter, retries=1, batch_size=config.batch_size)
+
+
+def mining_stats(gen: GenerationStats, user_ids: Sequence[str]) -> MiningStats:
+    """MiningStats' generation counts (the names the build report and benchmarks read) from GenerationStats."""
+    stats = MiningStats(users=gen.prompts, valid_first=gen.valid_first, valid_retry=gen.valid_retry,
+                        fallback=gen.fallbacks, answers=gen.answers, answers_valid=gen.answers_valid,
+                        salvaged_truncated=gen.repaired, parse_failures=gen.parse_failures,
+                        semantic_failures=gen.semantic_failures,
+                        unconstrained_answers=0 if gen.enforces_schema else gen.answers,
+                        prompt_tokens=gen.prompt_tokens, output_tokens=gen.output_tokens)
+    for e in gen.examples:
+        stats.error(user_ids[e["index"]], f"try{e['attempt'] + 1}", f"{e['kind']}: {e['reason']}", e["raw"])
+    return stats
+
+
 def mine_interests(
     narratives: Sequence[Narrative],
     backend: LLMBackend,
@@ -258,42 +255,24 @@ def mine_interests(
     the model in the profiles (default: the backend's name, + the adapter).
     """
     t0 = time.perf_counter()
-    stats = MiningStats(users=len(narratives))
     model = label or (backend.name if adapter is None else f"{backend.name}+{adapter}")
     titles = [_seen_title_patterns(n.item_ids, items) for n in narratives]
     prompts = [interest_messages(n.text, config) for n in narratives]
     wire = interests_wire(config)
-    schema = wire.model_json_schema()
-    parsed: list[_Parsed | None] = [None] * len(narratives)
-    pending = list(range(len(narratives)))
-    for attempt, temperature in enumerate((config.temperature, config.retry_temperature)):
-        failed: list[int] = []
-        for start in range(0, len(pending), config.batch_size):
-            chunk = pending[start : start + config.batch_size]
-            gens = backend.generate([prompts[i] for i in chunk], json_schema=schema, max_tokens=config.max_tokens,
-                                    temperature=temperature, adapter=adapter,
-                                    frequency_penalty=config.frequency_penalty)
-            for i, gen in zip(chunk, gens):
-                stats.answers += 1
-                stats.prompt_tokens += gen.n_prompt_tokens
-                stats.output_tokens += gen.n_output_tokens
-                try:
-                    obj, salvaged = _parse(wire, gen.text, gen.finish_reason)
-                    parsed[i] = to_profile_parts(obj, narratives[i].item_ids, titles[i], config)
-                except (ValidationError, ValueError) as e:
-                    stats.error(narratives[i].user_id, f"try{attempt + 1}", str(e), gen.text)
-                    failed.append(i)
-                    continue
-                stats.answers_valid += 1
-                stats.salvaged_truncated += salvaged
-                if attempt == 0:
-                    stats.valid_first += 1
-                else:
-                    stats.valid_retry += 1
-        pending = failed
-        if not pending:
-            break
-    stats.fallback = len(pending)
+
+    def check(obj: BaseModel, i: int) -> str | None:
+        try:
+            to_profile_parts(obj, narratives[i].item_ids, titles[i], config)
+        except ValueError as e:
+            return str(e)
+        return None
+
+    results, gen_stats = generate_validated(
+        backend, prompts, schema=wire, check=check, fallback=lambda i: None, config=mining_settings(config, adapter),
+        repair=repair_truncated)
+    stats = mining_stats(gen_stats, [n.user_id for n in narratives])
+    parsed = [None if r.fallback else to_profile_parts(r.value, n.item_ids, t, config)
+              for r, n, t in zip(results, narratives, titles)]
 
     profiles = []
     for n, p in zip(narratives, parsed):

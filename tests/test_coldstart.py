@@ -29,8 +29,10 @@ MADE_UP = {"t": "Zorblax Quinterfold", "g": ["Sci-Fi"], "y": 1997}
 
 
 class RecordingBackend(FakeBackend):
-    def generate(self, prompts, *, json_schema=None, max_tokens=256, temperature=0.0, adapter=None):
-        out = super().generate(prompts, json_schema=json_schema, max_tokens=max_tokens, temperature=temperature, adapter=adapter)
+    def generate(self, prompts, *, json_schema=None, max_tokens=256, temperature=0.0, adapter=None,
+                 frequency_penalty=0.0):
+        out = super().generate(prompts, json_schema=json_schema, max_tokens=max_tokens, temperature=temperature,
+                               adapter=adapter, frequency_penalty=frequency_penalty)
         self.calls[-1].update(max_tokens=max_tokens, temperature=temperature, prompts=prompts)
         return out
 
@@ -117,6 +119,23 @@ def test_invalid_answers_are_retried_then_fall_back_to_examples(world):
     assert len(backend.calls) == 1
 
 
+def test_retry_samples_at_the_retry_temperature_so_it_can_change_its_answer(world):
+    """A greedy retry repeats the greedy answer; the re-ask must sample at `retry_temperature`."""
+    tiny, catalogue, pool = world
+
+    class Sampling(RecordingBackend):  # stands in for sampling: the greedy answer echoes the placeholder
+        def generate(self, prompts, **kw):
+            self.temperature = kw["temperature"]
+            return super().generate(prompts, **kw)
+
+    backend = Sampling(lambda m, s: json.dumps({"m": [{"t": "title"}] if backend.temperature == 0.0 else [REAL]}))
+    cfg = ColdStartConfig(n_imagined=2, retries=2, temperature=0.0, retry_temperature=0.8)
+    out, stats = imagine_histories(cold_users(tiny, ids=("1", "2")), backend, cfg, catalogue, pool, adapter="lora")
+    assert [(c["n"], c["temperature"], c["adapter"]) for c in backend.calls] == [(2, 0.0, "lora"), (2, 0.8, "lora")]
+    assert all(h.source == "llm" for h in out) and (stats.valid_first, stats.valid_retry) == (0, 2)
+    assert stats.semantic_failures == 2 and "placeholders" in stats.errors[0]
+
+
 def test_cache_hits_and_regenerates_on_profile_or_history_change(world, tmp_path):
     tiny, catalogue, pool = world
     cache = tmp_path / "cold.json"
@@ -166,6 +185,8 @@ def test_config_validation():
         ColdStartConfig(fusion="middle")
     with pytest.raises(ValidationError, match="spacing_hours"):
         ColdStartConfig(spacing_hours=0)
+    with pytest.raises(ValidationError, match="retry_temperature"):
+        ColdStartConfig(retry_temperature=2.5)
     cfg = ColdStartConfig(fusion="late", sim_threshold=0.3)
     assert ColdStartConfig.model_validate_json(cfg.model_dump_json()) == cfg
 

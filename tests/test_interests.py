@@ -8,7 +8,6 @@ import pytest
 
 from llmrec.config import MiningConfig
 from llmrec.interests import (
-    _parse,
     interests_wire,
     mine_interests,
     profiles_from_table,
@@ -17,6 +16,7 @@ from llmrec.interests import (
     salvage_truncated,
 )
 from llmrec.llm import FakeBackend
+from llmrec.llm.structured import repair_truncated
 from llmrec.schema import Narrative
 from llmrec.tags import history_tags
 
@@ -110,7 +110,18 @@ def test_invalid_then_valid_is_retried_once_in_one_batch(tiny, narratives):
     assert stats.valid_retry == 3 and stats.valid_first == 0
     assert (stats.answers, stats.answers_valid, stats.to_dict()["json_valid_rate"]) == (6, 3, 0.5)
     assert all(p.source == "llm" for p in profiles)
-    assert stats.errors and stats.errors[0]["raw"].startswith("Sure!")
+    assert stats.errors and stats.errors[0]["raw"].startswith("Sure!") and stats.errors[0]["stage"] == "try1"
+    assert (stats.parse_failures, stats.semantic_failures, stats.unconstrained_answers) == (3, 0, 0)
+
+
+def test_semantic_failures_and_unconstrained_backends_are_counted(tiny, narratives):
+    class Unconstrained(FakeBackend):
+        enforces_schema = False
+
+    dup = json.dumps({"i": [{"n": "Same", "e": [1], "t": ["quiet drama"]}] * 5})
+    _, stats = mine_interests(narratives[:2], Unconstrained(lambda m, s: dup), WIDE, items=tiny.item_index)
+    assert (stats.parse_failures, stats.semantic_failures, stats.fallback) == (0, 4, 2)
+    assert stats.unconstrained_answers == stats.answers == 4 and stats.errors[0]["reason"].startswith("semantic:")
 
 
 def test_invalid_twice_falls_back_flagged_and_counted(tiny, narratives):
@@ -183,10 +194,9 @@ def test_truncated_answer_is_salvaged_only_when_cut_by_the_budget():
     wire = interests_wire(MiningConfig(min_interests=1))
     cut = '{"i":[{"n":"romantic comedy","e":[1],"t":["a {b"]},{"n":"dark","e":[2],"t":["x"]},{"n":"90s'
     assert salvage_truncated(cut) == '{"i":[{"n":"romantic comedy","e":[1],"t":["a {b"]},{"n":"dark","e":[2],"t":["x"]}]}'
-    obj, salvaged = _parse(wire, cut, "length")
-    assert salvaged and [i.n for i in obj.i] == ["romantic comedy", "dark"]
-    with pytest.raises(ValueError):
-        _parse(wire, cut, "stop")
+    (fixed,) = repair_truncated(cut, "length")
+    assert [i.n for i in wire.model_validate_json(fixed).i] == ["romantic comedy", "dark"]
+    assert repair_truncated(cut, "stop") == []
     assert salvage_truncated('{"i":[{"n":"x') is None
 
 
