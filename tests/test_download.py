@@ -69,5 +69,5 @@ def test_default_dest_is_where_ml100k_dir_looks(archive, tmp_path, monkeypatch):
     res = CliRunner().invoke(app, ["data", "download", "ml-100k", "--url", path.as_uri(), "--md5", md5])
     assert res.exit_code == 0, res.output
     assert res.output.strip() == str(ml100k_dir())
-    bad = CliRunner().invoke(app, ["data", "download", "ml-1m"])
-    assert bad.exit_code == 2 and "only ml-100k" in bad.output
+    bad = CliRunner().invoke(app, ["data", "download", "ml-2m"])
+    assert bad.exit_code == 2 and "unknown dataset" in bad.output

@@ -21,9 +21,13 @@ def register(app: typer.Typer) -> None:
     data_app = typer.Typer(help="Download, import and inspect datasets.", no_args_is_help=True)
 
     @data_app.command("info")
-    def info(dataset: str = typer.Option("ml-100k", help="Built-in name (ml-100k) or a dataset folder.")) -> None:
+    def info(dataset: str = typer.Option("ml-100k", help="Built-in name (ml-100k, ml-1m, ml-latest-small, ml-20m, "
+                                              "ml-25m, amazon-2018-<category>) or a dataset folder.")) -> None:
         """Print a dataset's counts and load report as JSON."""
-        print(json.dumps(resolve_dataset(dataset).summary()))
+        try:
+            print(json.dumps(resolve_dataset(dataset).summary()))
+        except DataError as e:
+            raise fail(e) from None
 
     @data_app.command("import")
     def import_cmd(
@@ -52,20 +56,23 @@ def register(app: typer.Typer) -> None:
 
     @data_app.command("download")
     def download(
-        dataset: str = typer.Argument(..., help="Dataset to fetch; only ml-100k is known."),
-        dest: Path = typer.Option(None, help="Target folder (default: $LLMREC_HOME/datasets/ml-100k, where "
-                                  "`--dataset ml-100k` looks when $LLMREC_ML100K_DIR is unset)."),
-        url: str = typer.Option(None, help="Mirror URL of ml-100k.zip (default: the GroupLens URL)."),
-        md5: str = typer.Option(None, help="Expected MD5 of the zip (default: the official archive's)."),
+        dataset: str = typer.Argument(..., help="Dataset to fetch: ml-100k, ml-1m, ml-latest-small, ml-20m, ml-25m "
+                                      "or amazon-2018-<category> (e.g. amazon-2018-magazine-subscriptions)."),
+        dest: Path = typer.Option(None, help="Target folder (default: $LLMREC_HOME/datasets/<name>, where "
+                                  "`--dataset <name>` looks when no environment variable points elsewhere)."),
+        url: str = typer.Option(None, help="Mirror URL(s) of the file(s), comma-separated, one per file."),
+        md5: str = typer.Option(None, help="Expected MD5(s), comma-separated, one per file (default: the pinned "
+                                "ones; required where none is pinned, e.g. ml-latest-small)."),
         force: bool = typer.Option(False, "--force", help="Download again even if a complete copy exists."),
     ) -> None:
-        """Fetch the official MovieLens-100K zip, verify its checksum and unpack it; print the folder."""
-        from llmrec.data.download import GROUPLENS_URL, ML100K_MD5, download_ml100k
+        """Fetch a public dataset, verify its checksum and unpack it; print the folder."""
+        from llmrec.data.download import download_dataset
 
-        if dataset != "ml-100k":
-            raise fail(ValueError(f"unknown dataset {dataset!r}: only ml-100k can be downloaded"))
+        def split(value: str | None) -> tuple[str, ...] | None:
+            return tuple(v.strip() for v in value.split(",")) if value else None
+
         try:
-            print(download_ml100k(dest, url=url or GROUPLENS_URL, md5=md5 or ML100K_MD5, force=force))
+            print(download_dataset(dataset, dest, urls=split(url), md5s=split(md5), force=force))
         except DataError as e:
             raise fail(e) from None
 

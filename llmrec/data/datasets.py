@@ -276,13 +276,32 @@ def load_dataset_dir(path: str | Path) -> Dataset:
                    domain=domain)
 
 
+BUILTIN_NAMES = ("ml-100k", "ml-1m", "ml-latest-small", "ml-20m", "ml-25m", "amazon-2018-<category>")
+
+
 def resolve_dataset(spec: str | Path, config: DataConfig | None = None) -> Dataset:
-    """A built-in name (`ml-100k`) or a dataset folder."""
-    if str(spec) == "ml-100k":
-        return load_ml100k(config=config)
+    """A built-in name (`ml-100k`, `ml-1m`, `amazon-2018-magazine-subscriptions`, ...) or a dataset folder.
+
+    A name wins over a folder of the same name in the working directory: names are looked up in their
+    configured places (environment variables, $LLMREC_HOME/datasets), never relative to the cwd.
+    """
+    name = str(spec)
+    try:
+        if name == "ml-100k":
+            return load_ml100k(config=config)
+        if name in ("ml-1m", "ml-latest-small", "ml-20m", "ml-25m"):
+            from llmrec.data.movielens import load_movielens
+
+            return load_movielens(name, config=config)
+        if name.startswith("amazon-2018-") and not Path(spec).is_dir():
+            from llmrec.data.amazon import amazon_dir, load_amazon
+
+            return load_amazon(amazon_dir(name), config=config)
+    except FileNotFoundError as e:
+        raise DataError(str(e)) from None
     if Path(spec).is_dir():
         return load_dataset_dir(spec)
-    raise DataError(f"unknown dataset {spec!r}: use a built-in name (ml-100k) or a dataset folder")
+    raise DataError(f"unknown dataset {spec!r}: use a built-in name ({', '.join(BUILTIN_NAMES)}) or a dataset folder")
 
 
 # --- Integer ids for models ----------------------------------------------------------------------
