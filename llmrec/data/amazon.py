@@ -116,7 +116,7 @@ def is_broken_title(title: object) -> bool:
     """True for an empty title or an HTML fragment such as '<span class="a-size-medium ..."'."""
     if not isinstance(title, str) or not title.strip():
         return True
-    return bool(re.search(r"<|>|class=|&[a-z]+;", title)) or not re.search(r"[A-Za-z0-9]", title)
+    return bool(re.search(r"<|>|class=", title)) or not re.search(r"[A-Za-z0-9]", title)
 
 
 def rebuild_title(brand: str | None, description: str | None, asin: str) -> str:

@@ -33,6 +33,7 @@ ML100K_GENRES = (
 )  # fmt: skip
 # Known facts (STYLE 16): a loader that disagrees is reading the wrong or a damaged file.
 ML100K_EXPECTED = {"users": 943, "items": 1682, "events": 100_000}
+SYNTHETIC_MARKER = "SYNTHETIC"  # a file marking generated MovieLens-format data: no count check
 
 
 @dataclass
@@ -191,10 +192,13 @@ def load_ml100k(path: str | Path | None = None, config: DataConfig | None = None
     """Load MovieLens-100K from its raw files and check it against the known counts.
 
     `expected=None` skips the count check, for files in the ML-100K format that are not the real set
-    (the synthetic test fixture, a filtered copy).
+    (a filtered copy); so does a folder marked by a `SYNTHETIC` file (the test suite's generated data,
+    which it serves under $LLMREC_ML100K_DIR so that `--dataset ml-100k` commands run anywhere).
     """
     config = config or DataConfig()
     root = Path(path) if path is not None else ml100k_dir()
+    if (root / SYNTHETIC_MARKER).is_file():
+        expected = None
     report = LoadReport()
     events = _read_ml100k_ratings(root / "u.data", config)
     items = _read_ml100k_items(root / "u.item")
