@@ -31,16 +31,23 @@ def register(app: typer.Typer) -> None:
 
     @data_app.command("import")
     def import_cmd(
-        events: Path = typer.Option(..., help="Events table: CSV (.tsv = tab-separated) or Parquet."),
-        items: Path = typer.Option(..., help="Items table: CSV or Parquet."),
+        events: Path = typer.Option(..., help="Events table: CSV (.tsv = tab-separated), JSON lines "
+                                    "(.json/.jsonl/.ndjson, optionally .gz) or Parquet."),
+        items: Path = typer.Option(..., help="Items table: CSV, JSON lines or Parquet (item_id, title; optional "
+                                   "genres, year, text, brand)."),
         users: Path = typer.Option(None, help="Optional users table; columns besides user_id become the profile."),
         map: str = typer.Option("", "--map", help="Column mapping CANONICAL=COLUMN,... e.g. "
-                                "user_id=uid,item_id=movie,timestamp=ts,value=rating; prefix items./events./users. "
+                                "user_id=uid,item_id=movie,timestamp=ts,value=rating,brand=publisher; prefix items./events./users. "
                                 "for one table only (items.item_id=movie_id)."),
         out: Path = typer.Option(..., help="Dataset folder to write (events/items/users.parquet, dataset.json)."),
         strict: bool = typer.Option(False, "--strict", help="Fail at the first bad row instead of skipping it."),
         encoding: str = typer.Option("utf-8", help="Text encoding of CSV files, e.g. latin-1 or cp1252."),
-        genre_sep: str = typer.Option("|", help="Separator of the genres field in CSV files."),
+        genre_sep: str = typer.Option("|", help="Separator of the multi-valued genres/category field in text "
+                                      "files (JSON lists need none), e.g. '|' or ','."),
+        year_from_title: bool = typer.Option(None, "--year-from-title/--no-year-from-title",
+                                             help="Take the year from titles like 'Toy Story (1995)' and strip it. "
+                                                  "Default: automatic when no year column is mapped and most "
+                                                  "titles end in a (yyyy) year."),
         name: str = typer.Option(None, help="Dataset name (default: the events file's stem)."),
     ) -> None:
         """Import your own logs into a dataset folder; print its summary and load report as JSON."""
@@ -48,7 +55,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             ds = import_tables(events, items, users, parse_mapping(map), strict=strict, encoding=encoding,
-                               genre_sep=genre_sep, name=name)
+                               genre_sep=genre_sep, name=name, year_from_title=year_from_title)
         except (DataError, ValueError) as e:
             raise fail(e) from None
         ds.save(out)
