@@ -37,7 +37,8 @@ def register(app: typer.Typer) -> None:
                                    "genres, year, text, brand)."),
         users: Path = typer.Option(None, help="Optional users table; columns besides user_id become the profile."),
         map: str = typer.Option("", "--map", help="Column mapping CANONICAL=COLUMN,... e.g. "
-                                "user_id=uid,item_id=movie,timestamp=ts,value=rating,brand=publisher; prefix items./events./users. "
+                                "user_id=uid,item_id=movie,timestamp=ts,value=rating,brand=publisher; "
+                                "prefix items./events./users. "
                                 "for one table only (items.item_id=movie_id)."),
         out: Path = typer.Option(..., help="Dataset folder to write (events/items/users.parquet, dataset.json)."),
         strict: bool = typer.Option(False, "--strict", help="Fail at the first bad row instead of skipping it."),

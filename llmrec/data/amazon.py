@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from llmrec.config import DataConfig
-from llmrec.data.datasets import Dataset, DataError, LoadReport, llmrec_home, ratings_to_behaviors
+from llmrec.data.datasets import DataError, Dataset, LoadReport, llmrec_home, ratings_to_behaviors
 from llmrec.schema import Domain
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,8 @@ def _items_table(meta: list[dict], reviewed: list[str], report: LoadReport, path
             rows.append({"item_id": asin, "title": asin, "genres": [], "year": None, "text": None, "brand": None})
             continue
         desc = row.get("description")
-        text = strip_html(" ".join(d for d in desc if isinstance(d, str)) if isinstance(desc, list) else str(desc or ""))
+        joined = " ".join(d for d in desc if isinstance(d, str)) if isinstance(desc, list) else str(desc or "")
+        text = strip_html(joined)
         brand = _brand(row)
         title = row.get("title")
         if is_broken_title(title):

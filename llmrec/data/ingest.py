@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from llmrec.config import DataConfig
-from llmrec.data.datasets import YEAR_SUFFIX, Dataset, DataError, LoadReport, ratings_to_behaviors
+from llmrec.data.datasets import YEAR_SUFFIX, DataError, Dataset, LoadReport, ratings_to_behaviors
 
 log = logging.getLogger(__name__)
 JSON_SUFFIXES = (".json", ".jsonl", ".ndjson")

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from llmrec.config import DataConfig
-from llmrec.data.datasets import YEAR_SUFFIX, Dataset, DataError, LoadReport, llmrec_home, ratings_to_behaviors
+from llmrec.data.datasets import YEAR_SUFFIX, DataError, Dataset, LoadReport, llmrec_home, ratings_to_behaviors
 from llmrec.schema import Domain
 
 MOVIELENS_ENV = "LLMREC_MOVIELENS_DIR"
@@ -128,9 +128,9 @@ def _load_ml1m(root: Path, config: DataConfig) -> tuple[pd.DataFrame, pd.DataFra
     r = _read_dat(root / "ratings.dat", ["user", "item", "rating", "ts"])
     m = _read_dat(root / "movies.dat", ["item", "title", "genres"])
     u = _read_dat(root / "users.dat", ["user_id", "gender", "age", "occupation", "zip"])
-    occupation = pd.to_numeric(u["occupation"], errors="coerce")
-    u["occupation"] = [ML1M_OCCUPATIONS[int(o)] if o == o and 0 <= o < len(ML1M_OCCUPATIONS) else "other"
-                       for o in occupation]
+    code = pd.to_numeric(u["occupation"], errors="coerce")
+    u["occupation"] = [ML1M_OCCUPATIONS[int(o)] if pd.notna(o) and 0 <= o < len(ML1M_OCCUPATIONS) else "other"
+                       for o in code]
     events = ratings_table(r["user"], r["item"], r["rating"], r["ts"], root / "ratings.dat", config)
     return events, movies_table(m["item"], m["title"], m["genres"]), u[["user_id", "age", "gender", "occupation"]]
 
@@ -151,8 +151,9 @@ def load_movielens(name: str, path: str | Path | None = None, config: DataConfig
     config = config or DataConfig()
     root = Path(path) if path is not None else movielens_dir(name)
     events, items, users = (_load_ml1m if name == "ml-1m" else _load_csv_release)(root, config)
-    if items["item_id"].duplicated().any():
-        raise DataError(f"{root / FILES[name][1]}: duplicate movie id {items['item_id'][items['item_id'].duplicated()].iloc[0]!r}")
+    dup = items["item_id"].duplicated()
+    if dup.any():
+        raise DataError(f"{root / FILES[name][1]}: duplicate movie id {items['item_id'][dup].iloc[0]!r}")
     unknown = ~events["item_id"].isin(items["item_id"])
     if unknown.any():
         raise DataError(f"{root / FILES[name][0]}: {int(unknown.sum())} ratings name movies missing from "
