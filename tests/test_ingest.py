@@ -201,3 +201,65 @@ def test_import_cli_writes_a_dataset_folder_and_prints_the_report(tmp_path):
 def test_malformed_csv_names_file_and_line(tmp_path):
     with pytest.raises(DataError, match=r"events\.csv: cannot parse as CSV: .*line 5"):
         load(tmp_path, GOOD + "u3,1,874965478,4,extra\n")
+
+
+def test_json_lines_import_with_lists_brand_and_years_from_titles(tmp_path):
+    import gzip
+
+    events = "\n".join(json.dumps(r) for r in [
+        {"uid": "u1", "movie": 1, "ts": 874965478, "rating": 5},
+        {"uid": "u1", "movie": 2, "ts": "1998-03-01T10:00:00Z", "rating": 1.0},
+        {"uid": "u2", "movie": 3, "ts": 874965479, "rating": 3}]) + "\n"
+    with gzip.open(tmp_path / "events.jsonl.gz", "wt") as f:
+        f.write(events)
+    items = [{"movie": 1, "name": "Toy Story (1995)", "cats": ["Animation", "Comedy"], "publisher": "Pixar"},
+             {"movie": 2, "name": "Heat (1995)", "cats": [], "publisher": ""},
+             {"movie": 3, "name": "Babylon 5", "cats": ["Sci-Fi"]}]
+    write(tmp_path, "items.json", "\n".join(json.dumps(r) for r in items) + "\n\n")
+    mapping = {k: v for k, v in MAP.items() if k != "year"} | {"brand": "publisher"}
+    ds = import_tables(tmp_path / "events.jsonl.gz", tmp_path / "items.json", mapping=mapping)
+    assert ds.report.total_skipped == 0 and len(ds.events) == 3
+    it = ds.items.set_index("item_id")
+    assert it.loc["1", "title"] == "Toy Story" and it.loc["1", "year"] == 1995  # detected: 2 of 3 titles
+    assert it.loc["3", "title"] == "Babylon 5" and pd.isna(it.loc["3", "year"])
+    assert it.loc["1", "genres"] == ["Animation", "Comedy"] and it.loc["2", "genres"] == []
+    assert it.loc["1", "brand"] == "Pixar" and it["brand"].isna().sum() == 2
+    assert ds.item_index["1"].brand == "Pixar" and ds.item_index["2"].brand is None and ds.item_index["3"].brand is None
+    kept = import_tables(tmp_path / "events.jsonl.gz", tmp_path / "items.json", mapping=mapping,
+                         year_from_title=False)
+    assert kept.items.set_index("item_id").loc["1", "title"] == "Toy Story (1995)"
+    assert kept.items["year"].isna().all()
+
+
+def test_year_from_title_fills_only_missing_years_when_asked(tmp_path):
+    items = "movie,name,cats,yr\n1,Toy Story (1995),Animation,\n2,Heat (1995),Action,1996\n3,Casino,Drama,1995\n"
+    auto = load(tmp_path, GOOD, items)  # a year column is mapped: titles stay as they are
+    assert auto.items.set_index("item_id").loc["1", "title"] == "Toy Story (1995)"
+    ds = load(tmp_path, GOOD, items, year_from_title=True)
+    it = ds.items.set_index("item_id")
+    assert it.loc["1", "year"] == 1995 and it.loc["2", "year"] == 1996  # the column wins where it has a value
+    assert list(it["title"]) == ["Toy Story", "Heat", "Casino"]
+
+
+def test_bad_json_lines_name_file_and_line(tmp_path):
+    write(tmp_path, "items.jsonl", '{"movie": 1, "name": "A"}\n{"movie": 2,\n')
+    with pytest.raises(DataError, match=r"items\.jsonl: line 2 is not JSON"):
+        import_tables(write(tmp_path, "events.csv", GOOD), tmp_path / "items.jsonl", mapping=MAP)
+    write(tmp_path, "items.jsonl", '[1, 2]\n')
+    with pytest.raises(DataError, match=r"items\.jsonl: line 1 is a JSON list, expected an object"):
+        import_tables(write(tmp_path, "events.csv", GOOD), tmp_path / "items.jsonl", mapping=MAP)
+
+
+def test_import_cli_reads_json_lines_and_year_flag(tmp_path):
+    e = write(tmp_path, "events.csv", GOOD)
+    i = write(tmp_path, "items.jsonl", "\n".join(json.dumps({"movie": n, "name": f"M{n} (199{n})", "cats": "A,B"})
+                                                  for n in (1, 2, 3)) + "\n")
+    mapping = "user_id=uid,item_id=movie,timestamp=ts,value=rating,title=name,genres=cats"
+    args = ["data", "import", "--events", str(e), "--items", str(i), "--map", mapping, "--genre-sep", ","]
+    res = CliRunner().invoke(app, args + ["--out", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    a = load_dataset_dir(tmp_path / "a").items.set_index("item_id")
+    assert a.loc["2", "title"] == "M2" and a.loc["2", "year"] == 1992 and a.loc["2", "genres"] == ["A", "B"]
+    res = CliRunner().invoke(app, args + ["--out", str(tmp_path / "b"), "--no-year-from-title"])
+    assert res.exit_code == 0, res.output
+    assert load_dataset_dir(tmp_path / "b").items.set_index("item_id").loc["2", "title"] == "M2 (1992)"

@@ -4,7 +4,8 @@ import pytest
 from llmrec.data.split import events_before, split_leave_one_out, truncate_history
 
 
-def test_leave_one_out_targets_are_each_users_last_events(ml100k):
+def test_leave_one_out_targets_are_each_users_last_events(real_ml100k):
+    ml100k = real_ml100k
     split = split_leave_one_out(ml100k.events)
     assert split.report["users_with_targets"] == 943
     assert len(split.test) == len(split.valid) == 943

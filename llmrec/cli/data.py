@@ -21,22 +21,34 @@ def register(app: typer.Typer) -> None:
     data_app = typer.Typer(help="Download, import and inspect datasets.", no_args_is_help=True)
 
     @data_app.command("info")
-    def info(dataset: str = typer.Option("ml-100k", help="Built-in name (ml-100k) or a dataset folder.")) -> None:
+    def info(dataset: str = typer.Option("ml-100k", help="Built-in name (ml-100k, ml-1m, ml-latest-small, ml-20m, "
+                                              "ml-25m, amazon-2018-<category>) or a dataset folder.")) -> None:
         """Print a dataset's counts and load report as JSON."""
-        print(json.dumps(resolve_dataset(dataset).summary()))
+        try:
+            print(json.dumps(resolve_dataset(dataset).summary()))
+        except DataError as e:
+            raise fail(e) from None
 
     @data_app.command("import")
     def import_cmd(
-        events: Path = typer.Option(..., help="Events table: CSV (.tsv = tab-separated) or Parquet."),
-        items: Path = typer.Option(..., help="Items table: CSV or Parquet."),
+        events: Path = typer.Option(..., help="Events table: CSV (.tsv = tab-separated), JSON lines "
+                                    "(.json/.jsonl/.ndjson, optionally .gz) or Parquet."),
+        items: Path = typer.Option(..., help="Items table: CSV, JSON lines or Parquet (item_id, title; optional "
+                                   "genres, year, text, brand)."),
         users: Path = typer.Option(None, help="Optional users table; columns besides user_id become the profile."),
         map: str = typer.Option("", "--map", help="Column mapping CANONICAL=COLUMN,... e.g. "
-                                "user_id=uid,item_id=movie,timestamp=ts,value=rating; prefix items./events./users. "
+                                "user_id=uid,item_id=movie,timestamp=ts,value=rating,brand=publisher; "
+                                "prefix items./events./users. "
                                 "for one table only (items.item_id=movie_id)."),
         out: Path = typer.Option(..., help="Dataset folder to write (events/items/users.parquet, dataset.json)."),
         strict: bool = typer.Option(False, "--strict", help="Fail at the first bad row instead of skipping it."),
         encoding: str = typer.Option("utf-8", help="Text encoding of CSV files, e.g. latin-1 or cp1252."),
-        genre_sep: str = typer.Option("|", help="Separator of the genres field in CSV files."),
+        genre_sep: str = typer.Option("|", help="Separator of the multi-valued genres/category field in text "
+                                      "files (JSON lists need none), e.g. '|' or ','."),
+        year_from_title: bool = typer.Option(None, "--year-from-title/--no-year-from-title",
+                                             help="Take the year from titles like 'Toy Story (1995)' and strip it. "
+                                                  "Default: automatic when no year column is mapped and most "
+                                                  "titles end in a (yyyy) year."),
         name: str = typer.Option(None, help="Dataset name (default: the events file's stem)."),
     ) -> None:
         """Import your own logs into a dataset folder; print its summary and load report as JSON."""
@@ -44,7 +56,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             ds = import_tables(events, items, users, parse_mapping(map), strict=strict, encoding=encoding,
-                               genre_sep=genre_sep, name=name)
+                               genre_sep=genre_sep, name=name, year_from_title=year_from_title)
         except (DataError, ValueError) as e:
             raise fail(e) from None
         ds.save(out)
@@ -52,20 +64,23 @@ def register(app: typer.Typer) -> None:
 
     @data_app.command("download")
     def download(
-        dataset: str = typer.Argument(..., help="Dataset to fetch; only ml-100k is known."),
-        dest: Path = typer.Option(None, help="Target folder (default: $LLMREC_HOME/datasets/ml-100k, where "
-                                  "`--dataset ml-100k` looks when $LLMREC_ML100K_DIR is unset)."),
-        url: str = typer.Option(None, help="Mirror URL of ml-100k.zip (default: the GroupLens URL)."),
-        md5: str = typer.Option(None, help="Expected MD5 of the zip (default: the official archive's)."),
+        dataset: str = typer.Argument(..., help="Dataset to fetch: ml-100k, ml-1m, ml-latest-small, ml-20m, ml-25m "
+                                      "or amazon-2018-<category> (e.g. amazon-2018-magazine-subscriptions)."),
+        dest: Path = typer.Option(None, help="Target folder (default: $LLMREC_HOME/datasets/<name>, where "
+                                  "`--dataset <name>` looks when no environment variable points elsewhere)."),
+        url: str = typer.Option(None, help="Mirror URL(s) of the file(s), comma-separated, one per file."),
+        md5: str = typer.Option(None, help="Expected MD5(s), comma-separated, one per file (default: the pinned "
+                                "ones; required where none is pinned, e.g. ml-latest-small)."),
         force: bool = typer.Option(False, "--force", help="Download again even if a complete copy exists."),
     ) -> None:
-        """Fetch the official MovieLens-100K zip, verify its checksum and unpack it; print the folder."""
-        from llmrec.data.download import GROUPLENS_URL, ML100K_MD5, download_ml100k
+        """Fetch a public dataset, verify its checksum and unpack it; print the folder."""
+        from llmrec.data.download import download_dataset
 
-        if dataset != "ml-100k":
-            raise fail(ValueError(f"unknown dataset {dataset!r}: only ml-100k can be downloaded"))
+        def split(value: str | None) -> tuple[str, ...] | None:
+            return tuple(v.strip() for v in value.split(",")) if value else None
+
         try:
-            print(download_ml100k(dest, url=url or GROUPLENS_URL, md5=md5 or ML100K_MD5, force=force))
+            print(download_dataset(dataset, dest, urls=split(url), md5s=split(md5), force=force))
         except DataError as e:
             raise fail(e) from None
 

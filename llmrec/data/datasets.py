@@ -33,6 +33,7 @@ ML100K_GENRES = (
 )  # fmt: skip
 # Known facts (STYLE 16): a loader that disagrees is reading the wrong or a damaged file.
 ML100K_EXPECTED = {"users": 943, "items": 1682, "events": 100_000}
+SYNTHETIC_MARKER = "SYNTHETIC"  # a file marking generated MovieLens-format data: no count check
 
 
 @dataclass
@@ -186,10 +187,18 @@ def ml100k_dir() -> Path:
     return path
 
 
-def load_ml100k(path: str | Path | None = None, config: DataConfig | None = None) -> Dataset:
-    """Load MovieLens-100K from its raw files and check it against the known counts."""
+def load_ml100k(path: str | Path | None = None, config: DataConfig | None = None,
+                expected: dict[str, int] | None = ML100K_EXPECTED) -> Dataset:
+    """Load MovieLens-100K from its raw files and check it against the known counts.
+
+    `expected=None` skips the count check, for files in the ML-100K format that are not the real set
+    (a filtered copy); so does a folder marked by a `SYNTHETIC` file (the test suite's generated data,
+    which it serves under $LLMREC_ML100K_DIR so that `--dataset ml-100k` commands run anywhere).
+    """
     config = config or DataConfig()
     root = Path(path) if path is not None else ml100k_dir()
+    if (root / SYNTHETIC_MARKER).is_file():
+        expected = None
     report = LoadReport()
     events = _read_ml100k_ratings(root / "u.data", config)
     items = _read_ml100k_items(root / "u.item")
@@ -201,8 +210,8 @@ def load_ml100k(path: str | Path | None = None, config: DataConfig | None = None
     ds = Dataset(name="ml-100k", events=events, items=items, users=users, report=report,
                  domain=Domain(item="movie", items="movies", user="viewer"))
     got = {"users": ds.events["user_id"].nunique(), "items": len(items), "events": len(events)}
-    if got != ML100K_EXPECTED:
-        raise DataError(f"{root}: MovieLens-100K should have {ML100K_EXPECTED}, found {got}; damaged copy?")
+    if expected is not None and got != expected:
+        raise DataError(f"{root}: MovieLens-100K should have {expected}, found {got}; damaged copy?")
     return ds
 
 
@@ -271,13 +280,32 @@ def load_dataset_dir(path: str | Path) -> Dataset:
                    domain=domain)
 
 
+BUILTIN_NAMES = ("ml-100k", "ml-1m", "ml-latest-small", "ml-20m", "ml-25m", "amazon-2018-<category>")
+
+
 def resolve_dataset(spec: str | Path, config: DataConfig | None = None) -> Dataset:
-    """A built-in name (`ml-100k`) or a dataset folder."""
-    if str(spec) == "ml-100k":
-        return load_ml100k(config=config)
+    """A built-in name (`ml-100k`, `ml-1m`, `amazon-2018-magazine-subscriptions`, ...) or a dataset folder.
+
+    A name wins over a folder of the same name in the working directory: names are looked up in their
+    configured places (environment variables, $LLMREC_HOME/datasets), never relative to the cwd.
+    """
+    name = str(spec)
+    try:
+        if name == "ml-100k":
+            return load_ml100k(config=config)
+        if name in ("ml-1m", "ml-latest-small", "ml-20m", "ml-25m"):
+            from llmrec.data.movielens import load_movielens
+
+            return load_movielens(name, config=config)
+        if name.startswith("amazon-2018-") and not Path(spec).is_dir():
+            from llmrec.data.amazon import amazon_dir, load_amazon
+
+            return load_amazon(amazon_dir(name), config=config)
+    except FileNotFoundError as e:
+        raise DataError(str(e)) from None
     if Path(spec).is_dir():
         return load_dataset_dir(spec)
-    raise DataError(f"unknown dataset {spec!r}: use a built-in name (ml-100k) or a dataset folder")
+    raise DataError(f"unknown dataset {spec!r}: use a built-in name ({', '.join(BUILTIN_NAMES)}) or a dataset folder")
 
 
 # --- Integer ids for models ----------------------------------------------------------------------

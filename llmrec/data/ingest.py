@@ -1,4 +1,5 @@
-"""A user's own logs (CSV or Parquet) -> a canonical `Dataset`, with every bad row skipped and counted.
+"""A user's own logs (CSV, Parquet or JSON lines) -> a canonical `Dataset`, with every bad row skipped and
+counted.
 
 `import_tables` reads an events table, an items table and optionally a users table. A column mapping
 (canonical name -> the user's column, e.g. `{"user_id": "uid", "item_id": "movie", "timestamp": "ts"}`)
@@ -7,7 +8,10 @@ looked up under their own name.
 
 Canonical columns: events need user_id, item_id, timestamp and either behavior or value (a rating turned
 into liked/watched/disliked with DataConfig thresholds); items need item_id and title, and may have genres
-(split on `genre_sep`), year and text; users need user_id, every other column becomes profile text.
+(split on `genre_sep`, or a JSON list), year, text and brand; users need user_id, every other column becomes
+profile text. Titles in the MovieLens form "Toy Story (1995)" give the year and lose the suffix: always with
+`year_from_title=True`, never with False, and by default (None) when no year column is mapped and most
+titles end in a "(yyyy)" year.
 Timestamps are epoch seconds or ISO-8601 (naive = UTC, offsets converted to UTC), stored as whole seconds.
 
 Bad input. Missing columns and undecodable bytes are errors naming the file (and column or byte offset).
@@ -22,6 +26,9 @@ first reason it fails.
 from __future__ import annotations
 
 import codecs
+import gzip
+import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +38,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from llmrec.config import DataConfig
-from llmrec.data.datasets import Dataset, DataError, LoadReport, ratings_to_behaviors
+from llmrec.data.datasets import YEAR_SUFFIX, DataError, Dataset, LoadReport, ratings_to_behaviors
+
+log = logging.getLogger(__name__)
+JSON_SUFFIXES = (".json", ".jsonl", ".ndjson")
 
 TABLE_COLUMNS = {
     "events": ("user_id", "item_id", "timestamp", "behavior", "value"),
-    "items": ("item_id", "title", "genres", "year", "text"),
+    "items": ("item_id", "title", "genres", "year", "text", "brand"),
     "users": ("user_id",),
 }
 CANONICAL = tuple(dict.fromkeys(c for cols in TABLE_COLUMNS.values() for c in cols))
@@ -92,13 +102,42 @@ def check_encoding(path: Path, encoding: str, block: int = 1 << 22) -> None:
             newlines += data.count(b"\n")
 
 
+def read_json_lines(path: Path, encoding: str) -> pd.DataFrame:
+    """JSON lines (.json/.jsonl/.ndjson, optionally .gz): one object per line; a bad line is an error naming
+    the file and line. Lists (genres) stay lists, numbers stay numbers."""
+    rows = []
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
+    try:
+        with opener(path, "rt", encoding=encoding) as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}: line {n} is not JSON ({e.msg} at column {e.colno})") from None
+                if not isinstance(row, dict):
+                    raise DataError(f"{path}: line {n} is a JSON {type(row).__name__}, expected an object")
+                rows.append(row)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid {encoding} ({e.reason}); pass the file's encoding, "
+                        f"e.g. --encoding latin-1") from None
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot read: {e}") from e
+    return pd.DataFrame.from_records(rows)
+
+
 def read_table(path: str | Path, encoding: str = "utf-8") -> pd.DataFrame:
-    """CSV (any suffix; .tsv is tab-separated) as strings, or Parquet (.parquet/.pq) as stored."""
+    """CSV (any suffix; .tsv is tab-separated) as strings, JSON lines (.json/.jsonl/.ndjson, optionally
+    gzipped) or Parquet (.parquet/.pq) as stored."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     if path.suffix.lower() in (".parquet", ".pq"):
         return pq.read_table(path).to_pandas()
+    inner = path.with_suffix("").suffix.lower() if path.suffix.lower() == ".gz" else path.suffix.lower()
+    if inner in JSON_SUFFIXES:
+        return read_json_lines(path, encoding)
     check_encoding(path, encoding)
     sep = "\t" if path.suffix.lower() == ".tsv" else ","
     # pyarrow's reader is ~9x faster; on a malformed file the C reader gives the line-numbered message.
@@ -196,8 +235,18 @@ def parse_timestamps(s: pd.Series) -> pd.Series:
 # --- Tables --------------------------------------------------------------------------------------
 
 
-def _import_items(path: Path, df: pd.DataFrame, mapping, report, strict, genre_sep: str) -> pd.DataFrame:
-    c = _pick(df, path, mapping, "items", ("item_id", "title"), ("genres", "year", "text"))
+def wants_year_from_title(titles: pd.Series, has_year: bool, year_from_title: bool | None) -> bool:
+    """Explicit choice, else auto: no year column and most titles end in a MovieLens "(1995)" year."""
+    if year_from_title is not None:
+        return year_from_title
+    if has_year or titles.empty:
+        return False
+    return bool(titles.astype(str).str.contains(YEAR_SUFFIX, regex=True).mean() > 0.5)
+
+
+def _import_items(path: Path, df: pd.DataFrame, mapping, report, strict, genre_sep: str,
+                  year_from_title: bool | None = None) -> pd.DataFrame:
+    c = _pick(df, path, mapping, "items", ("item_id", "title"), ("genres", "year", "text", "brand"))
     rows = _Rows(path, len(df), report, strict)
     for name in ("item_id", "title"):
         rows.reject(_empty(c[name]), "empty_field", name)
@@ -216,11 +265,23 @@ def _import_items(path: Path, df: pd.DataFrame, mapping, report, strict, genre_s
     else:
         genres = pd.Series([[] for _ in range(len(df))], index=df.index)
     text = c["text"].astype(str).where(~pd.Series(_empty(c["text"]), index=df.index)) if "text" in c else None
+    brand = None
+    if "brand" in c:
+        brand = c["brand"].astype(str).str.strip().astype(object)
+        brand[_empty(c["brand"])] = None
+    title = c["title"].astype(str).str.strip()
+    if wants_year_from_title(title, "year" in c, year_from_title):
+        # The title's year fills a missing year column value; the suffix leaves the title either way.
+        from_title = pd.to_numeric(title.str.extract(r"\((\d{4})\)\s*$")[0], errors="coerce").astype("Int32")
+        year = year.fillna(from_title)
+        title = title.str.replace(YEAR_SUFFIX, "", regex=True).str.strip()
+        log.info("%s: years taken from titles (%d items)", path, int(from_title.notna().sum()))
     a = rows.alive
     return pd.DataFrame({
-        "item_id": ids[a].to_numpy(), "title": c["title"].astype(str).str.strip()[a].to_numpy(),
+        "item_id": ids[a].to_numpy(), "title": title[a].to_numpy(),
         "genres": genres[a].tolist(), "year": year[a].to_numpy(),
         "text": None if text is None else text[a].to_numpy(dtype=object),
+        "brand": None if brand is None else brand[a].to_numpy(dtype=object),
     })
 
 
@@ -274,6 +335,7 @@ def import_tables(
     genre_sep: str = "|",
     config: DataConfig | None = None,
     name: str | None = None,
+    year_from_title: bool | None = None,
 ) -> Dataset:
     """Read the user's tables into a canonical `Dataset` (see the module docstring for the rules)."""
     mapping = dict(mapping or {})
@@ -285,7 +347,8 @@ def import_tables(
         raise ValueError(f"unknown encoding {encoding!r} (e.g. utf-8, latin-1, cp1252)") from None
     report = LoadReport()
     ipath, epath = Path(items), Path(events)
-    item_table = _import_items(ipath, read_table(ipath, encoding), mapping, report, strict, genre_sep)
+    item_table = _import_items(ipath, read_table(ipath, encoding), mapping, report, strict, genre_sep,
+                               year_from_title)
     event_table = _import_events(epath, read_table(epath, encoding), mapping, report, strict,
                                  pd.Index(item_table["item_id"]), config)
     if users is not None:
