@@ -47,8 +47,9 @@ def register(app: typer.Typer) -> None:
         adapter: str = typer.Option(None, help="LoRA adapter folder (peft format) to decode with."),
         backend: str = typer.Option("vllm", help="LLM backend: vllm or transformers."),
         users: int = typer.Option(None, min=1, help="Mine only the first N users (by id order); default all."),
-        max_tokens: int = typer.Option(None, min=32, help="Narrative token budget; default "
-                                                          "MiningConfig.narrative_tokens (192)."),
+        narrative_tokens: int = typer.Option(None, "--narrative-tokens", "--max-tokens", min=32,
+                                             help="Narrative token budget; default MiningConfig.narrative_tokens "
+                                                  "(192); --max-tokens is a deprecated alias."),
         batch_size: int = typer.Option(256, min=1, help="Prompts per backend call (wide batches decode faster)."),
         executor: str = typer.Option("local", help="local (in-process engine) or ray (Ray Data actors)."),
         shard_size: int = typer.Option(256, min=1, help="Users per shard: the unit of atomic write and resume."),
@@ -82,7 +83,7 @@ def register(app: typer.Typer) -> None:
             served, merged_from = str(merged_model(model, adapter)), adapter
         mining = MiningConfig(batch_size=batch_size)
         config = RecommenderConfig(
-            narrative=NarrativeConfig(max_tokens=max_tokens or mining.narrative_tokens), mining=mining,
+            narrative=NarrativeConfig(max_tokens=narrative_tokens or mining.narrative_tokens), mining=mining,
             # One adapter for the whole job: served merged into the weights (base decoding speed, no LoRA
             # engine); the engine then needs no LoRA support either way.
             llm=LLMConfig(model=served, backend=backend, enable_lora=False),
