@@ -50,6 +50,9 @@ _finetune.register(app)
 from llmrec.cli import sasrec as _sasrec  # noqa: E402
 
 _sasrec.register(app)
+from llmrec.cli import serve as _serve  # noqa: E402
+
+_serve.register(app)
 
 
 def main() -> None:
