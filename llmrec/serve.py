@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmrec.errors import RecommendError, UnknownItemError, UnknownUserError
-from llmrec.pipeline import Recommender
+from llmrec.pipeline import Recommender, set_request_threads
 from llmrec.schema import Recommendation
 
 MAX_K = 1000  # one response stays small; the Recommender itself caps k at the catalogue size
@@ -82,8 +82,13 @@ def create_app(recommender: Recommender, *, title: str = "llmrec") -> FastAPI:
 
 
 def serve(recommender: Recommender, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
-          **uvicorn_kwargs: Mapping[str, Any]) -> None:
-    """Run the app under uvicorn until interrupted (one process; FastAPI's thread pool serves requests)."""
+          threads: int = 1, **uvicorn_kwargs: Mapping[str, Any]) -> None:
+    """Run the app under uvicorn until interrupted (one process; FastAPI's thread pool serves requests).
+
+    `threads`: torch intra-op threads per request (`set_request_threads`); 1 lets concurrent requests use the
+    cores instead of oversubscribing them.
+    """
     import uvicorn
 
+    set_request_threads(threads)
     uvicorn.run(create_app(recommender), host=host, port=port, log_level=log_level, **uvicorn_kwargs)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from llmrec.build import build_recommender
@@ -118,6 +119,27 @@ def test_concurrent_clients_get_the_single_client_answers(base_url: str, rec: Re
         got = list(pool.map(lambda u: client.get(f"/users/{u}/recommendations", params={"k": 5}).json(),
                             users * 3))
     assert [[r["item"]["item_id"] for r in g] for g in got] == [want[u] for u in users * 3]
+
+
+def test_request_threads_and_tag_vectors_ready_at_load(rec: Recommender):
+    import torch
+
+    from llmrec.errors import RecommendError
+    from llmrec.pipeline import set_request_threads
+
+    before = torch.get_num_threads()
+    try:
+        set_request_threads(1)
+        assert torch.get_num_threads() == 1
+        with pytest.raises(RecommendError, match="threads must be >= 1"):
+            set_request_threads(0)
+    finally:
+        torch.set_num_threads(before)
+    mined = {t.text for p in rec.profiles.values() for t in p.tags} | {
+        i.name for p in rec.profiles.values() for i in p.interests}
+    assert mined and mined <= set(rec._tag_vecs)  # no request has to encode them under the lock
+    fresh = rec.towers.encode_tags(sorted(mined))
+    assert abs(fresh - np.stack([rec._tag_vecs[t] for t in sorted(mined)])).max() < 1e-6
 
 
 def test_cli_serve_command(built: Path, tmp_path: Path):
