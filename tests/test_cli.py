@@ -147,3 +147,37 @@ def test_verbose_flag_turns_on_info_logs(tmp_path: Path, monkeypatch):
         assert logging.getLogger().level == logging.INFO
     finally:
         logging.getLogger().setLevel(logging.WARNING)
+
+
+def test_nested_flags_merge_field_by_field(tmp_path: Path):
+    from llmrec.cli.common import merge_given
+    from llmrec.config import RecommenderConfig
+
+    path = RecommenderConfig.model_validate({"mining": {"batch_size": 7, "narrative_tokens": 150},
+                                             "jobs": {"shard_size": 2}}).to_json(tmp_path / "r.json")
+    cfg = load_config(RecommenderConfig, path, mining={"batch_size": None, "max_tokens": 100},
+                      jobs={"executor": None})
+    assert (cfg.mining.batch_size, cfg.mining.narrative_tokens, cfg.mining.max_tokens) == (7, 150, 100)
+    assert cfg.jobs.shard_size == 2 and cfg.jobs.executor == "local"
+    assert merge_given({"a": {"b": 1, "c": 2}, "d": 3}, {"a": {"b": None, "c": 5}, "d": None}) == {
+        "a": {"b": 1, "c": 5}, "d": 3}
+    with pytest.raises(ValidationError, match="jobs.executor"):
+        load_config(RecommenderConfig, path, jobs={"executor": "slurm"})
+
+
+def test_mine_interests_reads_its_config_file_and_flags(ml100k, monkeypatch, tmp_path: Path):
+    import llmrec.llm
+    from llmrec.config import RecommenderConfig
+    from llmrec.llm import FakeBackend
+
+    monkeypatch.setattr(llmrec.llm, "make_backend", lambda config: FakeBackend())
+    path = RecommenderConfig.model_validate({"mining": {"batch_size": 7, "narrative_tokens": 150},
+                                             "jobs": {"shard_size": 2}, "llm": {"backend": "transformers"}}
+                                            ).to_json(tmp_path / "r.json")
+    res = CliRunner().invoke(app, ["mine-interests", "--out", str(tmp_path / "m"), "--users", "2", "--config",
+                                   str(path), "--batch-size", "5"])
+    assert res.exit_code == 0, res.output
+    written = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert written["mining"]["batch_size"] == 5 and written["mining"]["narrative_tokens"] == 150
+    assert written["narrative"]["max_tokens"] == 150 and written["jobs"]["shard_size"] == 2
+    assert written["llm"]["backend"] == "transformers" and written["llm"]["enable_lora"] is False

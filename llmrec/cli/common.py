@@ -66,12 +66,22 @@ def configure_logging(verbose: int = 0) -> int:
     return level
 
 
+def merge_given(base: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
+    """`base` with the given (non-None) flags on top; a dict flag merges into a nested config field by field."""
+    out = dict(base)
+    for key, value in flags.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_given(out[key], value)
+        elif value is not None:
+            out[key] = value
+    return out
+
+
 def load_config(cls: type[C], path: str | Path | None = None, **flags: Any) -> C:
     """`cls` from the JSON file at `path` (or its defaults), then the flags that were given, validated again.
 
-    A flag left at None was not given and keeps the file's value; nested configs merge as plain dicts, so
-    every override passes the same validators as the file.
+    A flag left at None was not given and keeps the file's value; `stage={"field": v}` sets one field of a
+    nested config. Everything passes the same validators as the file (no `model_copy(update=...)`).
     """
     base = cls.model_validate_json(Path(path).read_text()) if path is not None else cls()
-    given = {k: v for k, v in flags.items() if v is not None}
-    return cls.model_validate({**base.model_dump(), **given})
+    return cls.model_validate(merge_given(base.model_dump(), flags))
