@@ -181,3 +181,19 @@ def test_mine_interests_reads_its_config_file_and_flags(ml100k, monkeypatch, tmp
     assert written["mining"]["batch_size"] == 5 and written["mining"]["narrative_tokens"] == 150
     assert written["narrative"]["max_tokens"] == 150 and written["jobs"]["shard_size"] == 2
     assert written["llm"]["backend"] == "transformers" and written["llm"]["enable_lora"] is False
+
+
+def test_train_retriever_keeps_the_config_files_seed_unless_given(tiny, tmp_path: Path):
+    from retrieval.towers import ThreeTowerModel
+
+    data = tiny.save(tmp_path / "data")
+    cfg = TowerConfig(encoder="hashed-bow", cache_dir=str(tmp_path / "cache"), dim=16, hidden=32, max_len=20,
+                      layers=1, heads=2, batch_size=8, tag_batch_size=32, uniform_negatives=32, epochs=1,
+                      patience=1, threads=1, beta_grid=(1.0,), seed=7).to_json(tmp_path / "towers.json")
+    for args, seed in (([], 7), (["--seed", "0"], 0)):
+        out = tmp_path / f"towers{seed}"
+        res = CliRunner().invoke(app, ["train-retriever", "--dataset", str(data), "--out", str(out), "--config",
+                                       str(cfg), *args])
+        assert res.exit_code == 0, res.output
+        model = ThreeTowerModel.from_pretrained(out)
+        assert model.config.seed == seed and model.config.logq is True and model.config.epochs == 1
