@@ -47,7 +47,8 @@ class Health(BaseModel):
 
 
 def _error(status: int, err: Exception) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": type(err).__name__, "detail": str(err).strip("'\"")})
+    detail = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)  # KeyError's str() quotes
+    return JSONResponse(status_code=status, content={"error": type(err).__name__, "detail": detail})
 
 
 def create_app(recommender: Recommender, *, title: str = "llmrec") -> FastAPI:
@@ -55,7 +56,6 @@ def create_app(recommender: Recommender, *, title: str = "llmrec") -> FastAPI:
     app = FastAPI(title=title, version=importlib.metadata.version("llmrec"),
                   description="Recommendations with grounded explanations from a built llmrec folder.")
 
-    # UnknownUserError derives from KeyError, whose str() adds quotes: the handler strips them.
     @app.exception_handler(UnknownUserError)
     @app.exception_handler(UnknownItemError)
     async def _not_found(request: Request, err: RecommendError) -> JSONResponse:

@@ -104,6 +104,9 @@ def test_error_line_flattens_messages():
         line = error_line(e)
     assert "\n" not in line and line.startswith("invalid SASRecConfig: ") and "epochs:" in line
     assert error_line(ValueError("two\nlines")) == "two lines"
+    from llmrec.errors import UnknownUserError
+
+    assert error_line(UnknownUserError("unknown user_id 'x'")) == "unknown user_id 'x'"  # not KeyError's quotes
 
 
 # --- The narrative budget flag ------------------------------------------------------------------------

@@ -31,8 +31,8 @@ def error_line(err: BaseException) -> str:
     if isinstance(err, ValidationError):
         fields = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in err.errors())
         return f"invalid {err.title}: {fields}"
-    text = " ".join(str(err).split()) or type(err).__name__
-    return text if not isinstance(err, FileNotFoundError) or str(err) else f"file not found: {err.filename}"
+    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)  # KeyError's str() quotes
+    return " ".join(text.split()) or type(err).__name__
 
 
 def fail(err: BaseException) -> click.exceptions.Exit:

@@ -91,7 +91,8 @@ def register(app: typer.Typer) -> None:
         # The mining prompt's budget (MiningConfig.narrative_tokens) is the narrative budget. One adapter for
         # the whole job is served merged into the weights (base decoding speed), so no LoRA engine either way.
         config = RecommenderConfig.model_validate(merge_given(given.model_dump(), {
-            "narrative": {"max_tokens": given.mining.narrative_tokens}, "llm": {"model": served, "enable_lora": False}}))
+            "narrative": {"max_tokens": given.mining.narrative_tokens},
+            "llm": {"model": served, "enable_lora": False}}))
         backend, executor = config.llm.backend, config.jobs.executor
         if backend not in ("vllm", "transformers"):
             raise typer.BadParameter(f"llm.backend must be vllm or transformers for mining, got {backend!r}")
