@@ -356,15 +356,21 @@ VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the values vLLM acce
 class LLMConfig(StageConfig):
     """Which LLM serves the stages and how (see `llmrec.llm.make_backend`).
 
-    CPU defaults are the measured ones (fp32, eager, ~35% of the KV budget); on a CUDA machine `dtype="auto"`
-    lets vLLM pick bf16/fp16.
+    CPU defaults are the measured ones (fp32, eager, KV cache sized in bytes); on a CUDA machine `dtype="auto"`
+    lets vLLM pick bf16/fp16 and `gpu_memory_utilization` sizes the KV cache.
     """
 
     model: str | None = None  # local HF model folder; None = packaged SmolLM2-135M-Instruct
     backend: Literal["vllm", "transformers", "server"] = "vllm"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: float32 on CPU, model dtype on CUDA
     max_model_len: int = Field(default=4096, ge=256)  # prompt + output tokens per request
-    gpu_memory_utilization: float = Field(default=0.35, gt=0.0, le=1.0)  # vLLM KV-cache budget share
+    gpu_memory_utilization: float = Field(default=0.35, gt=0.0, le=1.0)  # CUDA only: vLLM's share of GPU memory
+    # CPU: vLLM reads gpu_memory_utilization as a share of NUMA node 0 (host-dependent; can leave a negative KV
+    # budget), so the KV cache is sized in bytes instead. None = max_model_len x max_num_seqs x the model's
+    # per-token KV size, clipped to [256 MiB, 4 GiB] (llmrec.llm.vllm_engine.kv_cache_bytes). On CUDA an
+    # explicit value replaces gpu_memory_utilization.
+    kv_cache_bytes: int | None = Field(default=None, ge=16 * 2**20)
+    max_num_seqs: int = Field(default=256, ge=1)  # vLLM: sequences decoded together (and the KV size above)
     enforce_eager: bool = True  # no CUDA graphs / torch.compile: faster start, needed on CPU
     enable_lora: bool = True  # vLLM engine accepts LoRARequests (costs decoding speed even without one)
     max_lora_rank: int = 16  # largest adapter rank the vLLM engine accepts

@@ -112,6 +112,84 @@ def test_vllm_lora_requests_are_checked_before_the_engine_sees_them(tmp_path: Pa
     assert backend._lora(None) is None
 
 
+GiB = 2**30
+
+
+class _Node0LLM:
+    """Stands in for `vllm.LLM` with the CPU worker's memory checks on a host whose NUMA node 0 is smaller
+    than the machine (11.21 GiB of 24, 8.61 free, as on a CI machine of ours)."""
+
+    node_total, node_free, worker_rss = 11.21 * GiB, 8.61 * GiB, 1.65 * GiB
+    seen: dict = {}
+
+    def __init__(self, **kwargs):
+        type(self).seen = kwargs
+        explicit = kwargs.get("kv_cache_memory_bytes")
+        if explicit is None:  # vLLM: share of node 0 minus what the worker already holds
+            want = kwargs.get("gpu_memory_utilization", 0.9) * self.node_total - self.worker_rss
+            if want <= 0:
+                raise ValueError(f"Available memory on node 0 is less than requested memory for kv ({want})")
+        elif explicit > self.node_free:
+            raise ValueError("Available memory on node 0 (8.61/11.21 GiB) on kv cache allocation is less than "
+                             "requested memory for kv")
+
+
+@pytest.fixture
+def node0_vllm(monkeypatch):
+    """A fake `vllm` module (no engine, no import cost) on a CPU host; yields the fake LLM class."""
+    import types
+
+    from llmrec.llm import vllm_engine
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=_Node0LLM))
+    monkeypatch.setattr(vllm_engine, "_cuda_available", lambda: False)
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    return _Node0LLM
+
+
+def test_cpu_kv_cache_is_sized_in_bytes_from_the_model_shape(node0_vllm, model_dir: Path):
+    from llmrec.llm import VLLMBackend
+    from llmrec.llm.vllm_engine import kv_bytes_per_token
+
+    per_token = kv_bytes_per_token(model_dir, "float32")
+    cfg = json.loads((model_dir / "config.json").read_text())
+    assert per_token == cfg["num_hidden_layers"] * 2 * cfg["num_key_value_heads"] * cfg["head_dim"] * 4
+    assert kv_bytes_per_token(model_dir, "bfloat16") == per_token // 2
+    VLLMBackend(LLMConfig(max_model_len=1024, max_num_seqs=16, enable_lora=False))
+    seen = node0_vllm.seen
+    assert seen["kv_cache_memory_bytes"] == 1024 * 16 * per_token and seen["max_num_seqs"] == 16
+    assert "gpu_memory_utilization" not in seen  # a node-0 share is never asked for on CPU
+    VLLMBackend(LLMConfig(kv_cache_bytes=300 * 2**20, enable_lora=False))  # explicit bytes win
+    assert node0_vllm.seen["kv_cache_memory_bytes"] == 300 * 2**20
+
+
+def test_derived_kv_budget_has_a_floor_and_a_cap():
+    from llmrec.llm.vllm_engine import KV_CACHE_CAP, KV_CACHE_FLOOR, kv_cache_bytes
+
+    assert kv_cache_bytes(LLMConfig(max_model_len=256, max_num_seqs=1), 1000) == KV_CACHE_FLOOR
+    assert kv_cache_bytes(LLMConfig(max_model_len=4096, max_num_seqs=256), 46080) == KV_CACHE_CAP
+    assert kv_cache_bytes(LLMConfig(max_model_len=1024, max_num_seqs=16), 46080) == 1024 * 16 * 46080
+    with pytest.raises(ValidationError, match="kv_cache_bytes"):
+        LLMConfig(kv_cache_bytes=1024)
+
+
+def test_engine_start_failure_names_the_config_field(node0_vllm, model_dir: Path):
+    from llmrec.errors import EngineError
+    from llmrec.llm import VLLMBackend
+
+    with pytest.raises(EngineError, match=r"lower LLMConfig.kv_cache_bytes \(now 10737418240\)") as info:
+        VLLMBackend(LLMConfig(kv_cache_bytes=10 * GiB, enable_lora=False))
+    assert "node 0" in str(info.value) and isinstance(info.value.__cause__, ValueError)
+
+
+def test_cuda_keeps_the_gpu_memory_share(node0_vllm, model_dir: Path, monkeypatch):
+    from llmrec.llm import VLLMBackend, vllm_engine
+
+    monkeypatch.setattr(vllm_engine, "_cuda_available", lambda: True)
+    VLLMBackend(LLMConfig(gpu_memory_utilization=0.5, enable_lora=False))
+    assert node0_vllm.seen["gpu_memory_utilization"] == 0.5 and "kv_cache_memory_bytes" not in node0_vllm.seen
+
+
 def test_make_backend_builds_what_the_config_names(tmp_path: Path):
     with pytest.raises(ConnectionError, match="unreachable"):
         make_backend(LLMConfig(backend="server", server_url="http://127.0.0.1:9", request_timeout_s=2))
@@ -217,7 +295,7 @@ class TestVLLMEngine:
         from llmrec.llm import VLLMBackend
 
         start = time.perf_counter()
-        backend = make_backend(LLMConfig(max_model_len=1024, gpu_memory_utilization=0.1, max_lora_rank=8,
+        backend = make_backend(LLMConfig(max_model_len=1024, max_num_seqs=16, max_lora_rank=8,
                                          max_loras=1, seed=1))
         assert isinstance(backend, VLLMBackend)
         print(f"\nvLLM engine start: {time.perf_counter() - start:.1f} s")
@@ -227,7 +305,8 @@ class TestVLLMEngine:
     def test_engine_uses_the_config(self, engine):
         vc = engine.llm.llm_engine.vllm_config
         assert vc.lora_config.max_lora_rank == 8 and vc.lora_config.max_loras == 1
-        assert vc.model_config.max_model_len == 1024 and vc.cache_config.gpu_memory_utilization == 0.1
+        assert vc.model_config.max_model_len == 1024 and vc.scheduler_config.max_num_seqs == 16
+        assert vc.cache_config.kv_cache_memory_bytes == 1024 * 16 * 30 * 2 * 3 * 64 * 4  # SmolLM2-135M, fp32
         assert vc.model_config.enforce_eager and vc.model_config.seed == 1
         assert str(vc.model_config.dtype) == "torch.float32"
 
@@ -295,7 +374,7 @@ def test_server_backend_against_a_real_vllm_server(model_dir: Path, adapter: Pat
     port = _free_port()
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
            "--served-model-name", "base", "--dtype", "float32", "--enforce-eager",
-           "--gpu-memory-utilization", "0.1", "--max-model-len", "1024", "--enable-lora", "--max-lora-rank", "8",
+           "--kv-cache-memory-bytes", str(512 * 2**20), "--max-model-len", "1024", "--enable-lora", "--max-lora-rank", "8",
            "--lora-modules", f"{adapter.name}={adapter}",
            "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}',
            "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
@@ -351,7 +430,7 @@ def test_vllm_on_cuda_with_auto_dtype(model_dir: Path):
 
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    backend = make_backend(LLMConfig(dtype="auto", enforce_eager=False, gpu_memory_utilization=0.3))
+    backend = make_backend(LLMConfig(dtype="auto", enforce_eager=False))
     try:
         out = backend.generate(PROMPTS, json_schema=Pick.model_json_schema(), max_tokens=48)
         assert all(Pick.model_validate_json(g.text) for g in out)

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import typer
 
+from llmrec.cli.common import LlmrecGroup, configure_logging
+
 app = typer.Typer(
     name="llmrec",
     help="LLM-powered recommendation: narratives, LLM interests and tags, three-tower retrieval, explanations.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=LlmrecGroup,  # any LlmrecError / config ValidationError -> one `error: ...` line, exit code 2
 )
+
+
+@app.callback()
+def _root(verbose: int = typer.Option(0, "--verbose", "-v", count=True,
+                                      help="Log INFO (-v) or DEBUG (-vv) to stderr; default WARNING or "
+                                           "$LLMREC_LOG_LEVEL.")) -> None:
+    configure_logging(verbose)
 
 # Command groups (each module defines `register(app)`); keep one line per module.
 from llmrec.cli import data as _data  # noqa: E402
@@ -40,6 +50,9 @@ _finetune.register(app)
 from llmrec.cli import sasrec as _sasrec  # noqa: E402
 
 _sasrec.register(app)
+from llmrec.cli import serve as _serve  # noqa: E402
+
+_serve.register(app)
 
 
 def main() -> None:

@@ -21,6 +21,11 @@ def _print_recs(title: str, recs) -> None:
             print(f"    why: {r.explanation}{flag}")
 
 
+def _progress(message: str) -> None:
+    """Stage progress goes to stderr; stdout keeps the recommendations and the final JSON line."""
+    typer.echo(message, err=True)
+
+
 def demo_finetune_config(tokens: int):
     """The demo's short LoRA run (`--finetune-tokens`)."""
     from llmrec.config import FinetuneConfig
@@ -43,8 +48,8 @@ def demo_adapter(choice: str, dataset, finetune_tokens: int) -> str | None:
     from finetune import finetune_dataset
 
     out = Path("adapters/ml-100k-lora-demo")
-    print(f"no adapter yet: a short demo fine-tune ({finetune_tokens} tokens) into {out}; "
-          f"`llmrec finetune --out adapters/ml-100k-lora` trains the full one (150k tokens, ~20 min)")
+    _progress(f"no adapter yet: a short demo fine-tune ({finetune_tokens} tokens) into {out}; "
+              f"`llmrec finetune --out adapters/ml-100k-lora` trains the full one (150k tokens, ~20 min)")
     finetune_dataset(dataset, demo_finetune_config(finetune_tokens), out)
     return str(out)
 
@@ -80,7 +85,7 @@ def register(app: typer.Typer) -> None:
         except FileNotFoundError:
             from llmrec.data.download import download_ml100k
 
-            print("MovieLens-100K not found locally: downloading it from GroupLens")
+            _progress("MovieLens-100K not found locally: downloading it from GroupLens")
             download_ml100k()
         ds = load_ml100k()
         if users:
@@ -88,13 +93,13 @@ def register(app: typer.Typer) -> None:
             ds = Dataset(name=f"{ds.name}-first{users}", events=ds.events[ds.events["user_id"].isin(keep)],
                          items=ds.items, users=ds.users[ds.users["user_id"].isin(keep)])
         model_dir = resolve_model(None)
-        print(f"model: {model_dir}")
+        _progress(f"model: {model_dir}")
         adapter = demo_adapter(adapter, ds, finetune_tokens)
-        print(f"mining adapter: {adapter or 'none (base model)'}")
+        _progress(f"mining adapter: {adapter or 'none (base model)'}")
         # The adapter is served merged for mining (build_recommender); the base engine needs no LoRA support.
         config = RecommenderConfig(llm=LLMConfig(backend=backend, enable_lora=False))
         build_recommender(ds, out, config, executor=executor, adapter=adapter, mine_users=mine_users,
-                          explain_users=explain_users, k=k)
+                          explain_users=explain_users, k=k, log=_progress)
 
         rec = Recommender.load(out)
         warm = user if user in set(ds.events["user_id"]) else str(ds.events["user_id"].iloc[0])

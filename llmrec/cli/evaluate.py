@@ -14,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-from llmrec.config import EvaluateConfig, LLMConfig, SASRecConfig, TowerConfig
+from llmrec.config import EvaluateConfig, SASRecConfig, TowerConfig
 
 
 def quick_config(**overrides) -> EvaluateConfig:
@@ -49,7 +49,8 @@ def parse_ints(text: str, option: str) -> tuple[int, ...]:
 def register(app: typer.Typer) -> None:
     @app.command("evaluate")
     def evaluate_cmd(
-        dataset: str = typer.Option("ml-100k", help="Built-in name (ml-100k) or a dataset folder."),
+        dataset: str = typer.Option(None, help="Built-in name or a dataset folder; default --config's, else "
+                                              "ml-100k."),
         out: Path = typer.Option(None, help="Records JSON; default reports/<dataset>.json. The settings JSON, "
                                             "the Markdown report and the plots go beside it."),
         results_dir: Path = typer.Option(None, help="Write NAME.json, NAME.settings.json, NAME.md and NAME-*.png "
@@ -75,7 +76,8 @@ def register(app: typer.Typer) -> None:
                                                               "cold slice; default 100 (--quick: 4)."),
         max_users: int = typer.Option(None, min=1, help="Evaluate a seeded sample of test users; default all "
                                                         "(--quick: 100)."),
-        backend: str = typer.Option("vllm", help="LLM backend for the LLM rows: vllm or transformers."),
+        backend: str = typer.Option(None, help="LLM backend for the LLM rows: vllm or transformers; default "
+                                              "--config's, else vllm."),
         coldstart_cache: Path = typer.Option(None, help="JSON cache of imagined histories (reused across runs)."),
         resume: bool = typer.Option(False, "--resume", help="Take over the finished (row, seed) pairs of the "
                                                             "settings JSON beside --out (same split, same row "
@@ -88,11 +90,16 @@ def register(app: typer.Typer) -> None:
         from llmrec.data import resolve_dataset
         from llmrec.eval.run import run_evaluation
 
-        if backend not in ("vllm", "transformers"):
+        if backend not in (None, "vllm", "transformers"):
             raise typer.BadParameter(f"--backend must be vllm or transformers, got {backend!r}")
-        over: dict = {"dataset": dataset, "use_llm": not no_llm}
-        if backend != "vllm" or config_file is None:
-            over["llm"] = LLMConfig(backend=backend)
+        if config_file is not None and quick:
+            raise typer.BadParameter("--config and --quick exclude each other")
+        # Only the options given override the file: an unset option keeps the file's value.
+        start = json.loads(config_file.read_text()) if config_file is not None else {}
+        start = start.get("evaluate_config", start)
+        over: dict = {"dataset": dataset, "use_llm": False if no_llm else None}
+        if backend is not None:
+            over["llm"] = {**start.get("llm", {}), "backend": backend}
         for key, value in (("llm_tags", llm_tags), ("llm_lora_tags", llm_lora_tags),
                            ("coldstart_cache", coldstart_cache)):
             if value is not None:
@@ -109,16 +116,9 @@ def register(app: typer.Typer) -> None:
             over["ablation_seeds"] = parse_ints(ablation_seeds, "--ablation-seeds")
         if models is not None:
             over["models"] = tuple(m.strip() for m in models.split(",") if m.strip())
-        try:
-            if config_file is not None:
-                if quick:
-                    raise typer.BadParameter("--config and --quick exclude each other")
-                start = json.loads(config_file.read_text())
-                config = EvaluateConfig(**{**start.get("evaluate_config", start), **over})
-            else:
-                config = quick_config(**over) if quick else EvaluateConfig(**over)
-        except ValueError as e:
-            raise typer.BadParameter(str(e)) from None
+        over = {k: v for k, v in over.items() if v is not None}
+        config = quick_config(**over) if quick else EvaluateConfig.model_validate({**start, **over})
+        dataset = config.dataset
         if results_dir is not None and out is not None:
             raise typer.BadParameter("--results-dir and --out exclude each other")
         out = out or (results_dir or Path("reports")) / f"{Path(dataset).name}.json"

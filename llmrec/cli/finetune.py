@@ -14,8 +14,10 @@ def register(app: typer.Typer) -> None:
         dataset: str = typer.Option("ml-100k", help="Built-in name (ml-100k) or a dataset folder."),
         out: Path = typer.Option(..., help="Adapter folder to write (e.g. adapters/ml-100k-lora); replaced."),
         model: str = typer.Option(None, help="Local HF model folder; default: the packaged SmolLM2-135M-Instruct."),
-        max_tokens: int = typer.Option(None, min=1, help="Training token budget (~120 tokens/s on 2 idle cores); "
-                                                         "default FinetuneConfig's 150000 (~20 min)."),
+        train_tokens: int = typer.Option(None, "--train-tokens", "--max-tokens", min=1,
+                                         help="Training token budget (~120 tokens/s on 2 idle cores); default "
+                                              "FinetuneConfig's 150000 (~20 min); --max-tokens is a deprecated "
+                                              "alias."),
         epochs: int = typer.Option(None, min=1, help="Passes over the SFT data (the token budget still caps it)."),
         r: int = typer.Option(None, min=1, help="LoRA rank (vLLM serves it if r <= LLMConfig.max_lora_rank)."),
         alpha: float = typer.Option(None, help="LoRA alpha (scale = alpha / r)."),
@@ -26,18 +28,15 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Build SFT data from the train split, train a LoRA adapter, save it with curves and manifest."""
         from finetune import TINY_USERS, finetune_dataset, tiny_config
+        from llmrec.cli.common import load_config
         from llmrec.config import FinetuneConfig
         from llmrec.data import resolve_dataset
 
-        overrides = {k: v for k, v in {"max_train_tokens": max_tokens, "epochs": epochs, "r": r,
-                                       "alpha": alpha,
-                                       "max_train_minutes": max_minutes}.items() if v is not None}
-        if config_file is not None:
-            config = FinetuneConfig(**{**json.loads(config_file.read_text()), **overrides})
-        elif tiny:
-            config = tiny_config(**overrides)
+        flags = dict(max_train_tokens=train_tokens, epochs=epochs, r=r, alpha=alpha, max_train_minutes=max_minutes)
+        if tiny and config_file is None:
+            config = tiny_config(**{k: v for k, v in flags.items() if v is not None})
         else:
-            config = FinetuneConfig(**overrides)
+            config = load_config(FinetuneConfig, config_file, **flags)
         ds = resolve_dataset(dataset)
         result = finetune_dataset(ds, config, out, model=model, max_users=TINY_USERS if tiny else None,
                                   log=lambda m: typer.echo(m, err=True))

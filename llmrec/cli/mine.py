@@ -17,7 +17,6 @@ from typing import Any, Sequence
 import pyarrow.parquet as pq
 import typer
 
-from llmrec.config import MiningConfig, NarrativeConfig
 from llmrec.interests import PROMPTS, MiningStats, profiles_to_table
 from llmrec.llm.prompts import prompt_hashes
 from llmrec.schema import InterestProfile
@@ -45,13 +44,18 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., help="Output folder (e.g. artifacts/interests); created if missing."),
         model: str = typer.Option(None, help="Local HF model folder; default: the packaged SmolLM2-135M-Instruct."),
         adapter: str = typer.Option(None, help="LoRA adapter folder (peft format) to decode with."),
-        backend: str = typer.Option("vllm", help="LLM backend: vllm or transformers."),
+        backend: str = typer.Option(None, help="LLM backend: vllm or transformers; default --config's (vllm)."),
         users: int = typer.Option(None, min=1, help="Mine only the first N users (by id order); default all."),
-        max_tokens: int = typer.Option(None, min=32, help="Narrative token budget; default "
-                                                          "MiningConfig.narrative_tokens (192)."),
-        batch_size: int = typer.Option(256, min=1, help="Prompts per backend call (wide batches decode faster)."),
-        executor: str = typer.Option("local", help="local (in-process engine) or ray (Ray Data actors)."),
-        shard_size: int = typer.Option(256, min=1, help="Users per shard: the unit of atomic write and resume."),
+        narrative_tokens: int = typer.Option(None, "--narrative-tokens", "--max-tokens", min=32,
+                                             help="Narrative token budget (MiningConfig.narrative_tokens; default "
+                                                  "192); --max-tokens is a deprecated alias."),
+        batch_size: int = typer.Option(None, min=1, help="Prompts per backend call (wide batches decode faster); "
+                                                         "default MiningConfig's (256)."),
+        executor: str = typer.Option(None, help="local (in-process engine) or ray (Ray Data actors); default local."),
+        shard_size: int = typer.Option(None, min=1, help="Users per shard: the unit of atomic write and resume; "
+                                                         "default JobConfig's (256)."),
+        config_file: Path = typer.Option(None, "--config", help="RecommenderConfig JSON (its mining, llm, jobs "
+                                                                "parts); the options above override it."),
     ) -> None:
         """Mine interests and predict tags for every user; write Parquet + manifest, print a JSON summary.
 
@@ -59,34 +63,39 @@ def register(app: typer.Typer) -> None:
         finished shards are skipped, no user is lost or duplicated.
         """
         from llmrec.build import mine_all
-        from llmrec.config import JobConfig, LLMConfig, RecommenderConfig
+        from llmrec.cli.common import load_config, merge_given
+        from llmrec.config import RecommenderConfig
         from llmrec.data import resolve_dataset
         from llmrec.llm import make_backend
         from llmrec.narrative import load_narrative_tokenizer, render_narratives
         from llmrec.data.split import split_leave_one_out
 
-        if backend not in ("vllm", "transformers"):
+        if backend not in (None, "vllm", "transformers"):
             raise typer.BadParameter(f"--backend must be vllm or transformers, got {backend!r}")
-        if executor not in ("local", "ray"):
-            raise typer.BadParameter(f"--executor must be local or ray, got {executor!r}")
         ds = resolve_dataset(dataset)
         split = split_leave_one_out(ds.events)
         as_of = split.as_of("test")
         chosen = sorted(as_of.index, key=lambda u: (len(u), u))[:users] if users else list(as_of.index)
         events = split.history("test")
         events = events[events["user_id"].isin(set(chosen))]
+        given = load_config(RecommenderConfig, config_file, mining={"batch_size": batch_size,
+                                                                    "narrative_tokens": narrative_tokens},
+                            llm={"model": model, "backend": backend}, jobs={"shard_size": shard_size,
+                                                                           "executor": executor})
+        model = given.llm.model
         served, merged_from = model, None
         if adapter is not None:  # one adapter for the whole job: serve it merged into the weights
             from llmrec.llm.model import merged_model
 
             served, merged_from = str(merged_model(model, adapter)), adapter
-        mining = MiningConfig(batch_size=batch_size)
-        config = RecommenderConfig(
-            narrative=NarrativeConfig(max_tokens=max_tokens or mining.narrative_tokens), mining=mining,
-            # One adapter for the whole job: served merged into the weights (base decoding speed, no LoRA
-            # engine); the engine then needs no LoRA support either way.
-            llm=LLMConfig(model=served, backend=backend, enable_lora=False),
-            jobs=JobConfig(shard_size=shard_size, executor=executor))
+        # The mining prompt's budget (MiningConfig.narrative_tokens) is the narrative budget. One adapter for
+        # the whole job is served merged into the weights (base decoding speed), so no LoRA engine either way.
+        config = RecommenderConfig.model_validate(merge_given(given.model_dump(), {
+            "narrative": {"max_tokens": given.mining.narrative_tokens},
+            "llm": {"model": served, "enable_lora": False}}))
+        backend, executor = config.llm.backend, config.jobs.executor
+        if backend not in ("vllm", "transformers"):
+            raise typer.BadParameter(f"llm.backend must be vllm or transformers for mining, got {backend!r}")
         narratives = render_narratives(events, ds.items, as_of.loc[chosen], config.narrative,
                                        load_narrative_tokenizer(model))
         llm = make_backend(config.llm) if executor == "local" else None

@@ -14,37 +14,34 @@ def register(app: typer.Typer) -> None:
     def narrate(
         dataset: str = typer.Option("ml-100k", help="Built-in name (ml-100k) or a dataset folder."),
         out: Path = typer.Option(..., help="Parquet file to write, one row per user."),
-        max_tokens: int = typer.Option(None, min=32, help="Token budget per narrative (default: NarrativeConfig's)."),
+        narrative_tokens: int = typer.Option(None, "--narrative-tokens", "--max-tokens", min=32,
+                                             help="Token budget per narrative (default: NarrativeConfig's); "
+                                                  "--max-tokens is a deprecated alias."),
         as_of: str = typer.Option(None, help="Only events strictly before this time (ISO-8601 or epoch seconds, "
                                   "UTC); default: each user's whole history."),
         model: str = typer.Option(None, help="Local HF model folder whose tokenizer counts tokens "
                                   "(default: the packaged SmolLM2-135M-Instruct)."),
-        config: Path = typer.Option(None, help="NarrativeConfig JSON file; --max-tokens overrides its budget."),
+        config: Path = typer.Option(None, help="NarrativeConfig JSON file; --narrative-tokens overrides its "
+                                               "budget."),
     ) -> None:
         """Render one narrative per user; print a JSON summary (users, events in, tokens out, fit share, users/s)."""
         import pandas as pd
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from llmrec.cli.data import fail
+        from llmrec.cli.common import load_config
         from llmrec.config import NarrativeConfig
         from llmrec.data import DataError, resolve_dataset
         from llmrec.data.ingest import parse_timestamps
         from llmrec.narrative import NarrativeReport, load_narrative_tokenizer, render_narratives
 
-        try:
-            cfg = NarrativeConfig.from_json(config) if config else NarrativeConfig()
-            if max_tokens is not None:
-                cfg = cfg.model_copy(update={"max_tokens": max_tokens})
-                cfg = NarrativeConfig.model_validate(cfg.model_dump())
-            cut = None
-            if as_of is not None:
-                cut = parse_timestamps(pd.Series([as_of])).iloc[0]
-                if pd.isna(cut):
-                    raise ValueError(f"--as-of {as_of!r} is not an ISO-8601 time or epoch seconds")
-            ds = resolve_dataset(dataset)
-        except (DataError, ValueError, FileNotFoundError) as e:
-            raise fail(e) from None
+        cfg = load_config(NarrativeConfig, config, max_tokens=narrative_tokens)
+        cut = None
+        if as_of is not None:
+            cut = parse_timestamps(pd.Series([as_of])).iloc[0]
+            if pd.isna(cut):
+                raise DataError(f"--as-of {as_of!r} is not an ISO-8601 time or epoch seconds")
+        ds = resolve_dataset(dataset)
         tokenizer = load_narrative_tokenizer(model)
         report = NarrativeReport()
         t0 = time.perf_counter()

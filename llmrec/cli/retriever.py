@@ -26,30 +26,25 @@ def register(app: typer.Typer) -> None:
                                                 help="Ablation: in-batch negatives only (no uniform draws)."),
         fixed_temperature: bool = typer.Option(False, "--fixed-temperature",
                                                help="Ablation: keep the cosine temperature fixed."),
-        seed: int = typer.Option(0, help="Random seed (initialisation, batches, negatives)."),
+        seed: int = typer.Option(None, help="Random seed (initialisation, batches, negatives); default "
+                                            "TowerConfig's (0) or --config's."),
         epochs: int = typer.Option(None, min=1, help="Maximum epochs; default TowerConfig's (early stopping)."),
         encoder: str = typer.Option(None, help="Text encoder: minilm (default) or hashed-bow."),
         threads: int = typer.Option(None, min=1, help="Torch CPU threads; default TowerConfig's (2)."),
         config: Path = typer.Option(None, help="TowerConfig JSON to start from; the flags above override it."),
     ) -> None:
         """Train user/item/tag towers, choose beta on validation, save model + FAISS index, print metrics."""
+        from llmrec.cli.common import load_config
         from llmrec.config import DataConfig, TowerConfig
         from llmrec.data import resolve_dataset
         from llmrec.data.split import split_leave_one_out
         from retrieval.train import build_manifest, read_tags_table, train_towers
 
-        base = TowerConfig.from_json(config) if config is not None else TowerConfig()
-        update: dict = {"seed": seed}
-        if no_logq:
-            update["logq"] = False
-        if no_mixed_negatives:
-            update["mixed_negatives"] = False
-        if fixed_temperature:
-            update["learnable_temperature"] = False
-        for key, value in (("epochs", epochs), ("encoder", encoder), ("threads", threads)):
-            if value is not None:
-                update[key] = value
-        tcfg = TowerConfig.model_validate({**base.model_dump(), **update})
+        # An ablation switch given turns its feature off; not given, the file (or default) decides.
+        tcfg = load_config(TowerConfig, config, seed=seed, epochs=epochs, encoder=encoder, threads=threads,
+                           logq=False if no_logq else None,
+                           mixed_negatives=False if no_mixed_negatives else None,
+                           learnable_temperature=False if fixed_temperature else None)
         ds = resolve_dataset(dataset)
         split = split_leave_one_out(ds.events, DataConfig().min_events_for_split)
         llm_tags, tags_info = read_tags_table(tags) if tags is not None else (None, None)

@@ -29,9 +29,9 @@ def register(app: typer.Typer) -> None:
         from llmrec.data.split import split_leave_one_out
         from retrieval.sasrec import evaluate_stage, train_sasrec
 
-        base = SASRecConfig.from_json(config) if config else SASRecConfig()
-        overrides = {k: v for k, v in {"loss": loss, "seed": seed, "epochs": epochs}.items() if v is not None}
-        cfg = SASRecConfig(**{**base.model_dump(), **overrides})
+        from llmrec.cli.common import load_config
+
+        cfg = load_config(SASRecConfig, config, loss=loss, seed=seed, epochs=epochs)
         ds = resolve_dataset(dataset)
         split = split_leave_one_out(ds.events)
         vocab = ItemVocab.from_items(ds.items)
