@@ -40,6 +40,7 @@ class FakeBackend:
     """Deterministic stand-in: `responder(messages, json_schema) -> text`, default a minimal valid JSON."""
 
     name = "fake"
+    enforces_schema = True  # its default answer is schema-valid, like vLLM's constrained decoding
 
     def __init__(self, responder: Callable[[Messages, dict[str, Any] | None], str] | None = None):
         self.responder = responder

@@ -30,6 +30,7 @@ class VLLMServerBackend:
     """Client of a running vLLM OpenAI-compatible server; a batch is sent as concurrent requests."""
 
     name = "server"
+    enforces_schema = True  # vLLM's server honours response_format json_schema
 
     def __init__(self, base_url: str, model_name: str | None = None, *, concurrency: int = 16,
                  timeout_s: float = 600.0, seed: int = 0):

@@ -19,6 +19,7 @@ class TransformersBackend:
     """
 
     name = "transformers"
+    enforces_schema = False  # plain sampling: JSON is validated and retried, never guaranteed
 
     def __init__(self, config: LLMConfig | None = None):
         import torch

@@ -35,6 +35,7 @@ class VLLMBackend:
     """In-process `vllm.LLM`: whole batches go to the engine at once, LoRA adapters per request."""
 
     name = "vllm"
+    enforces_schema = True  # structured outputs constrain decoding to the JSON schema
 
     def __init__(self, config: LLMConfig | None = None):
         self.config = config = config or LLMConfig()
