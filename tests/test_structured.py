@@ -72,7 +72,7 @@ def test_only_failures_are_retried_in_one_batch_at_the_retry_temperature():
         return json.dumps({"w": [p]})
 
     backend = Scripted(script)
-    check = lambda obj, i: "placeholder" if obj.w[0].startswith("<") else None  # noqa: E731
+    check = lambda obj, i: "placeholder" if obj.w[0].startswith("<") else None
     out, stats = generate_validated(backend, [chat(f"p{i}") for i in range(4)], schema=Answer, check=check,
                                     fallback=lambda i: None, config=SETTINGS)
     assert [c["prompts"] for c in backend.calls] == [["p0", "p1", "p2", "p3"], ["p1", "p2"]]

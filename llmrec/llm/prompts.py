@@ -21,7 +21,7 @@ from typing import Any
 
 import jinja2
 
-from llmrec.errors import PromptError  # noqa: F401 (re-exported)
+from llmrec.errors import PromptError
 from llmrec.llm.base import Messages
 
 PROMPTS_ENV = "LLMREC_PROMPTS_DIR"

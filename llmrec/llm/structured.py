@@ -101,7 +101,7 @@ class GenerationStats:
             self.examples.append({"index": index, "attempt": attempt, "kind": kind, "reason": reason[:300],
                                   "raw": raw[:300]})
 
-    def merge(self, other: "GenerationStats") -> "GenerationStats":
+    def merge(self, other: GenerationStats) -> GenerationStats:
         """The sum of two runs (examples concatenated up to MAX_EXAMPLES; enforces_schema only if both did)."""
         out = GenerationStats(**{k: getattr(self, k) + getattr(other, k) for k in _SUMMED})
         out.enforces_schema = self.enforces_schema and other.enforces_schema
@@ -170,13 +170,13 @@ def _parse(schema: type[M], text: str, finish_reason: str, repair: Repair | None
     """The validated object and whether a repair candidate was needed; ValidationError if none validates."""
     try:
         return schema.model_validate_json(text), False
-    except ValidationError as first:
+    except ValidationError:
         for candidate in (repair(text, finish_reason) if repair is not None else ()):
             try:
                 return schema.model_validate_json(candidate), True
             except ValidationError:
                 continue
-        raise first
+        raise
 
 
 def _generate(backend: LLMBackend, prompts: Sequence[Messages], wire: dict[str, Any], settings: GenerationSettings,
