@@ -8,8 +8,8 @@ pydantic model and then by the closed-world check (`explain.check.check_explanat
 answers are regenerated `config.retries` times at `retry_temperature`; what still fails is replaced by a
 template built from the same facts and marked `flagged=True`, so a reader can always tell the two apart.
 
-The generate -> validate -> retry -> fallback loop is local (`_generate_checked`) until the shared
-`llmrec.llm.structured.generate_validated` lands; it takes the same (prompts, validate) shape.
+Generation runs through the shared `llmrec.llm.structured.generate_validated` (the closed-world check is its
+`check`, the template its fallback).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from functools import lru_cache
 from typing import Annotated, Any, Callable, Sequence
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, StringConstraints, create_model
 
 from explain.check import check_explanation
 from explain.facts import (ExplainFacts, canonical_genre, catalogue_categories, decade_of, item_genres,
@@ -31,6 +31,7 @@ from llmrec.config import ExplainConfig
 from llmrec.jobs import SHARD_STATS
 from llmrec.llm import LLMBackend, Messages
 from llmrec.llm.prompts import render_prompt
+from llmrec.llm.structured import GenerationSettings, generate_validated, repair_unconstrained
 from llmrec.schema import Domain, Explanation, Item
 
 ABOUT_WORDS = 25  # description words in the prompt: enough to ground, small enough for CPU prefill
@@ -101,7 +102,6 @@ def template_explanation(facts: ExplainFacts, config: ExplainConfig) -> Explanat
 @dataclass
 class ExplainStats:
     n_pairs: int = 0  # distinct facts explained
-    valid_first: int = 0  # valid JSON at the first attempt
     faithful_first: int = 0  # valid and passing the check at the first attempt
     regenerated: int = 0  # facts sent back to the model at least once
     llm_final: int = 0  # facts whose stored explanation is the model's
@@ -121,50 +121,11 @@ class ExplainStats:
         return {**asdict(self), "faithful_share": self.faithful_share}
 
 
-def _parse(text: str, config: ExplainConfig) -> str | None:
-    """The sentence, or None for invalid JSON (unconstrained backends may wrap the JSON in prose)."""
-    start, end = text.find("{"), text.rfind("}")
-    try:
-        return explain_wire(config.max_chars).model_validate_json(text[start : end + 1] if 0 <= start < end else text).e
-    except ValidationError:
-        return None
-
-
-def _generate_checked(backend: LLMBackend, prompts: list[Messages], validate: Callable[[int, str], str | None],
-                      config: ExplainConfig, adapter: str | None, stats: ExplainStats) -> dict[int, str]:
-    """Generate, parse, `validate(index, sentence) -> reason | None`, regenerate the failures; the accepted texts."""
-    schema = explain_wire(config.max_chars).model_json_schema()
-    done: dict[int, str] = {}
-    pending = list(range(len(prompts)))
-    for attempt in range(config.retries + 1):
-        if not pending:
-            break
-        temperature = config.temperature if attempt == 0 else config.retry_temperature
-        raw: list[str] = []
-        for start in range(0, len(pending), config.batch_size):
-            batch = [prompts[i] for i in pending[start : start + config.batch_size]]
-            gens = backend.generate(batch, json_schema=schema, max_tokens=config.max_tokens,
-                                    temperature=temperature, adapter=adapter)
-            stats.n_output_tokens += sum(g.n_output_tokens for g in gens)
-            raw += [g.text for g in gens]
-        failed = []
-        for i, text in zip(pending, raw):
-            sentence = _parse(text, config)
-            reason = "invalid JSON" if sentence is None else validate(i, sentence)
-            stats.valid_first += attempt == 0 and sentence is not None
-            if reason is None:
-                done[i] = sentence
-                stats.faithful_first += attempt == 0
-                continue
-            stats.invalid += sentence is None
-            stats.unfaithful += sentence is not None
-            if len(stats.examples) < 5:
-                stats.examples.append(f"#{i}: {reason}: {text[:80]!r}")
-            failed.append(i)
-        if attempt < config.retries:
-            stats.regenerated += len(failed)
-        pending = failed
-    return done
+def generation_settings(config: ExplainConfig, adapter: str | None) -> GenerationSettings:
+    """The shared validated-generation knobs of this stage."""
+    return GenerationSettings(max_tokens=config.max_tokens, temperature=config.temperature,
+                              retry_temperature=config.retry_temperature, retries=config.retries,
+                              batch_size=config.batch_size, adapter=adapter)
 
 
 def explain_items(facts: Sequence[ExplainFacts], backend: LLMBackend, config: ExplainConfig,
@@ -180,22 +141,24 @@ def explain_items(facts: Sequence[ExplainFacts], backend: LLMBackend, config: Ex
         seen.setdefault((normalize_interest(f.interest), f.item.item_id, f.evidence_ids), f)
     todo = list(seen.values())
     vocabulary = vocabulary or catalogue_categories(it for f in todo for it in (f.item, *f.evidence))
-    stats = ExplainStats(n_pairs=len(todo))
 
-    def validate(i: int, sentence: str) -> str | None:
-        return check_explanation(sentence, todo[i], vocabulary, config.max_chars)
+    def check(answer: BaseModel, i: int) -> str | None:
+        return check_explanation(answer.e, todo[i], vocabulary, config.max_chars)
 
-    texts = _generate_checked(backend, [explain_messages(f, config) for f in todo], validate, config, adapter, stats)
-    out = []
-    for i, f in enumerate(todo):
-        if i in texts:
-            out.append(Explanation(interest=normalize_interest(f.interest), item_id=f.item.item_id,
-                                   evidence=f.evidence_ids, text=texts[i], faithful=True))
-        else:
-            out.append(template_explanation(f, config))
-    stats.templated = len(todo) - len(texts)
-    stats.llm_final = len(texts)
-    stats.seconds = time.perf_counter() - t0
+    results, gen = generate_validated(backend, [explain_messages(f, config) for f in todo],
+                                      schema=explain_wire(config.max_chars), check=check, fallback=lambda i: None,
+                                      config=generation_settings(config, adapter), repair=repair_unconstrained)
+    out = [template_explanation(f, config) if r.fallback else
+           Explanation(interest=normalize_interest(f.interest), item_id=f.item.item_id, evidence=f.evidence_ids,
+                       text=r.value.e, faithful=True)
+           for f, r in zip(todo, results)]
+    stats = ExplainStats(n_pairs=len(todo), faithful_first=gen.valid_first,
+                         regenerated=(len(todo) - gen.valid_first) if config.retries else 0,
+                         llm_final=gen.valid_final, templated=gen.fallbacks, invalid=gen.parse_failures,
+                         unfaithful=gen.semantic_failures, n_output_tokens=gen.output_tokens,
+                         seconds=time.perf_counter() - t0,
+                         examples=[f"#{e['index']} {e['kind']}: {e['reason']}: {e['raw'][:80]!r}"
+                                   for e in gen.examples[:5]])
     return out, stats
 
 

@@ -49,8 +49,9 @@ def _title(messages) -> str:
 class RecordingBackend(FakeBackend):
     """FakeBackend that also records temperature and max_tokens of each call."""
 
-    def generate(self, prompts, *, json_schema=None, max_tokens=256, temperature=0.0, adapter=None):
-        out = super().generate(prompts, json_schema=json_schema, max_tokens=max_tokens, temperature=temperature, adapter=adapter)
+    def generate(self, prompts, *, json_schema=None, max_tokens=256, temperature=0.0, adapter=None, **kw):
+        out = super().generate(prompts, json_schema=json_schema, max_tokens=max_tokens, temperature=temperature,
+                               adapter=adapter, **kw)
         self.calls[-1].update(temperature=temperature, max_tokens=max_tokens, schema=json_schema)
         return out
 
@@ -107,7 +108,7 @@ def test_regeneration_can_rescue_and_retries_zero_goes_straight_to_template():
 
     out, stats = explain_items([F(ALIEN)], FakeBackend(flaky), ExplainConfig())
     assert not out[0].flagged and stats.invalid == 1 and stats.regenerated == 1 and stats.llm_final == 1
-    assert stats.valid_first == 0
+    assert stats.faithful_first == 0 and "parse" in stats.examples[0]
     echo, _ = explain_items([F(ALIEN)], FakeBackend(lambda m, s: '{"e": "sentence"}'), ExplainConfig())
     assert echo[0].flagged  # the format's placeholder echoed back is no explanation
     wrapped, _ = explain_items([F(ALIEN)], FakeBackend(lambda m, s: "Answer: " + good(m, s)), ExplainConfig())
