@@ -21,11 +21,11 @@ import numpy as np
 # benchmarks/retrieval.py would shadow the `retrieval` package when this folder is sys.path[0].
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from explain.facts import ExplainFacts, catalogue_categories  # noqa: E402
-from explain.rubric import RUBRIC, judge  # noqa: E402
-from llmrec.bench import record, write_records  # noqa: E402
-from llmrec.pipeline import Recommender  # noqa: E402
-from llmrec.schema import Recommendation  # noqa: E402
+from explain.facts import ExplainFacts, catalogue_categories
+from explain.rubric import RUBRIC, judge
+from llmrec.bench import record, write_records
+from llmrec.pipeline import Recommender
+from llmrec.schema import Recommendation
 
 BENCHMARK = "explanations"
 

@@ -16,8 +16,16 @@ from __future__ import annotations
 
 import re
 
-from explain.facts import (DECADE, GENRE_FORMS, YEAR, ExplainFacts, canonical_genre, decade_of, parse_decade,
-                           title_forms)
+from explain.facts import (
+    DECADE,
+    GENRE_FORMS,
+    YEAR,
+    ExplainFacts,
+    canonical_genre,
+    decade_of,
+    parse_decade,
+    title_forms,
+)
 
 MIN_WORDS = 6  # fewer words is a label, not an explanation
 MAX_REPEATS = 2  # a content word named three times is padding
@@ -25,8 +33,7 @@ _MASK = " \u00a7 "  # stands in for a fact phrase (a title, the brand), so its w
 _WORD = re.compile(r"[^\W\d_][\w'\u2019-]*")
 _SENTENCE_START = re.compile(r"(?:^|[.!?:;\"\u201c(])\s*$")
 _INNER_CAPITAL = re.compile(r"[a-z][A-Z]|-[A-Z]")
-_STOP = frozenset("a an and the of for to in on is it its this that with your you from also as are be by "
-                  "like liked more another just movie film item".split())
+_STOP = frozenset(["a", "an", "and", "the", "of", "for", "to", "in", "on", "is", "it", "its", "this", "that", "with", "your", "you", "from", "also", "as", "are", "be", "by", "like", "liked", "more", "another", "just", "movie", "film", "item"])
 SENSITIVE: dict[str, str] = {
     "sexuality": r"lesbians?|gays?|bisexual\w*|homosexual\w*|heterosexual\w*|transgender\w*|queer\w*|sexuality",
     "ethnicity": r"blackness|whiteness|ethnic\w*|racial\w*|racis\w*|african[- ]americans?|hispanics?|latin[oa]s?|"

@@ -16,22 +16,35 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from typing import Annotated, Any, Callable, Sequence
+from typing import Annotated, Any
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, StringConstraints, create_model
 
 from explain.check import check_explanation
-from explain.facts import (ExplainFacts, canonical_genre, catalogue_categories, decade_of, item_genres,
-                           natural_title, normalize_interest)
+from explain.facts import (
+    GENERIC,
+    ExplainFacts,
+    canonical_genre,
+    catalogue_categories,
+    decade_of,
+    item_genres,
+    natural_title,
+    normalize_interest,
+)
 from explain.table import PROMPT, TABLE_SCHEMA
 from llmrec.config import ExplainConfig
 from llmrec.jobs import SHARD_STATS
 from llmrec.llm import LLMBackend, Messages
 from llmrec.llm.prompts import render_prompt
-from llmrec.llm.structured import GenerationSettings, generate_validated, repair_unconstrained
+from llmrec.llm.structured import (
+    GenerationSettings,
+    generate_validated,
+    repair_unconstrained,
+)
 from llmrec.schema import Domain, Explanation, Item
 
 ABOUT_WORDS = 25  # description words in the prompt: enough to ground, small enough for CPU prefill
@@ -187,7 +200,7 @@ def facts_from_key(key: str, items: dict[str, Item], domain: Domain) -> ExplainF
                         domain=domain)
 
 
-def make_explain_process(items: dict[str, Item], backend: LLMBackend, config: ExplainConfig, domain: Domain = Domain(),
+def make_explain_process(items: dict[str, Item], backend: LLMBackend, config: ExplainConfig, domain: Domain = GENERIC,
                          adapter: str | None = None) -> Callable[[list[str]], pd.DataFrame]:
     """A `run_sharded` process: job keys of one shard -> one row per key, plus the `pair_key` column and the
     shard's `ExplainStats` as JSON (`llmrec.jobs.SHARD_STATS`; summed by `llmrec.jobs.sum_shard_stats`)."""

@@ -14,8 +14,8 @@ serve a new user and grows as users x k; keying per (interest, item) alone canno
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 from llmrec.schema import Domain, Item
 
@@ -48,6 +48,7 @@ YEAR = re.compile(r"\b(1[89]\d\d|20\d\d)\b")
 # Leading articles MovieLens moves to the end ("Usual Suspects, The"; "Cité des enfants perdus, La").
 _ARTICLE_SUFFIX = re.compile(r"^(.*), (The|A|An|La|Le|Les|L'|Il|Das|Der|Die|El|Los|Las)$")
 _TRAILING_PAREN = re.compile(r"\s*\([^()]*\)\s*$")
+GENERIC = Domain()  # item/items/user: the nouns of a dataset that names none
 
 
 def canonical_genre(genre: str) -> str:
@@ -132,7 +133,7 @@ class ExplainFacts:
     item: Item
     interest: str | None = None
     evidence: tuple[Item, ...] = ()
-    domain: Domain = Domain()
+    domain: Domain = GENERIC
 
     @property
     def evidence_ids(self) -> tuple[str, ...]:
@@ -178,7 +179,7 @@ def interest_matches(interest: str, item: Item, evidence: Sequence[Item] = ()) -
 
 
 def build_facts(item: Item, interest: str | None, history: Sequence[Item], max_evidence: int,
-                domain: Domain = Domain()) -> ExplainFacts:
+                domain: Domain = GENERIC) -> ExplainFacts:
     """The facts for one served (user, item): evidence from the user's history, the interest only if it matches."""
     evidence = select_evidence(item, history, max_evidence)
     keep = interest if interest and interest_matches(interest, item, evidence) else None

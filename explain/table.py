@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -88,7 +89,7 @@ class ExplanationTable:
         return out
 
     @classmethod
-    def load(cls, path: str | Path) -> "ExplanationTable":
+    def load(cls, path: str | Path) -> ExplanationTable:
         """Read a folder written by `save` (or a bare Parquet file, e.g. a job shard); every row is re-validated."""
         path = Path(path)
         file = path / TABLE_FILE if path.is_dir() else path

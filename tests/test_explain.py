@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
+from explain.check import check_explanation
 from explain.explain import (
     ExplainStats,
     explain_items,
@@ -19,7 +20,6 @@ from explain.explain import (
     pair_key,
     template_explanation,
 )
-from explain.check import check_explanation
 from explain.facts import ExplainFacts, build_facts
 from explain.table import ExplanationTable, explanations_from_frame
 from llmrec.config import ExplainConfig, JobConfig
@@ -43,7 +43,7 @@ def F(item, interest=None, evidence=()):
 
 
 def _title(messages) -> str:
-    return re.search(r"^Movie: (.*?)( \(\d{4}\))?;", messages[-1]["content"], re.M).group(1)
+    return re.search(r"^Movie: (.*?)( \(\d{4}\))?;", messages[-1]["content"], re.MULTILINE).group(1)
 
 
 class RecordingBackend(FakeBackend):

@@ -37,10 +37,10 @@ def _bench():
 def test_rubric_judgements():
     f = ExplainFacts(item=MIB, evidence=(STAR,))
     assert judge("You liked Star Wars; Men in Black is also sci-fi and action.", f) == \
-        dict(factual=True, relevant=True, specific=True, fluent=True)
+        {"factual": True, "relevant": True, "specific": True, "fluent": True}
     # Names only the decade: relevant to the 1990s interest, but not specific.
     decade = judge("Men in Black is a fun pick from the 1990s for you.", ExplainFacts(item=MIB, interest="1990s films"))
-    assert decade == dict(factual=True, relevant=True, specific=False, fluent=True)
+    assert decade == {"factual": True, "relevant": True, "specific": False, "fluent": True}
     # "Star Wars" is a title, not the genre war; nothing shared named, no evidence.
     assert judge("Men in Black is a fun pick for fans of Star Wars.", ExplainFacts(item=MIB))["relevant"] is False
     bad = judge("Men in Black is action, action, action with Will Smith.", f)
@@ -52,11 +52,11 @@ def test_rubric_judgements():
 def grounded_or_not(messages, schema):
     """Grounded sentences for most items, an invented star for titles of length divisible by 3 (-> template)."""
     user = messages[-1]["content"]
-    found = re.search(r"^Item: (.*?)( \(\d{4}\))?;", user, re.M)
+    found = re.search(r"^Item: (.*?)( \(\d{4}\))?;", user, re.MULTILINE)
     if found is None or "One sentence on why it fits" not in user:  # mining / cold-start prompts
         return json.dumps(minimal_instance(schema)) if schema else "ok"
     title = found.group(1)
-    liked = re.search(r"^The user liked: (.*?) \(", user, re.M)
+    liked = re.search(r"^The user liked: (.*?) \(", user, re.MULTILINE)
     if len(title) % 3 == 0:
         return json.dumps({"e": f"{title} is a gripping tale starring John Wayne."})
     if liked:
@@ -87,7 +87,7 @@ def test_served_explanations_are_found_by_their_facts(built):
 
 def test_evidence_comes_from_the_users_own_history(built):
     rec = Recommender.load(built)
-    user = sorted(rec._sequences, key=lambda u: (len(u), u))[0]
+    user = min(rec._sequences, key=lambda u: (len(u), u))
     own = set(rec.vocab.decode(rec._sequences[user]))
     for r, f in rec.served_facts(user, 5):
         assert {e.item_id for e in f.evidence} <= own and r.item.item_id not in own

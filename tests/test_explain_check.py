@@ -7,8 +7,16 @@ import pytest
 
 from explain.check import check_explanation, invented_names, repetition, sensitive_terms
 from explain.explain import template_text
-from explain.facts import (ExplainFacts, build_facts, catalogue_categories, interest_attributes, interest_matches,
-                           natural_title, select_evidence, title_forms)
+from explain.facts import (
+    ExplainFacts,
+    build_facts,
+    catalogue_categories,
+    interest_attributes,
+    interest_matches,
+    natural_title,
+    select_evidence,
+    title_forms,
+)
 from llmrec.config import ExplainConfig
 from llmrec.schema import Domain, Item
 
