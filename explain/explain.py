@@ -77,12 +77,19 @@ def shared_phrase(facts: ExplainFacts) -> str:
     return ", ".join(parts + ([facts.item.brand] if same_brand else [])) or "none"
 
 
+def _prompt_genres(facts: ExplainFacts, n: int) -> list[str]:
+    """The item's genres as the catalogue names them, the shared ones first so `n` never hides them."""
+    shared = set(facts.shared_genres())
+    own = [g for g in facts.item.genres if g.strip() and g.casefold() != "unknown"]
+    return sorted(own, key=lambda g: canonical_genre(g) not in shared)[:n]
+
+
 def explain_messages(facts: ExplainFacts, config: ExplainConfig) -> Messages:
     """The chat for one set of facts."""
     item = facts.item
     about = " ".join((item.text or "").split()[:ABOUT_WORDS])
     return render_prompt(PROMPT, item=facts.domain.item, user=facts.domain.user, title=natural_title(item.title),
-                         year=item.year or "", genres=", ".join(item.genres[: config.max_genres]) or "not given",
+                         year=item.year or "", genres=", ".join(_prompt_genres(facts, config.max_genres)) or "not given",
                          brand=item.brand or "", about=about, liked=", ".join(_named(e) for e in facts.evidence),
                          interest=facts.interest or "", shared=shared_phrase(facts))
 

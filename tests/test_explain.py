@@ -66,6 +66,9 @@ def test_prompt_holds_exactly_the_facts():
     assert "Musical" not in user  # max_genres
     assert "About: A lion cub flees" in user and "The viewer liked: Toy Story (1995)" in user
     assert "Their interest: 1990s animation" in user and "Shared: animation, children's, 1990s" in user
+    mib = Item(item_id="9", title="Men in Black", genres=("Action", "Adventure", "Comedy", "Sci-Fi"), year=1997)
+    sci = explain_messages(F(mib, evidence=[ALIENS]), ExplainConfig(max_genres=2))[-1]["content"]
+    assert "Movie: Men in Black (1997); Action, Sci-Fi" in sci  # shared genres survive max_genres
     bare = explain_messages(F(CASA), ExplainConfig())[-1]["content"]
     assert "liked" not in bare and "interest" not in bare and "Shared: none" in bare
     system = explain_messages(ExplainFacts(item=CASA), ExplainConfig())[0]["content"]
