@@ -1,7 +1,7 @@
 """The batch side of the product: build a recommender folder from a dataset, stage by stage.
 
     narratives -> mine interests/tags (sharded job) -> train three towers with the LLM tags
-    -> explanations for the (interest, item) pairs the API serves (sharded job)
+    -> explanations for the facts the API serves (item, matching interest, evidence items; sharded job)
     -> imagined histories per cold-start profile segment -> Recommender.save_pretrained
 
 Every LLM stage runs through `llmrec.jobs.run_sharded`, so a killed build resumes where it stopped
@@ -25,8 +25,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from explain.explain import PROMPT as EXPLAIN_PROMPT
-from explain.explain import TABLE_SCHEMA, ExplainStats, ExplanationTable, make_explain_process, pair_key
+from explain.explain import ExplainStats, make_explain_process, pair_key
+from explain.facts import ExplainFacts
+from explain.table import PROMPT as EXPLAIN_PROMPT
+from explain.table import ExplanationTable, explanations_from_frame
 from llmrec.coldstart import Catalogue, ExamplePool, imagine_histories
 from llmrec.config import LLMConfig, RecommenderConfig
 from llmrec.data import Dataset
@@ -37,7 +39,7 @@ from llmrec.llm.model import merged_model
 from llmrec.narrative import load_narrative_tokenizer, render_narratives
 from llmrec.pipeline import Recommender, profile_segment
 from llmrec.llm.prompts import prompt_hashes
-from llmrec.schema import Explanation, Interest, InterestProfile, Narrative, Tag
+from llmrec.schema import Interest, InterestProfile, Narrative, Tag
 from llmrec.tags import history_tags
 from llmrec.data.split import Split, split_leave_one_out
 from retrieval.encoder import TextEncoder
@@ -112,20 +114,21 @@ def heuristic_profiles(user_ids: Sequence[str], events: pd.DataFrame, dataset: D
     return out
 
 
-def explain_all(pairs: Sequence[tuple[str, str]], dataset: Dataset, out: Path, config: RecommenderConfig,
+def explain_all(facts: Sequence[ExplainFacts], dataset: Dataset, out: Path, config: RecommenderConfig,
                 backend: LLMBackend | None, executor: str = "local",
                 adapter: str | None = None) -> tuple[ExplanationTable, ExplainStats]:
-    """Explanations for (interest, item_id) pairs, as a resumable sharded job keyed by pair, with the summed
-    generation stats of every shard (those a previous run finished included)."""
+    """Explanations for the served facts (`Recommender.served_facts`), as a resumable sharded job keyed by
+    (interest, item, evidence ids), with the summed generation stats of every shard (finished ones included)."""
     items = dataset.item_index
-    keys = sorted({pair_key(i, item) for i, item in pairs})
+    keys = sorted({pair_key(f) for f in facts})
     meta = {"stage": "explain", "explain": config.explain.model_dump(mode="json"), "adapter": adapter,
             "prompt_hashes": prompt_hashes([EXPLAIN_PROMPT])}
-    result = _run_llm_job(keys, lambda llm: make_explain_process(items, llm, config.explain, adapter=adapter),
+    result = _run_llm_job(keys, lambda llm: make_explain_process(items, llm, config.explain, dataset.domain,
+                                                                 adapter=adapter),
                           out, config, backend, executor, meta, key_column="pair_key")
     frame = read_shards(result.out_dir)
     stats = sum_shard_stats(frame, ExplainStats, keep=5)
-    return ExplanationTable(Explanation(**r) for r in frame[TABLE_SCHEMA.names].to_dict("records")), stats
+    return ExplanationTable(explanations_from_frame(frame, str(result.out_dir))), stats
 
 
 def imagine_segments(dataset: Dataset, split: Split, config: RecommenderConfig, backend: LLMBackend,
@@ -228,10 +231,10 @@ def build_recommender(dataset: Dataset, out: str | Path, config: RecommenderConf
         base = backend if backend is not None else (_started(engines, config.llm) if executor == "local" else None)
         t = time.perf_counter()
         users = sorted(as_of.index, key=lambda u: (len(u), u))[:explain_users] if explain_users else list(as_of.index)
-        served = [(r.interest, r.item.item_id) for u in users for r in rec.recommend(user_id=u, k=k) if r.interest]
+        served = [facts for u in users for _, facts in rec.served_facts(u, k)]
         rec.explanations, explain_stats = explain_all(served, dataset, work / "explanations", config, base, executor)
         timings["explain"] = time.perf_counter() - t
-        log(f"[4/5] explanations: {len(rec.explanations)} pairs for {len(users)} users; faithful at the first try "
+        log(f"[4/5] explanations: {len(rec.explanations)} distinct facts for {len(users)} users; grounded at the first try "
             f"{explain_stats.faithful_share:.1%}, LLM text kept {explain_stats.llm_final}, flagged templates "
             f"{explain_stats.templated}; in {timings['explain']:.0f}s")
 

@@ -108,6 +108,7 @@ class ExplainConfig(StageConfig):
     retry_temperature: float = Field(default=0.7, ge=0.0, le=2.0)  # regeneration must not repeat greedy output
     retries: int = Field(default=1, ge=0, le=3)  # regenerations of unfaithful/invalid ones before the template
     max_genres: int = Field(default=3, ge=1)  # genres named in prompt and template
+    max_evidence: int = Field(default=2, ge=0, le=3)  # user's history items cited per explanation (explain.facts)
 
 
 class ColdStartConfig(StageConfig):

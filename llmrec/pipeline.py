@@ -7,13 +7,14 @@ A recommender folder (written by `llmrec.build.build_recommender`, read by `Reco
     dataset/               canonical tables (known users' histories and profiles, the catalogue)
     towers/                three-tower model + FAISS index (retrieval.towers)
     interests.parquet      mined interests and tags per user (llmrec.interests)
-    explanations/          (interest, item) -> explanation lookup table (explain.explain)
+    explanations/          (interest, item, evidence ids) -> explanation lookup table (explain.table)
     coldstart.parquet      imagined early histories per profile segment (llmrec.coldstart), optional
 
 Request path (`recommend`): history -> user vector (user tower, item table cached at load) fused with the
 user's tag vectors (β from validation) -> FAISS top k (seen items excluded) -> per item the user's best
-matching interest (tag tower cosine) -> explanation looked up, or a flagged template when the table has
-none. Users with at most `coldstart.max_events` events get their segment's imagined history prepended (early
+matching interest (tag tower cosine) -> the explanation's facts (`explain.facts.build_facts`: the item, the
+interest if it matches, the user's own earlier items that share attributes with it) -> explanation looked up
+by those facts, or a flagged template built from them when the table has none. Users with at most `coldstart.max_events` events get their segment's imagined history prepended (early
 fusion); users with no history and no profile get the popularity list.
 """
 
@@ -30,7 +31,9 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
-from explain.explain import ExplanationTable, template_explanation
+from explain.explain import template_explanation
+from explain.facts import ExplainFacts, build_facts
+from explain.table import ExplanationTable
 from llmrec.errors import RecommendError, UnknownItemError, UnknownUserError  # noqa: F401 (re-exported)
 from llmrec.config import RecommenderConfig
 from llmrec.data import Dataset, DataError, ItemVocab, load_dataset_dir, user_sequences
@@ -38,6 +41,8 @@ from llmrec.interests import profiles_from_table
 from llmrec.schema import Event, InterestProfile, Item, Recommendation
 from llmrec.tags import history_tags
 from retrieval.towers import ThreeTowerModel
+
+EVIDENCE_WINDOW = 200  # most recent own items searched for explanation evidence
 
 
 def set_request_threads(threads: int = 1) -> None:
@@ -175,6 +180,7 @@ class Recommender:
     def _recommend(self, seq: np.ndarray, profile: dict[str, str], mined: InterestProfile | None,
                    k: int) -> list[Recommendation]:
         seen = set(seq.tolist())
+        own = self._history_items(seq)  # the user's own events only: imagined ones are never cited as evidence
         source = "user_tower"
         if len(seq) <= self.config.coldstart.max_events:
             imagined = self.imagined.get(profile_segment(profile)) if profile else None
@@ -201,7 +207,7 @@ class Recommender:
         best_interest = (interest_vecs @ vecs.T).argmax(axis=0) if interests else None
         return [self._describe(i, float(s_user[n]), float(s_tag[n]), beta,
                                tags[best_tag[n]] if tags else None,
-                               interests[best_interest[n]] if interests else None, source)
+                               interests[best_interest[n]] if interests else None, source, own)
                 for n, i in enumerate(chosen)]
 
     def _encode_user(self, seq: np.ndarray, profile: Mapping[str, str]) -> np.ndarray:
@@ -223,22 +229,36 @@ class Recommender:
         return np.stack([self._tag_vecs[t] for t in texts])
 
     def _describe(self, index: int, s_user: float, s_tag: float, beta: float, tag: str | None,
-                  interest: str | None, source: str) -> Recommendation:
+                  interest: str | None, source: str, own: Sequence[Item]) -> Recommendation:
         if source == "user_tower" and (1.0 - beta) * s_tag > beta * s_user:
             source = "tag_tower"
         item = self.items[self.vocab.ids[index - 1]]
-        explanation = None
-        if interest is not None:
-            explanation = self.explanations.get(interest, item.item_id) or template_explanation(
-                interest, item, self.config.explain)
+        facts = self.explanation_facts(item, interest, own)
+        explanation = self.explanations.lookup(facts) or template_explanation(facts, self.config.explain)
         return Recommendation(item=item, score=beta * s_user + (1.0 - beta) * s_tag, interest=interest, tag=tag,
-                              explanation=explanation.text if explanation else None,
-                              explanation_flagged=bool(explanation and explanation.flagged), source=source)
+                              explanation=explanation.text, explanation_flagged=explanation.flagged, source=source)
+
+    # --- explanation facts (the batch job and the request path build them the same way) -------------
+
+    def _history_items(self, seq: np.ndarray) -> list[Item]:
+        """The user's own last EVIDENCE_WINDOW items, oldest first: evidence is recent, and this bounds request cost."""
+        return [self.items[i] for i in self.vocab.decode(seq[-EVIDENCE_WINDOW:])]
+
+    def explanation_facts(self, item: Item, interest: str | None, history: Sequence[Item]) -> ExplainFacts:
+        """What the explanation of `item` may name, given the matched interest and the user's own history."""
+        return build_facts(item, interest, history, self.config.explain.max_evidence, self.dataset.domain)
+
+    def served_facts(self, user_id: str, k: int) -> list[tuple[Recommendation, ExplainFacts]]:
+        """A known user's top k with the facts their explanations were looked up by (for the batch job and the
+        explanation benchmark); popularity answers, which have no facts, are left out."""
+        recs = self.recommend(user_id=user_id, k=k)
+        own = self._history_items(self._sequences[str(user_id)])
+        return [(r, self.explanation_facts(r.item, r.interest, own)) for r in recs if r.source != "popularity"]
 
     def _popular_items(self, k: int, seen: set[int]) -> list[Recommendation]:
         chosen = [int(i) for i in self._popular if i > 0 and int(i) not in seen][:k]
         return [Recommendation(item=self.items[self.vocab.ids[i - 1]], score=float(-rank), source="popularity",
-                               explanation="Popular with other viewers.", explanation_flagged=True)
+                               explanation=f"Popular with other {self.dataset.domain.user}s.", explanation_flagged=True)
                 for rank, i in enumerate(chosen)]
 
 

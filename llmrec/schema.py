@@ -143,6 +143,7 @@ class Explanation(Record):
     text: str
     faithful: bool
     flagged: bool = False
+    evidence: tuple[str, ...] = ()  # ids of the user's history items the text cites (explain.facts)
 
 
 class Recommendation(Record):
