@@ -24,7 +24,7 @@ from typing import Annotated, Any
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, StringConstraints, create_model
 
-from explain.check import check_explanation
+from explain.check import check_explanation, sensitive_terms
 from explain.facts import (
     GENERIC,
     ExplainFacts,
@@ -106,7 +106,7 @@ def template_text(facts: ExplainFacts, config: ExplainConfig) -> str:
     genres = _genre_labels(item, config.max_genres)
     kind = f"{_and(genres)} {noun}" if genres else noun
     article = "an" if kind[0] in "aeiou" else "a"
-    if facts.interest:
+    if facts.interest and not sensitive_terms(facts.interest, facts):  # a mined interest may name one; never echo it
         return f"{_named(item)} is {article} {kind}, matching your interest in {facts.interest}."
     decade = decade_of(item.year)
     when = f" from the {decade}s" if decade is not None else ""

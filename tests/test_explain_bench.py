@@ -53,7 +53,7 @@ def grounded_or_not(messages, schema):
     """Grounded sentences for most items, an invented star for titles of length divisible by 3 (-> template)."""
     user = messages[-1]["content"]
     found = re.search(r"^Item: (.*?)( \(\d{4}\))?;", user, re.MULTILINE)
-    if found is None or "One sentence on why it fits" not in user:  # mining / cold-start prompts
+    if found is None or "says why it fits" not in user:  # mining / cold-start prompts
         return json.dumps(minimal_instance(schema)) if schema else "ok"
     title = found.group(1)
     liked = re.search(r"^The user liked: (.*?) \(", user, re.MULTILINE)

@@ -115,6 +115,12 @@ def test_every_template_passes_the_check_and_reads_naturally(f):
     assert ", The" not in text and "Because you like" not in text
 
 
+def test_templates_never_echo_a_sensitive_interest():
+    f = facts(WIVES, "1990s gay comedies")
+    assert f.interest and "gay" not in template_text(f, ExplainConfig())
+    assert check_explanation(template_text(f, ExplainConfig()), f) is None
+
+
 def test_template_wording():
     cfg = ExplainConfig()
     assert template_text(facts(MIB, evidence=[STAR]), cfg) == \

@@ -158,7 +158,7 @@ def test_examples_block_becomes_few_shot_turns(tmp_path, monkeypatch):
 
 
 def test_explain_prompt_shows_worked_examples_not_a_placeholder():
-    messages = render_prompt("explain", interest="space horror", title="Alien", year=1979, genres="Horror, Sci-Fi",
-                             max_words=20)
+    messages = render_prompt("explain", item="movie", user="viewer", interest="space horror", title="Alien",
+                             year=1979, genres="Horror, Sci-Fi", brand="", about="", liked="", shared="horror, sci-fi")
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant", "user"]
     assert "Alien (1979)" in messages[-1]["content"] and '"sentence"' not in messages[-1]["content"]
