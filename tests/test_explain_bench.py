@@ -52,11 +52,11 @@ def test_rubric_judgements():
 def grounded_or_not(messages, schema):
     """Grounded sentences for most items, an invented star for titles of length divisible by 3 (-> template)."""
     user = messages[-1]["content"]
-    found = re.search(r"^Item: (.*?)( \(\d{4}\))?;", user, re.MULTILINE)
+    found = re.search(r"^[A-Z]\w*: (.*?)( \(\d{4}\))?;", user, re.MULTILINE)  # "Movie: ...", "Item: ..."
     if found is None or "says why it fits" not in user:  # mining / cold-start prompts
         return json.dumps(minimal_instance(schema)) if schema else "ok"
     title = found.group(1)
-    liked = re.search(r"^The user liked: (.*?) \(", user, re.MULTILINE)
+    liked = re.search(r"^The \w+ liked: (.*?) \(", user, re.MULTILINE)
     if len(title) % 3 == 0:
         return json.dumps({"e": f"{title} is a gripping tale starring John Wayne."})
     if liked:
