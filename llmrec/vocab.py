@@ -320,3 +320,12 @@ def movie_vocabulary() -> AttributeVocab:
 _MOVIE = AttributeVocab(domain=Domain(item="movie", items="movies", user="viewer"), config=VocabConfig(),
                         categories=tuple(sorted(GENRES, key=CORE_ORDER.index)), brands=(), decades=True,
                         keyword_idf={}, lexicon=_lexicon(GENRES, (), True), modifier_form=dict(MODIFIER_FORM))
+
+
+def vocabulary_of(dataset, config: VocabConfig | None = None) -> AttributeVocab:
+    """The attribute vocabulary of a `llmrec.data.Dataset` (built once per dataset object and config)."""
+    config = config or VocabConfig()
+    memo = dataset.__dict__.setdefault("_attribute_vocabs", {})
+    if config not in memo:
+        memo[config] = build_vocabulary(dataset.item_index.values(), dataset.domain, config)
+    return memo[config]

@@ -29,7 +29,7 @@ def tiny(ml100k: Dataset) -> Dataset:
     """20 real users (ids 1..20) with all their events, and every item of the catalogue."""
     ev = ml100k.events[ml100k.events["user_id"].isin(TINY_USERS)].reset_index(drop=True)
     users = ml100k.users[ml100k.users["user_id"].isin(TINY_USERS)].reset_index(drop=True)
-    return Dataset(name="ml-100k-tiny", events=ev, items=ml100k.items, users=users)
+    return Dataset(name="ml-100k-tiny", events=ev, items=ml100k.items, users=users, domain=ml100k.domain)
 
 
 @pytest.fixture(scope="session")
