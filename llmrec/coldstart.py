@@ -41,7 +41,9 @@ from llmrec.data import strip_year
 from llmrec.interests import salvage_truncated
 from llmrec.llm import LLMBackend, Messages
 from llmrec.llm.prompts import prompt_hash, render_prompt
+from llmrec.nouns import prompt_nouns
 from llmrec.schema import Event, Item, Record, UserHistory
+from llmrec.vocab import AttributeVocab
 
 PROMPT = "imagine_history"
 MAX_GENRES = 3
@@ -211,12 +213,13 @@ def format_sample(examples: Sequence[ExampleUser]) -> str:
 
 
 def imagine_messages(profile: dict[str, str], history_items: Sequence[Item], examples: Sequence[ExampleUser],
-                     config: ColdStartConfig) -> Messages:
+                     config: ColdStartConfig, attrs: AttributeVocab | None = None) -> Messages:
+    """The cold-start chat; `attrs` names the domain (None: MovieLens words)."""
     return render_prompt(
         PROMPT, profile=render_profile(profile), history=[render_item(i) for i in history_items],
         examples=[{"profile": render_profile(e.profile), "titles": [render_item(i) for i in e.items[: config.example_items]]}
                   for e in examples],
-        k=config.n_imagined, max_genres=MAX_GENRES, sample=format_sample(examples),
+        k=config.n_imagined, max_genres=MAX_GENRES, sample=format_sample(examples), **prompt_nouns(attrs),
     )
 
 
@@ -261,6 +264,7 @@ def imagine_histories(
     examples: ExamplePool,
     cache_path: str | Path | None = None,
     adapter: str | None = None,
+    attrs: AttributeVocab | None = None,
 ) -> tuple[list[ImaginedHistory], ColdStartStats]:
     """Imagined histories for the cold users among `users` (user_id, profile, events), cached per user.
 
@@ -292,7 +296,7 @@ def imagine_histories(
         for start in range(0, len(pending), config.batch_size):
             batch = pending[start : start + config.batch_size]
             prompts = [imagine_messages(todo[i][2], [items_by_id[e.item_id] for e in todo[i][3] if e.item_id in items_by_id],
-                                        todo[i][4], config) for i in batch]
+                                        todo[i][4], config, attrs) for i in batch]
             gens = backend.generate(prompts, json_schema=imagine_wire(config.n_imagined).model_json_schema(),
                                     max_tokens=config.max_tokens, temperature=config.temperature, adapter=adapter)
             for i, g in zip(batch, gens):

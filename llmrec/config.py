@@ -377,6 +377,7 @@ class RecommenderConfig(StageConfig):
     explain: ExplainConfig = Field(default_factory=ExplainConfig)
     coldstart: ColdStartConfig = Field(default_factory=ColdStartConfig)
     jobs: JobConfig = Field(default_factory=JobConfig)
+    vocab: VocabConfig = Field(default_factory=VocabConfig)  # the dataset's attribute vocabulary (tags)
 
 
 # --- Offline comparison (llmrec.eval.run) ---------------------------------------------------------

@@ -23,7 +23,7 @@ import json
 import math
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -34,6 +34,7 @@ from llmrec.schema import Domain, Item
 
 FORMAT = "llmrec.attribute-vocab/1"
 FILENAME = "vocab.json"
+N_EXAMPLE_TAGS = 4
 NOT_ATTRIBUTES = frozenset({"unknown", "", "other", "misc", "miscellaneous"})
 _TOKEN = re.compile(r"[a-z][a-z'\-]{2,}")
 # sklearn's English stop words plus words that describe any catalogue rather than one item.
@@ -87,6 +88,7 @@ class AttributeVocab:
     keyword_idf: dict[str, float]  # keyword -> idf; empty when keywords are off
     lexicon: dict[str, str]  # tag word or space-joined phrase -> attribute
     modifier_form: dict[str, str]  # attribute -> its adjective when it modifies a core ("romance" -> "romantic")
+    example_tags: tuple[str, ...] = ()  # the catalogue's most frequent item tags, shown as examples in prompts
     _memo: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -161,16 +163,24 @@ class AttributeVocab:
         cats = [c for c in self.categories if c in attrs]
         decade = decade_of(item.year) if self.decades and item.year is not None else None
         tags: list[str] = []
+        short = [self.short_form(c) for c in cats]
         if decade is not None:
-            tags += [f"{decade} {c}" for c in cats] or [f"{decade} {_noun(self.domain)}"]
-        for i, core in enumerate(cats):
-            tags += [f"{self.modifier_form.get(mod, mod)} {core}" for mod in cats[i + 1 :]]
+            tags += [f"{decade} {c}" for c in short] or [f"{decade} {_noun(self.domain)}"]
+        for i, core in enumerate(short):
+            tags += [f"{self.modifier_form.get(cats[j], short[j])} {core}" for j in range(i + 1, len(cats))]
         extras = [a.removeprefix("brand:") for a in sorted(attrs) if a.startswith("brand:")]
         extras += self.item_keywords(item)
-        tags += [f"{x} {cats[0]}" for x in extras] if cats else extras
+        tags += [f"{x} {short[0]}" for x in extras] if cats else extras
         if not tags and cats:
-            tags = cats[:1]
+            tags = short[:1]
         return tags
+
+    def short_form(self, category: str) -> str:
+        """The first word of a category that the lexicon reads as it ("cooking, food & wine" -> "cooking")."""
+        for word in tag_words(category):
+            if self.lexicon.get(_phrase_key([word])) == category:
+                return _phrase_key([word])
+        return category
 
     def to_dict(self) -> dict:
         data = {k: v for k, v in asdict(self).items() if k != "_memo"}
@@ -186,7 +196,8 @@ class AttributeVocab:
                        categories=tuple(data["categories"]), brands=tuple(data["brands"]),
                        decades=bool(data["decades"]), keyword_idf={str(k): float(v) for k, v in
                                                                   data["keyword_idf"].items()},
-                       lexicon=dict(data["lexicon"]), modifier_form=dict(data["modifier_form"]))
+                       lexicon=dict(data["lexicon"]), modifier_form=dict(data["modifier_form"]),
+                       example_tags=tuple(data.get("example_tags", ())))
         except (KeyError, TypeError, ValueError) as e:
             raise DataError(f"{source}: bad attribute vocabulary: {e!r}") from e
 
@@ -246,8 +257,13 @@ def build_vocabulary(items: Iterable[Item], domain: Domain | None = None,
     for word in sorted(idf):
         for form in plurals(word):
             lexicon.setdefault(form, word)
-    return AttributeVocab(domain=domain, config=config, categories=categories, brands=brands, decades=decades,
-                          keyword_idf=idf, lexicon=lexicon, modifier_form=dict(MODIFIER_FORM) if movie else {})
+    vocab = AttributeVocab(domain=domain, config=config, categories=categories, brands=brands, decades=decades,
+                           keyword_idf=idf, lexicon=lexicon, modifier_form=dict(MODIFIER_FORM) if movie else {})
+    counts = Counter(t for it in items for t in vocab.item_tags(it))
+    # Movies keep the prompts' own examples (llmrec.nouns), so ML-100K's vocabulary stays the fixed one.
+    examples = () if movie else tuple(t for t, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    examples = examples[:N_EXAMPLE_TAGS]
+    return replace(vocab, example_tags=examples, _memo={})
 
 
 def _kept_categories(items: Sequence[Item], config: VocabConfig, movie: bool) -> tuple[str, ...]:

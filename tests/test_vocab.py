@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -190,3 +191,65 @@ def test_towers_train_without_any_tag_degrade_to_no_tag_loss(amazon, caplog):
     result = train_towers(ds, split_leave_one_out(ds.events), config)
     assert result.report["tag_pairs"] == 0 and result.report["history"][0]["l_tag"] == 0.0
     assert "without the tag losses" in caplog.text
+
+
+GOLDEN = Path(__file__).parent / "golden" / "movie_prompts.json"
+
+
+@pytest.mark.parametrize("name", ["interests", "imagine_history", "rank"])
+def test_movie_prompts_render_byte_identical_to_before_the_domain_nouns(name):
+    """The LoRA adapter was trained on these exact prompts: MovieLens must render what it always did."""
+    from llmrec.llm.prompts import render_prompt
+    from llmrec.nouns import prompt_nouns
+
+    for case in json.loads(GOLDEN.read_text())[name]:
+        assert render_prompt(name, **case["vars"], **prompt_nouns()) == case["messages"]
+        assert render_prompt(name, **case["vars"], **prompt_nouns(movie_vocabulary())) == case["messages"]
+
+
+def test_amazon_prompts_name_the_domain_and_its_own_tags(amazon, vocab):
+    from llmrec.config import ColdStartConfig, MiningConfig, RerankConfig
+    from llmrec.coldstart import imagine_messages
+    from llmrec.interests import interest_messages
+    from llmrec.rerank import rank_messages
+
+    system = interest_messages("Annie's Knitting Monthly | liked", MiningConfig(), vocab)[0]["content"]
+    assert "a magazine reader's numbered history" in system and "movie" not in system
+    assert f'"{vocab.example_tags[0]}"' in system and "tags for magazines this reader" in system
+    rank = rank_messages("1. x", amazon.item_index["B0000"], ["knitting"], RerankConfig(), vocab)
+    assert "whether a magazine reader will like a magazine" in rank[0]["content"]
+    assert "Reader interests: knitting" in rank[1]["content"] and "Candidate magazine:" in rank[1]["content"]
+    cold = imagine_messages({"age": "31"}, [], [], ColdStartConfig(), vocab)
+    text = cold[0]["content"] + cold[1]["content"]
+    assert "movie" not in text and "viewer" not in text and "magazines this reader" in text
+
+
+def test_prompt_nouns_fall_back_to_neutral_examples():
+    from llmrec.nouns import prompt_nouns
+
+    bare = build_vocabulary([Item(item_id="1", title="#1")], Domain(item="item", items="items", user="user"))
+    nouns = prompt_nouns(bare)
+    assert nouns["a_user"] == "a user" and nouns["a_item"] == "an item"
+    assert nouns["interest_examples"] == '"a favourite kind of items"' and nouns["traits"] == "categories"
+
+
+def test_sft_examples_build_on_amazon(amazon, vocab):
+    from finetune.build_sft import build_sft_examples
+    from llmrec.config import FinetuneConfig, MiningConfig
+
+    class Words:  # a whitespace tokenizer is enough for the narrative budget here
+        def __call__(self, texts, add_special_tokens=False):
+            return {"input_ids": [t.split() for t in texts]}
+
+        def encode(self, text, add_special_tokens=False):
+            return text.split()
+
+    split = split_leave_one_out(amazon.events)
+    config = FinetuneConfig(min_events_before_cut=3, n_interests=2, n_evidence=1, n_tags=4, tag_horizon=5)
+    examples, report = build_sft_examples(split.train, amazon.item_index, amazon.items, config, Words(),
+                                          MiningConfig(min_interests=1, max_interests=5), vocab)
+    assert examples, report.to_dict()
+    answer = json.loads(examples[0].messages[-1]["content"])
+    tags = [t for i in answer["i"] for t in i["t"]]
+    assert tags and all(tag_attributes(t, vocab) for t in tags)
+    assert "magazine reader" in examples[0].messages[0]["content"]
