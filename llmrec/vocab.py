@@ -19,6 +19,7 @@ served model reads tags exactly as it was trained.
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import re
@@ -36,7 +37,8 @@ FORMAT = "llmrec.attribute-vocab/1"
 FILENAME = "vocab.json"
 N_EXAMPLE_TAGS = 4
 NOT_ATTRIBUTES = frozenset({"unknown", "", "other", "misc", "miscellaneous"})
-_TOKEN = re.compile(r"[a-z][a-z'\-]{2,}")
+_TOKEN = re.compile(r"[^\W\d_][\w'\-]{2,}")
+_HTML_TAG = re.compile(r"<[^>]*>")
 # sklearn's English stop words plus words that describe any catalogue rather than one item.
 _EXTRA_STOP = frozenset({"item", "items", "product", "products", "new", "issue", "issues", "subscription",
                          "subscriptions", "magazine", "magazines", "year", "years", "page", "pages"})
@@ -50,7 +52,7 @@ def _stop_words() -> frozenset[str]:
 
 def normalise(name: str) -> str:
     """Lowercase, one space between words, no surrounding punctuation: "  Arts,  Music " -> "arts, music"."""
-    return " ".join(name.lower().replace("\u2019", "'").split()).strip(" .,;:")
+    return " ".join(html.unescape(name).lower().replace("\u2019", "'").split()).strip(" .,;:")
 
 
 def tag_words(text: str) -> list[str]:
@@ -234,8 +236,10 @@ def is_movie_domain(domain: Domain) -> bool:
 
 
 def _tokens(text: str) -> list[str]:
+    """Lowercase content words of free text (HTML tags and entities removed, stop words dropped)."""
     stop = _stop_words()
-    return [t.strip("'-") for t in _TOKEN.findall(text.lower()) if t.strip("'-") not in stop and len(t) >= 3]
+    words = (t.strip("'-_") for t in _TOKEN.findall(html.unescape(_HTML_TAG.sub(" ", text)).lower()))
+    return [t for t in words if len(t) >= 3 and t not in stop]
 
 
 def build_vocabulary(items: Iterable[Item], domain: Domain | None = None,
@@ -252,7 +256,8 @@ def build_vocabulary(items: Iterable[Item], domain: Domain | None = None,
     decades = config.decades and any(it.year is not None for it in items)
     use_keywords = (not movie) if config.keywords is None else config.keywords
     lexicon = _lexicon(categories, brands, movie)
-    idf = _keyword_idf(items, config, set(lexicon)) if use_keywords else {}
+    brand_words = {t for b in brands for t in _tokens(b)}  # "conde nast" is the brand, not two keywords
+    idf = _keyword_idf(items, config, set(lexicon) | brand_words) if use_keywords else {}
     lexicon.update({w: w for w in idf})  # a keyword names itself even when it is another one's plural
     for word in sorted(idf):
         for form in plurals(word):
@@ -281,20 +286,17 @@ def _kept_brands(items: Sequence[Item]) -> tuple[str, ...]:
 
 
 def _lexicon(categories: Sequence[str], brands: Sequence[str], movie: bool) -> dict[str, str]:
-    """Word/phrase -> attribute. Explicit entries win; a word shared by two categories names neither."""
+    """Word/phrase -> attribute. Explicit entries win; a word shared by two categories names the one on more
+    items (the first in `categories`)."""
     lexicon: dict[str, str] = dict(WORDS) | {" ".join(k): v for k, v in PHRASES.items()} if movie else {}
     for c in categories:
         key = _phrase_key(tag_words(c))
         for form in [key, key + "s", *plurals(key)]:  # key + "s": MovieLens always read "children'ss" so
             lexicon.setdefault(form, c)
-    owners: dict[str, set[str]] = {}
     for c in (c for c in categories if len(tag_words(c)) > 1):  # "arts, music & photography": each content word
-        for w in {_phrase_key([w]) for w in tag_words(c)} - _stop_words() - {""}:
-            owners.setdefault(w, set()).add(c)
-    for w, cs in sorted(owners.items()):
-        if len(cs) == 1 and " " not in w:
+        for w in sorted({_phrase_key([w]) for w in tag_words(c)} - _stop_words() - {""}):
             for form in [w, *plurals(w)]:
-                lexicon.setdefault(form, next(iter(cs)))
+                lexicon.setdefault(form, c)
     for b in brands:
         lexicon.setdefault(_phrase_key(tag_words(b)), f"brand:{b}")
     return lexicon

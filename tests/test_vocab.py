@@ -253,3 +253,14 @@ def test_sft_examples_build_on_amazon(amazon, vocab):
     tags = [t for i in answer["i"] for t in i["t"]]
     assert tags and all(tag_attributes(t, vocab) for t in tags)
     assert "magazine reader" in examples[0].messages[0]["content"]
+
+
+def test_mining_fallback_uses_the_dataset_vocabulary(amazon, vocab):
+    from llmrec.config import MiningConfig
+    from llmrec.interests import fallback_profile
+
+    history = [amazon.item_index[i] for i in ("B0000", "B0004", "B0008")]
+    profile = fallback_profile("A000", history, MiningConfig(), "fake", vocab)
+    assert profile.tags and all(tag_attributes(t.text, vocab) for t in profile.tags)
+    assert profile.interests[0].evidence  # the tag's items are found with the same vocabulary
+    assert fallback_profile("A000", history, MiningConfig(), "fake").tags == ()  # the movie lexicon finds nothing
