@@ -24,7 +24,8 @@ import json
 import math
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -80,7 +81,7 @@ def decade_of(year: int) -> str:
 
 @dataclass(frozen=True)
 class AttributeVocab:
-    """One dataset's attributes and tag lexicon; equality ignores the per-item memo."""
+    """One dataset's attributes and tag lexicon; equality ignores the memos (per item, per tag)."""
 
     domain: Domain
     config: VocabConfig
@@ -92,8 +93,9 @@ class AttributeVocab:
     modifier_form: dict[str, str]  # attribute -> its adjective when it modifies a core ("romance" -> "romantic")
     example_tags: tuple[str, ...] = ()  # the catalogue's most frequent item tags, shown as examples in prompts
     _memo: dict = field(default_factory=dict, compare=False, repr=False)
+    _tag_memo: dict = field(default_factory=dict, compare=False, repr=False)
 
-    @property
+    @cached_property
     def max_phrase(self) -> int:
         return max((k.count(" ") + 1 for k in self.lexicon), default=1)
 
@@ -124,7 +126,12 @@ class AttributeVocab:
         return ranked[: self.config.keywords_per_item]
 
     def tag_attributes(self, tag: str) -> frozenset[str] | None:
-        """The attributes a tag names, longest lexicon phrase first; None when it names none."""
+        """The attributes a tag names, longest lexicon phrase first; None when it names none (memoised)."""
+        if tag not in self._tag_memo:
+            self._tag_memo[tag] = self._read_tag(tag)
+        return self._tag_memo[tag]
+
+    def _read_tag(self, tag: str) -> frozenset[str] | None:
         words = tag_words(tag)
         attrs: set[str] = set()
         i, longest = 0, self.max_phrase
@@ -185,7 +192,7 @@ class AttributeVocab:
         return category
 
     def to_dict(self) -> dict:
-        data = {k: v for k, v in asdict(self).items() if k != "_memo"}
+        data = {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
         data["domain"], data["config"] = self.domain.model_dump(), self.config.model_dump(mode="json")
         return {"format": FORMAT, **data}
 
@@ -268,7 +275,7 @@ def build_vocabulary(items: Iterable[Item], domain: Domain | None = None,
     # Movies keep the prompts' own examples (llmrec.nouns), so ML-100K's vocabulary stays the fixed one.
     examples = () if movie else tuple(t for t, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
     examples = examples[:N_EXAMPLE_TAGS]
-    return replace(vocab, example_tags=examples, _memo={})
+    return replace(vocab, example_tags=examples, _memo={}, _tag_memo={})
 
 
 def _kept_categories(items: Sequence[Item], config: VocabConfig, movie: bool) -> tuple[str, ...]:
