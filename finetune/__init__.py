@@ -49,7 +49,10 @@ def finetune_dataset(
         keep = sorted(train["user_id"].unique(), key=lambda u: (len(u), u))[:max_users]
         train = train[train["user_id"].isin(keep)]
     tokenizer = load_tokenizer(resolve_model(model))
-    examples, report = build_sft_examples(train, dataset.item_index, dataset.items, config, tokenizer, mining)
+    from llmrec.vocab import vocabulary_of
+
+    examples, report = build_sft_examples(train, dataset.item_index, dataset.items, config, tokenizer, mining,
+                                          vocabulary_of(dataset))
     log(f"SFT: {report.to_dict()['examples']} examples from {report.cuts} cuts of {report.users} users; "
         f"skipped {report.skipped}")
     if not examples:

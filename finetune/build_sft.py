@@ -11,7 +11,8 @@ never read) and per cut fraction f in `FinetuneConfig.cut_fractions`:
    the mining prompt's `MiningConfig.narrative_tokens`) of the before-events only, as of t: the renderer is given no after-event at all, and itself reads only events
    strictly before `as_of`. So no event at or after t can enter the input.
 3. Interest target (interest-mining task). Every before-event votes for the "modifier + core" tags of its
-   item (`llmrec.tags.item_tags`: decade + genre, genre pair) with its taste weight (liked 2, watched 1,
+   item (`llmrec.tags.item_tags` under the dataset's attribute vocabulary, `attrs`: for MovieLens decade +
+   genre, genre pair; elsewhere also brand and keyword tags) with its taste weight (liked 2, watched 1,
    purchased 2, clicked 0.5, disliked and others 0). The `n_interests` best-voted combinations that have an
    item visible in the narrative become the interests; their evidence is up to `n_evidence` such visible
    items (best weight, then most recent), cited by their narrative line number.
@@ -41,6 +42,7 @@ from llmrec.interests import interest_messages, interests_wire
 from llmrec.narrative import NarrativeReport, render_narratives
 from llmrec.schema import Item
 from llmrec.tags import item_tags, tag_attributes
+from llmrec.vocab import AttributeVocab
 
 # How much an event says about taste; behaviours not listed (e.g. "disliked") say nothing positive.
 TASTE_WEIGHTS = {"liked": 2.0, "purchased": 2.0, "watched": 1.0, "clicked": 0.5}
@@ -115,7 +117,7 @@ def cut_histories(train_events: pd.DataFrame, config: FinetuneConfig, report: SF
 
 
 def interest_target(before: pd.DataFrame, visible: Sequence[str], items: dict[str, Item],
-                    config: FinetuneConfig) -> list[dict[str, Any]]:
+                    config: FinetuneConfig, attrs: AttributeVocab | None = None) -> list[dict[str, Any]]:
     """Dominant attribute combinations of the history before t, with evidence line numbers (step 3).
 
     `visible`: the item of each narrative line, in line order (`Narrative.item_ids`).
@@ -127,12 +129,12 @@ def interest_target(before: pd.DataFrame, visible: Sequence[str], items: dict[st
         w = TASTE_WEIGHTS.get(row.behavior, 0.0)
         weight_of[row.item_id], recency[row.item_id] = w, pos
         if w > 0:
-            for tag in item_tags(items[row.item_id]):
+            for tag in item_tags(items[row.item_id], attrs):
                 votes[tag] += w
     line_of = {item_id: n for n, item_id in enumerate(visible, start=1)}
     out = []
     for tag, _ in sorted(votes.items(), key=lambda kv: (-kv[1], kv[0])):
-        evidence = [i for i in line_of if weight_of.get(i, 0.0) > 0 and tag in item_tags(items[i])]
+        evidence = [i for i in line_of if weight_of.get(i, 0.0) > 0 and tag in item_tags(items[i], attrs)]
         if not evidence:
             continue
         evidence.sort(key=lambda i: (-weight_of[i], -recency[i], i))
@@ -143,25 +145,26 @@ def interest_target(before: pd.DataFrame, visible: Sequence[str], items: dict[st
 
 
 def tag_target(after: pd.DataFrame, interest_names: Sequence[str], items: dict[str, Item],
-               config: FinetuneConfig, per_interest: int) -> tuple[list[list[str]], int]:
+               config: FinetuneConfig, per_interest: int,
+               attrs: AttributeVocab | None = None) -> tuple[list[list[str]], int]:
     """Tags of the items taken right after t, best first, grouped under their closest interest with room
     (step 4); also how many found no room."""
     votes: dict[str, float] = defaultdict(float)
     for pos, row in enumerate(after.head(config.tag_horizon).itertuples(index=False)):
         w = TASTE_WEIGHTS.get(row.behavior, 0.0) * AFTER_DECAY**pos
         if w > 0:
-            for tag in item_tags(items[row.item_id]):
+            for tag in item_tags(items[row.item_id], attrs):
                 votes[tag] += w
-    interest_attrs = [tag_attributes(n) or frozenset() for n in interest_names]
+    interest_attrs = [tag_attributes(n, attrs) or frozenset() for n in interest_names]
     groups: list[list[str]] = [[] for _ in interest_names]
     no_room = 0
     for tag, _ in sorted(votes.items(), key=lambda kv: (-kv[1], kv[0]))[: config.n_tags]:
-        attrs = tag_attributes(tag) or frozenset()
+        named = tag_attributes(tag, attrs) or frozenset()
         open_ = [k for k, g in enumerate(groups) if len(g) < per_interest]
         if not open_:
             no_room += 1
             continue
-        overlap = np.array([len(attrs & interest_attrs[k]) / max(len(attrs | interest_attrs[k]), 1) for k in open_])
+        overlap = np.array([len(named & interest_attrs[k]) / max(len(named | interest_attrs[k]), 1) for k in open_])
         groups[open_[int(np.argmax(overlap))]].append(tag)
     return groups, no_room
 
@@ -178,6 +181,7 @@ def build_sft_examples(
     config: FinetuneConfig,
     tokenizer: Any,
     mining: MiningConfig | None = None,
+    attrs: AttributeVocab | None = None,
 ) -> tuple[list[SFTExample], SFTReport]:
     """Interest and tag SFT examples for every cut of every user in `train_events` (the train split).
 
@@ -185,6 +189,8 @@ def build_sft_examples(
         train_events: `Split.train` (or a subset of its users); never pass validation/test events.
         items / items_table: the catalogue as `Dataset.item_index` and `Dataset.items`.
         tokenizer: the LLM's tokenizer (narrative budgets are counted in its tokens).
+        attrs: the dataset's attribute vocabulary (`llmrec.vocab.vocabulary_of`; None: MovieLens), which
+            gives the tags and the prompt's domain words.
     """
     mining = mining or MiningConfig()
     check_configs(config, mining)
@@ -206,11 +212,12 @@ def build_sft_examples(
     examples: list[SFTExample] = []
     for cut in cuts:
         narrative = by_key[cut.key]
-        interests = interest_target(cut.before, narrative.item_ids, items, config)
+        interests = interest_target(cut.before, narrative.item_ids, items, config, attrs)
         if len(interests) < config.n_interests:
             report.skip("too_few_interests_with_visible_evidence")
             continue
-        groups, no_room = tag_target(cut.after, [x["n"] for x in interests], items, config, mining.tags_per_interest)
+        groups, no_room = tag_target(cut.after, [x["n"] for x in interests], items, config, mining.tags_per_interest,
+                                     attrs)
         if not any(groups):
             report.skip("no_taste_after_cut")
             continue
@@ -222,6 +229,6 @@ def build_sft_examples(
         answer = dump_answer(wire.model_validate({"i": interests}).model_dump())
         examples.append(SFTExample(
             user_id=cut.user_id, task="interests", cut_time=cut.t.to_pydatetime(),
-            messages=(*interest_messages(narrative.text, mining), {"role": "assistant", "content": answer})))
+            messages=(*interest_messages(narrative.text, mining, attrs), {"role": "assistant", "content": answer})))
         report.examples["interests"] = report.examples.get("interests", 0) + 1
     return examples, report

@@ -41,6 +41,7 @@ from llmrec.pipeline import Recommender, profile_segment
 from llmrec.llm.prompts import prompt_hashes
 from llmrec.schema import Interest, InterestProfile, Narrative, Tag
 from llmrec.tags import history_tags
+from llmrec.vocab import AttributeVocab, vocabulary_of
 from llmrec.data.split import Split, split_leave_one_out
 from retrieval.encoder import TextEncoder
 from retrieval.train import build_manifest, train_towers
@@ -71,7 +72,8 @@ def _run_llm_job(keys: Sequence[str], make: Callable[[LLMBackend], Callable[[lis
 
 def mine_all(narratives: Sequence[Narrative], dataset: Dataset, out: Path, config: RecommenderConfig,
              backend: LLMBackend | None, executor: str = "local",
-             adapter: str | None = None, label: str | None = None) -> tuple[list[InterestProfile], MiningStats]:
+             adapter: str | None = None, label: str | None = None,
+             attrs: AttributeVocab | None = None) -> tuple[list[InterestProfile], MiningStats]:
     """Interests and tags for every narrative, as a resumable sharded job; returns validated profiles.
 
     Each shard's rows carry its `MiningStats` (column `llmrec.jobs.SHARD_STATS`, JSON) so a resumed job still reports
@@ -80,11 +82,12 @@ def mine_all(narratives: Sequence[Narrative], dataset: Dataset, out: Path, confi
     """
     by_user = {n.user_id: n for n in narratives}
     items = dataset.item_index
+    attrs = attrs or vocabulary_of(dataset, config.vocab)
 
     def make(llm: LLMBackend):
         def process(keys: list[str]) -> pd.DataFrame:
             profiles, stats = mine_interests([by_user[k] for k in keys], llm, config.mining, adapter=adapter,
-                                             items=items, label=label)
+                                             items=items, label=label, attrs=attrs)
             frame = profiles_to_table(profiles).to_pandas()
             frame[SHARD_STATS] = json.dumps(stats.to_dict(), default=str)
             return frame
@@ -101,13 +104,14 @@ def mine_all(narratives: Sequence[Narrative], dataset: Dataset, out: Path, confi
 
 
 def heuristic_profiles(user_ids: Sequence[str], events: pd.DataFrame, dataset: Dataset,
-                       k: int) -> list[InterestProfile]:
+                       k: int, attrs: AttributeVocab | None = None) -> list[InterestProfile]:
     """Profiles without the LLM: each user's k most frequent attribute tags (`llmrec.tags.history_tags`)."""
     index = dataset.item_index
+    attrs = attrs or vocabulary_of(dataset)
     wanted = set(user_ids)
     out = []
     for user, group in events[events["user_id"].isin(wanted)].groupby("user_id", sort=True):
-        tags = history_tags([index[i] for i in group["item_id"]], k)
+        tags = history_tags([index[i] for i in group["item_id"]], k, attrs)
         out.append(InterestProfile(user_id=str(user), interests=tuple(Interest(name=t) for t in tags[:5]),
                                    tags=tuple(Tag(text=t, interest=t) for t in tags), source="heuristic",
                                    model="history_tags"))
@@ -150,7 +154,7 @@ def imagine_segments(dataset: Dataset, split: Split, config: RecommenderConfig, 
     users = [(f"segment:{seg}", {k: v for k, v in p.items() if k in ("age", "gender", "occupation")}, [])
              for seg, p in sorted(segments.items())]
     imagined, stats = imagine_histories(users, backend, config.coldstart, catalogue, pool, cache_path=cache,
-                                        adapter=adapter)
+                                        adapter=adapter, attrs=vocabulary_of(dataset, config.vocab))
     out = {h.user_id.removeprefix("segment:"): [i.item_id for i in h.items if i.item_id is not None] for h in imagined}
     return {k: v for k, v in out.items() if v}, stats.to_dict()
 
@@ -174,6 +178,7 @@ def build_recommender(dataset: Dataset, out: str | Path, config: RecommenderConf
     the caller keeps ownership of it.
     """
     config = config or RecommenderConfig()
+    attrs = vocabulary_of(dataset, config.vocab)
     out = Path(out)
     work = out / "work"
     timings: dict[str, float] = {}
@@ -205,9 +210,9 @@ def build_recommender(dataset: Dataset, out: str | Path, config: RecommenderConf
         with ExitStack() as mining_engine:  # freed before the base engine starts
             mine_backend = _started(mining_engine, mine_config.llm) if owned and executor == "local" else backend
             profiles, mining = mine_all(chosen, dataset, work / "interests", mine_config, mine_backend, executor,
-                                        mine_adapter, label)
+                                        mine_adapter, label, attrs)
         profiles += heuristic_profiles([n.user_id for n in ordered[len(chosen):]], split.history("test"), dataset,
-                                       config.mining.max_tags)
+                                       config.mining.max_tags, attrs)
         timings["mine"] = time.perf_counter() - t
         n_llm = sum(p.source == "llm" for p in profiles)
         n_heur = sum(p.source == "heuristic" for p in profiles)
@@ -217,7 +222,8 @@ def build_recommender(dataset: Dataset, out: str | Path, config: RecommenderConf
 
         t = time.perf_counter()
         llm_tags = {p.user_id: [tag.text for tag in p.tags] for p in profiles}
-        result = train_towers(dataset, split, config.towers, llm_tags=llm_tags, tags_info={"source": "llm"})
+        result = train_towers(dataset, split, config.towers, llm_tags=llm_tags, tags_info={"source": "llm"},
+                              attrs=attrs)
         timings["towers"] = time.perf_counter() - t
         log(f"[3/5] three towers: beta={result.report['beta']}, test NDCG@10={result.report['test']['ndcg@10']:.4f} "
             f"in {timings['towers']:.0f}s")
@@ -225,7 +231,7 @@ def build_recommender(dataset: Dataset, out: str | Path, config: RecommenderConf
         manifest = {**build_manifest(split, config.towers, result.report, {"source": "llm"}),
                     "prompt_hashes": prompt_hashes(PROMPTS), "adapter": adapter, "llm": config.llm.model_dump(mode="json"),
                     "llmrec_version": importlib.metadata.version("llmrec")}
-        rec = Recommender(config, dataset, result.model, profiles, manifest=manifest)
+        rec = Recommender(config, dataset, result.model, profiles, manifest=manifest, attrs=attrs)
 
         # The adapter is tuned on the mining prompt only: explanations and imagined histories use the base model.
         base = backend if backend is not None else (_started(engines, config.llm) if executor == "local" else None)

@@ -42,7 +42,9 @@ from llmrec.data import strip_year
 from llmrec.llm import LLMBackend, Messages
 from llmrec.llm.prompts import prompt_hash, render_prompt
 from llmrec.llm.structured import GenerationSettings, generate_validated, repair_unconstrained
+from llmrec.nouns import prompt_nouns
 from llmrec.schema import Event, Item, Record, UserHistory
+from llmrec.vocab import AttributeVocab
 
 PROMPT = "imagine_history"
 MAX_GENRES = 3
@@ -215,12 +217,13 @@ def format_sample(examples: Sequence[ExampleUser]) -> str:
 
 
 def imagine_messages(profile: dict[str, str], history_items: Sequence[Item], examples: Sequence[ExampleUser],
-                     config: ColdStartConfig) -> Messages:
+                     config: ColdStartConfig, attrs: AttributeVocab | None = None) -> Messages:
+    """The cold-start chat; `attrs` names the domain (None: MovieLens words)."""
     return render_prompt(
         PROMPT, profile=render_profile(profile), history=[render_item(i) for i in history_items],
         examples=[{"profile": render_profile(e.profile), "titles": [render_item(i) for i in e.items[: config.example_items]]}
                   for e in examples],
-        k=config.n_imagined, max_genres=MAX_GENRES, sample=format_sample(examples),
+        k=config.n_imagined, max_genres=MAX_GENRES, sample=format_sample(examples), **prompt_nouns(attrs),
     )
 
 
@@ -259,6 +262,7 @@ def imagine_histories(
     examples: ExamplePool,
     cache_path: str | Path | None = None,
     adapter: str | None = None,
+    attrs: AttributeVocab | None = None,
 ) -> tuple[list[ImaginedHistory], ColdStartStats]:
     """Imagined histories for the cold users among `users` (user_id, profile, events), cached per user.
 
@@ -282,7 +286,7 @@ def imagine_histories(
             continue
         todo.append((user_id, key, profile, events, examples.similar(user_id, profile, config.n_examples)))
     prompts = [imagine_messages(profile, [items_by_id[e.item_id] for e in events if e.item_id in items_by_id], exs,
-                                config) for _, _, profile, events, exs in todo]
+                                config, attrs) for _, _, profile, events, exs in todo]
     # Prose around the JSON is cut (unconstrained backends add it); a budget-truncated answer is closed.
     outcomes, gen = generate_validated(backend, prompts, schema=imagine_wire(config.n_imagined),
                                        check=_refuse_placeholders, fallback=lambda i: None,

@@ -45,6 +45,21 @@ class DataConfig(StageConfig):
         return self
 
 
+class VocabConfig(StageConfig):
+    """How a dataset's attribute vocabulary is built (llmrec.vocab.build_vocabulary)."""
+
+    movie_lexicon: bool | None = None  # MovieLens genres + synonym table; None: when the domain is movies
+    keywords: bool | None = None  # TF-IDF keywords of title + text; None: off for movies (ML-100K tags unchanged)
+    keywords_per_item: int = Field(default=3, ge=1, le=20)  # an item's top keywords by tf * idf
+    min_df: int = Field(default=2, ge=1)  # a keyword is in at least this many items
+    max_df: float = Field(default=0.3, gt=0.0, le=1.0)  # ... and in at most this share of items
+    max_keywords: int = Field(default=5000, ge=1)  # keyword vocabulary size (most frequent kept)
+    brands: bool = True  # brand/publisher as an attribute "brand:<name>"
+    decades: bool = True  # release decade as an attribute when items have a year
+    max_category_share: float = Field(default=0.9, gt=0.0, le=1.0)  # categories on more items are roots: dropped
+    min_category_items: int = Field(default=1, ge=1)  # categories on fewer items are dropped
+
+
 class NarrativeConfig(StageConfig):
     """RecGPT-style history compression (see `llmrec.narrative`)."""
 
@@ -405,6 +420,7 @@ class RecommenderConfig(StageConfig):
     explain: ExplainConfig = Field(default_factory=ExplainConfig)
     coldstart: ColdStartConfig = Field(default_factory=ColdStartConfig)
     jobs: JobConfig = Field(default_factory=JobConfig)
+    vocab: VocabConfig = Field(default_factory=VocabConfig)  # the dataset's attribute vocabulary (tags)
 
 
 # --- Offline comparison (llmrec.eval.run) ---------------------------------------------------------

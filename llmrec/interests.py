@@ -46,7 +46,9 @@ from llmrec.llm.structured import (  # noqa: F401 (salvage_truncated re-exported
     salvage_truncated,
 )
 from llmrec.schema import Interest, InterestProfile, Item, Narrative, Tag
+from llmrec.nouns import prompt_nouns
 from llmrec.tags import history_tags, item_tags, tag_attributes
+from llmrec.vocab import AttributeVocab
 
 PROMPTS = ("interests",)
 _WIRE_CONFIG = ConfigDict(extra="forbid", frozen=True)
@@ -76,11 +78,12 @@ def narrative_lines(narrative_text: str) -> list[str]:
     return narrative_text.split("\n") if narrative_text else []
 
 
-def interest_messages(narrative_text: str, config: MiningConfig) -> Messages:
-    """The mining chat for one narrative (also used to build SFT examples)."""
+def interest_messages(narrative_text: str, config: MiningConfig, attrs: AttributeVocab | None = None) -> Messages:
+    """The mining chat for one narrative (also used to build SFT examples); `attrs` names the domain
+    (None: MovieLens words)."""
     return render_prompt("interests", lines=narrative_lines(narrative_text), min_interests=config.min_interests,
                          max_interests=config.max_interests, max_evidence=config.max_evidence,
-                         tags_per_interest=config.tags_per_interest)
+                         tags_per_interest=config.tags_per_interest, **prompt_nouns(attrs))
 
 
 def round_robin(groups: Sequence[Sequence[Any]]) -> list[Any]:
@@ -175,7 +178,7 @@ class _Parsed:
 
 
 def to_profile_parts(obj: BaseModel, item_ids: Sequence[str], titles: re.Pattern | None,
-                     config: MiningConfig) -> _Parsed:
+                     config: MiningConfig, attrs: AttributeVocab | None = None) -> _Parsed:
     """Validated wire object -> interests with item-id evidence and round-robin tags; ValueError if unusable."""
     echoed = [w.n for w in obj.i if _PLACEHOLDER.match(w.n)] + [t for w in obj.i for t in w.t if _PLACEHOLDER.match(t)]
     if echoed:
@@ -206,7 +209,7 @@ def to_profile_parts(obj: BaseModel, item_ids: Sequence[str], titles: re.Pattern
                 out.duplicate_tags += 1
             else:
                 tag_keys.add(key)
-                out.unmapped += tag_attributes(text) is None
+                out.unmapped += tag_attributes(text, attrs) is None
                 group.append(Tag(text=text, interest=w.n))
         groups.append(group)
     if len(out.interests) < config.min_interests:
@@ -247,22 +250,25 @@ def mine_interests(
     adapter: str | None = None,
     items: dict[str, Item] | None = None,
     label: str | None = None,
+    attrs: AttributeVocab | None = None,
 ) -> tuple[list[InterestProfile], MiningStats]:
     """Interests with tags for every narrative: one batched call, one batched retry of the failures.
 
     Pure in (narratives, backend): no files, no global state, so a sharded job can call it per shard.
     `items` (the catalogue) lets tags naming a seen title be dropped and feeds the fallback. `label` names
-    the model in the profiles (default: the backend's name, + the adapter).
+    the model in the profiles (default: the backend's name, + the adapter). `attrs` is the dataset's
+    attribute vocabulary: the prompt's domain words, unmapped-tag counts and the fallback's tags
+    (None: MovieLens).
     """
     t0 = time.perf_counter()
     model = label or (backend.name if adapter is None else f"{backend.name}+{adapter}")
     titles = [_seen_title_patterns(n.item_ids, items) for n in narratives]
-    prompts = [interest_messages(n.text, config) for n in narratives]
+    prompts = [interest_messages(n.text, config, attrs) for n in narratives]
     wire = interests_wire(config)
 
     def check(obj: BaseModel, i: int) -> str | None:
         try:
-            to_profile_parts(obj, narratives[i].item_ids, titles[i], config)
+            to_profile_parts(obj, narratives[i].item_ids, titles[i], config, attrs)
         except ValueError as e:
             return str(e)
         return None
@@ -271,14 +277,14 @@ def mine_interests(
         backend, prompts, schema=wire, check=check, fallback=lambda i: None, config=mining_settings(config, adapter),
         repair=repair_truncated)
     stats = mining_stats(gen_stats, [n.user_id for n in narratives])
-    parsed = [None if r.fallback else to_profile_parts(r.value, n.item_ids, t, config)
+    parsed = [None if r.fallback else to_profile_parts(r.value, n.item_ids, t, config, attrs)
               for r, n, t in zip(results, narratives, titles)]
 
     profiles = []
     for n, p in zip(narratives, parsed):
         if p is None:
             history = [items[x] for x in n.item_ids if x in items] if items else []
-            profiles.append(fallback_profile(n.user_id, history, config, model))
+            profiles.append(fallback_profile(n.user_id, history, config, model, attrs))
             continue
         stats.evidence_cited += p.cited
         stats.evidence_dropped += p.dropped
@@ -304,14 +310,15 @@ def _seen_title_patterns(item_ids: Sequence[str], items: dict[str, Item] | None)
     return re.compile(r"(?<!\w)(?:" + "|".join(re.escape(f) for f in forms) + r")(?!\w)")
 
 
-def fallback_profile(user_id: str, history: Sequence[Item], config: MiningConfig, model: str) -> InterestProfile:
+def fallback_profile(user_id: str, history: Sequence[Item], config: MiningConfig, model: str,
+                     attrs: AttributeVocab | None = None) -> InterestProfile:
     """The flagged stand-in for a user whose answers failed twice: the history's most frequent tags.
 
     Interests are the top tags, each with up to `max_evidence` history items that carry the tag.
     """
-    tags = history_tags(history, config.max_tags)
+    tags = history_tags(history, config.max_tags, attrs)
     interests = tuple(
-        Interest(name=t, evidence=tuple([it.item_id for it in history if t in item_tags(it)][: config.max_evidence]),
+        Interest(name=t, evidence=tuple([it.item_id for it in history if t in item_tags(it, attrs)][: config.max_evidence]),
                  why="fallback: most frequent tag of the history")
         for t in tags[: config.max_interests]
     )

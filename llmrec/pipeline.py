@@ -7,6 +7,7 @@ A recommender folder (written by `llmrec.build.build_recommender`, read by `Reco
     dataset/               canonical tables (known users' histories and profiles, the catalogue)
     towers/                three-tower model + FAISS index (retrieval.towers)
     interests.parquet      mined interests and tags per user (llmrec.interests)
+    vocab.json             the dataset's attribute vocabulary (llmrec.vocab): tags of users without mined ones
     explanations/          (interest, item, evidence ids) -> explanation lookup table (explain.table)
     coldstart.parquet      imagined early histories per profile segment (llmrec.coldstart), optional
 
@@ -40,6 +41,7 @@ from llmrec.data import Dataset, DataError, ItemVocab, load_dataset_dir, user_se
 from llmrec.interests import profiles_from_table
 from llmrec.schema import Event, InterestProfile, Item, Recommendation
 from llmrec.tags import history_tags
+from llmrec.vocab import AttributeVocab, load_vocabulary, save_vocabulary, vocabulary_of
 from retrieval.towers import ThreeTowerModel
 
 EVIDENCE_WINDOW = 200  # most recent own items searched for explanation evidence
@@ -69,8 +71,10 @@ class Recommender:
 
     def __init__(self, config: RecommenderConfig, dataset: Dataset, towers: ThreeTowerModel,
                  profiles: Iterable[InterestProfile] = (), explanations: ExplanationTable | None = None,
-                 imagined: Mapping[str, Sequence[str]] | None = None, manifest: Mapping[str, Any] | None = None):
+                 imagined: Mapping[str, Sequence[str]] | None = None, manifest: Mapping[str, Any] | None = None,
+                 attrs: AttributeVocab | None = None):
         self.config, self.dataset, self.towers = config, dataset, towers
+        self.attrs = attrs or vocabulary_of(dataset, config.vocab)
         self.vocab: ItemVocab = towers.vocab
         self.items: dict[str, Item] = dataset.item_index
         self.profiles = {p.user_id: p for p in profiles}
@@ -109,6 +113,7 @@ class Recommender:
         self.dataset.save(out / "dataset")
         self.towers.save_pretrained(out / "towers", manifest=self.manifest)
         pq.write_table(profiles_to_table(list(self.profiles.values())), out / "interests.parquet")
+        save_vocabulary(self.attrs, out)
         self.explanations.save(out / "explanations", self.config.explain)
         imagined = pd.DataFrame({"segment": list(self.imagined), "item_ids": list(self.imagined.values())})
         imagined.to_parquet(out / "coldstart.parquet", index=False)
@@ -129,8 +134,11 @@ class Recommender:
             frame = pd.read_parquet(root / "coldstart.parquet")
             imagined = {r.segment: [str(i) for i in r.item_ids] for r in frame.itertuples(index=False)}
         manifest = json.loads((root / "manifest.json").read_text()) if (root / "manifest.json").is_file() else {}
-        return cls(config, load_dataset_dir(root / "dataset"), ThreeTowerModel.from_pretrained(root / "towers"),
-                   profiles, explanations, imagined, manifest)
+        dataset = load_dataset_dir(root / "dataset")
+        # Folders written before vocabularies existed rebuild it from the dataset (what they were built with).
+        attrs = load_vocabulary(root) if (root / "vocab.json").is_file() else None
+        return cls(config, dataset, ThreeTowerModel.from_pretrained(root / "towers"), profiles, explanations,
+                   imagined, manifest, attrs)
 
     from_pretrained = load
 
@@ -190,7 +198,7 @@ class Recommender:
             elif len(seq) == 0:
                 return self._popular_items(k, seen)
         tags = [t.text for t in mined.tags] if mined else history_tags([self.items[i] for i in self.vocab.decode(seq)],
-                                                                        self.config.towers.user_tags)
+                                                                        self.config.towers.user_tags, self.attrs)
         interests = [i.name for i in mined.interests] if mined else tags[:5]
         beta = self.towers.beta
         user = self._encode_user(seq, profile)  # [d]

@@ -13,7 +13,9 @@ from typing import Mapping, Sequence
 from llmrec.config import RerankConfig
 from llmrec.llm import LLMBackend, Messages
 from llmrec.llm.prompts import render_prompt
+from llmrec.nouns import prompt_nouns
 from llmrec.schema import InterestProfile, Item, Narrative
+from llmrec.vocab import AttributeVocab
 
 PROMPTS = ("rank",)
 CHOICES = ("Yes", "No")
@@ -37,10 +39,12 @@ def clip_narrative(text: str, max_chars: int) -> str:
     return "\n".join(out) if out else text[:max_chars]
 
 
-def rank_messages(narrative_text: str, candidate: Item, interests: Sequence[str], config: RerankConfig) -> Messages:
-    """The ranking chat for one (user, candidate) pair."""
+def rank_messages(narrative_text: str, candidate: Item, interests: Sequence[str], config: RerankConfig,
+                  attrs: AttributeVocab | None = None) -> Messages:
+    """The ranking chat for one (user, candidate) pair; `attrs` names the domain (None: MovieLens words)."""
     return render_prompt("rank", narrative=clip_narrative(narrative_text, config.max_narrative_chars),
-                         interests=list(interests)[: config.max_interests], candidate=describe_item(candidate))
+                         interests=list(interests)[: config.max_interests], candidate=describe_item(candidate),
+                         **prompt_nouns(attrs))
 
 
 def score_candidates(
@@ -50,6 +54,7 @@ def score_candidates(
     config: RerankConfig | None = None,
     profiles: Mapping[str, InterestProfile] | None = None,
     adapter: str | None = None,
+    attrs: AttributeVocab | None = None,
 ) -> list[list[float]]:
     """log P(Yes) - log P(No) for each user's candidates, in input order."""
     config = config or RerankConfig()
@@ -59,7 +64,7 @@ def score_candidates(
     for n, items in zip(narratives, candidates):
         profile = (profiles or {}).get(n.user_id)
         names = [i.name for i in profile.interests] if profile else []
-        prompts += [rank_messages(n.text, item, names, config) for item in items]
+        prompts += [rank_messages(n.text, item, names, config, attrs) for item in items]
     flat: list[float] = []
     for start in range(0, len(prompts), config.batch_size):
         for lp_yes, lp_no in backend.score_choices(prompts[start : start + config.batch_size], list(CHOICES),
@@ -80,11 +85,12 @@ def rerank(
     config: RerankConfig | None = None,
     profiles: Mapping[str, InterestProfile] | None = None,
     adapter: str | None = None,
+    attrs: AttributeVocab | None = None,
 ) -> list[list[tuple[Item, float]]]:
     """Each user's top-k candidates by the LLM's Yes/No log-odds; ties keep the retrieval order."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    scores = score_candidates(narratives, candidates, backend, config, profiles, adapter)
+    scores = score_candidates(narratives, candidates, backend, config, profiles, adapter, attrs)
     ranked = []
     for items, s in zip(candidates, scores):
         order = sorted(range(len(items)), key=lambda j: -s[j])  # stable: ties keep input order

@@ -3,7 +3,10 @@
 Training examples are next-item predictions at every position of each user's training sequence (the SASRec
 recipe: one causal pass gives up to max_len examples per user). Each step adds the tag losses on a batch of
 (tag, item) pairs: every catalogue item's own "modifier + core" tags (`llmrec.tags.item_tags`), plus, when a
-tags table is given, each user's LLM tags paired with the training items they hit (`tag_hits`).
+tags table is given, each user's LLM tags paired with the training items they hit (`tag_hits`). Tags are read
+against the dataset's attribute vocabulary (`llmrec.vocab.vocabulary_of`); when no item has a tag and no LLM
+tag hits (a catalogue without categories, brands, years or keywords) the tag losses are skipped and the
+report says so (`tag_pairs: 0`).
 
 L_col (and the tag losses) use the full softmax over every item when the catalogue fits
 (`TowerConfig.softmax`), else the sampled softmax with logQ and mixed negatives (retrieval.losses).
@@ -38,6 +41,7 @@ from llmrec.data import DataError, Dataset, ItemVocab, user_sequences
 from llmrec.metrics import hr_at_k, ndcg_at_k, target_ranks
 from llmrec.data.split import Split
 from llmrec.tags import history_tags, item_tags, tag_hits
+from llmrec.vocab import AttributeVocab, vocabulary_of
 from retrieval.encoder import TextEncoder, build_item_features
 from retrieval.item_init import ItemEmbeddings, init_id_embeddings
 from retrieval.losses import (all_candidates, build_candidates, candidate_log_q, combine_losses, correct_logq,
@@ -80,24 +84,33 @@ def read_tags_table(path: str | Path) -> tuple[dict[str, list[str]], dict]:
                   "sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16]}
 
 
-def heuristic_user_tags(dataset: Dataset, events: pd.DataFrame, k: int) -> dict[str, list[str]]:
-    """Per user, the k most frequent item tags of the events given (history_tags)."""
+def heuristic_user_tags(dataset: Dataset, events: pd.DataFrame, k: int,
+                        attrs: AttributeVocab | None = None) -> dict[str, list[str]]:
+    """Per user, the k most frequent item tags of the events given (history_tags; default: the dataset's vocabulary)."""
     index = dataset.item_index
-    return {u: history_tags([index[i] for i in g["item_id"]], k) for u, g in events.groupby("user_id", sort=False)}
+    attrs = attrs or vocabulary_of(dataset)
+    return {u: history_tags([index[i] for i in g["item_id"]], k, attrs)
+            for u, g in events.groupby("user_id", sort=False)}
 
 
 def tag_item_pairs(dataset: Dataset, vocab: ItemVocab, train_seqs: Mapping[str, np.ndarray],
-                   llm_tags: Mapping[str, Sequence[str]] | None) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(tag texts, pair tag ids [P], pair item indices [P]): item_tags of every item + LLM tags x hit items."""
+                   llm_tags: Mapping[str, Sequence[str]] | None, attrs: AttributeVocab | None = None
+                   ) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(tag texts, pair tag ids [P], pair item indices [P]): item_tags of every item + LLM tags x hit items.
+
+    P may be 0 (no item has an attribute); the arrays are int64 either way.
+    """
+    attrs = attrs or vocabulary_of(dataset)
     items = [dataset.item_index[i] for i in vocab.ids]
-    pairs = {(t, n) for n, it in enumerate(items, start=1) for t in item_tags(it)}
+    pairs = {(t, n) for n, it in enumerate(items, start=1) for t in item_tags(it, attrs)}
     for user, tags in (llm_tags or {}).items():
         for n in set(train_seqs.get(user, np.zeros(0, dtype=np.int64)).tolist()):
-            pairs.update((t, n) for t in tags if tag_hits(t, items[n - 1]))
+            pairs.update((t, n) for t in tags if tag_hits(t, items[n - 1], attrs))
     ordered = sorted(pairs)
     texts = sorted({t for t, _ in ordered})
     tid = {t: j for j, t in enumerate(texts)}
-    return texts, np.array([tid[t] for t, _ in ordered]), np.array([n for _, n in ordered])
+    return (texts, np.array([tid[t] for t, _ in ordered], dtype=np.int64),
+            np.array([n for _, n in ordered], dtype=np.int64))
 
 
 def training_windows(seqs: Sequence[np.ndarray], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,16 +173,21 @@ class FitResult:
     softmax: str  # "full" or "sampled", as resolved for this catalogue
     feature_seconds: float
     train_seconds: float
+    tag_pairs: int = 0  # (tag, item) pairs of the tag losses
+    tag_texts: int = 0
+    items_with_tags: int = 0
 
 
 def fit_towers(dataset: Dataset, split: Split, config: TowerConfig,
                llm_tags: Mapping[str, Sequence[str]] | None = None, item_embeddings: ItemEmbeddings | None = None,
-               progress: Callable[[dict], None] | None = None) -> FitResult:
+               progress: Callable[[dict], None] | None = None, attrs: AttributeVocab | None = None) -> FitResult:
     """Build features, train with early stopping on validation NDCG@10 (beta = 1); touches no test target.
 
     `item_embeddings` (e.g. `sasrec_item_embeddings` of a trained SASRec+) initialise the item tower's ID
-    embedding; they are required exactly when `config.init_item_embeddings` is "sasrec".
+    embedding; they are required exactly when `config.init_item_embeddings` is "sasrec". `attrs` is the
+    attribute vocabulary tags are read with (default: built from the dataset).
     """
+    attrs = attrs or vocabulary_of(dataset)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
@@ -185,7 +203,7 @@ def fit_towers(dataset: Dataset, split: Split, config: TowerConfig,
         model = ThreeTowerModel(config, vocab, features, profiles)
         init_id_embeddings(model, config, item_embeddings)
         train_seqs = user_sequences(split.train, vocab)
-        tag_texts, pair_tag, pair_item = tag_item_pairs(dataset, vocab, train_seqs, llm_tags)
+        tag_texts, pair_tag, pair_item = tag_item_pairs(dataset, vocab, train_seqs, llm_tags, attrs)
         tag_feats = torch.from_numpy(model.text_encoder.encode(tag_texts, cache=True))  # [T, 384]
         t_features = time.perf_counter() - t0
         softmax = resolve_softmax(config.softmax, vocab.size - 1, config.full_softmax_max_items)
@@ -199,27 +217,31 @@ def fit_towers(dataset: Dataset, split: Split, config: TowerConfig,
         torch.set_num_threads(threads)
     return FitResult(model=model, vocab=vocab, best_epoch=stopper.best_epoch, best_valid_ndcg=stopper.best,
                      history=history, softmax=softmax, feature_seconds=round(t_features, 1),
-                     train_seconds=round(t_train, 1))
+                     train_seconds=round(t_train, 1), tag_pairs=int(len(pair_item)), tag_texts=len(tag_texts),
+                     items_with_tags=int(len(np.unique(pair_item))))
 
 
 def train_towers(dataset: Dataset, split: Split, config: TowerConfig | None = None,
                  llm_tags: Mapping[str, Sequence[str]] | None = None, tags_info: dict | None = None,
                  progress: Callable[[dict], None] | None = None,
-                 item_embeddings: ItemEmbeddings | None = None) -> TrainResult:
+                 item_embeddings: ItemEmbeddings | None = None, attrs: AttributeVocab | None = None) -> TrainResult:
     """Train, early-stop, choose beta, score test; returns the model (index built) and a JSON-able report.
 
-    `progress`, if given, receives each epoch's record (losses, validation NDCG@10 when evaluated).
+    `progress`, if given, receives each epoch's record (losses, validation NDCG@10 when evaluated). `attrs`
+    is the attribute vocabulary tags are read with (default: built from the dataset).
     """
     config = config or TowerConfig()
-    fit = fit_towers(dataset, split, config, llm_tags, item_embeddings, progress)
+    attrs = attrs or vocabulary_of(dataset)
+    fit = fit_towers(dataset, split, config, llm_tags, item_embeddings, progress, attrs)
     model = fit.model
-    report = _choose_beta_and_test(model, dataset, split, fit.vocab, config, llm_tags)
+    report = _choose_beta_and_test(model, dataset, split, fit.vocab, config, llm_tags, attrs)
     model.build_index()
     report.update(best_epoch=fit.best_epoch, epochs_run=len(fit.history), history=fit.history,
                   softmax=fit.softmax, feature_seconds=fit.feature_seconds, train_seconds=fit.train_seconds,
                   temperature=round(float(model.temperature().detach()), 4),
                   init_item_embeddings=config.init_item_embeddings,
-                  tags_source=_tags_source(llm_tags, tags_info))
+                  tags_source=_tags_source(llm_tags, tags_info), tag_pairs=fit.tag_pairs,
+                  tag_texts=fit.tag_texts, items_with_tags=fit.items_with_tags)
     return TrainResult(model=model, report=report)
 
 
@@ -234,8 +256,12 @@ def _fit(model, config, softmax, train_seqs, tag_feats, pair_tag, pair_item, spl
     users = [u for u, s in train_seqs.items() if len(s) > 0]
     pop = np.bincount(np.concatenate([train_seqs[u] for u in users]), minlength=vocab.size).astype(np.float64)
     pop_prob = torch.from_numpy(pop / pop.sum())  # [N+1] q from training popularity
+    has_tags = len(pair_item) > 0
+    if not has_tags:
+        log.warning("no (tag, item) pair: no item has an attribute tag and no LLM tag hits a training item; "
+                       "training without the tag losses (L_tag = L_cate = 0)")
     tag_pop = np.bincount(pair_item, minlength=vocab.size).astype(np.float64)
-    tag_pop_prob = torch.from_numpy(tag_pop / tag_pop.sum())  # [N+1] positives of the tag losses
+    tag_pop_prob = torch.from_numpy(tag_pop / max(tag_pop.sum(), 1.0))  # [N+1] positives of the tag losses
     categories = model.feat_category
     n_uniform = config.uniform_negatives if config.mixed_negatives else 0
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -256,11 +282,14 @@ def _fit(model, config, softmax, train_seqs, tag_feats, pair_tag, pair_item, spl
             valid = y > 0
             l_col = _softmax_term(model, softmax, states[valid], y[valid], item_table, pop_prob, n_uniform, config,
                                   gen)
-            pick = torch.from_numpy(rng.integers(0, len(pair_item), config.tag_batch_size))
-            t_item = torch.from_numpy(pair_item)[pick]  # [Tb]
-            t_vecs = model.tag_table(tag_feats[torch.from_numpy(pair_tag)[pick]])  # [Tb, d]
-            l_tag, l_cate = _tag_terms(model, softmax, t_vecs, t_item, item_table, tag_pop_prob, n_uniform, config,
-                                       categories, gen)
+            if has_tags:
+                pick = torch.from_numpy(rng.integers(0, len(pair_item), config.tag_batch_size))
+                t_item = torch.from_numpy(pair_item)[pick]  # [Tb]
+                t_vecs = model.tag_table(tag_feats[torch.from_numpy(pair_tag)[pick]])  # [Tb, d]
+                l_tag, l_cate = _tag_terms(model, softmax, t_vecs, t_item, item_table, tag_pop_prob, n_uniform,
+                                           config, categories, gen)
+            else:
+                l_tag = l_cate = torch.zeros((), dtype=l_col.dtype)
             loss = combine_losses(l_col, l_tag, l_cate, config.alpha)
             opt.zero_grad()
             loss.backward()
@@ -310,14 +339,14 @@ def _tag_terms(model, softmax, tag_vecs, items, item_table, pop_prob, n_uniform,
     return sampled_softmax_loss(logits, labels), multi_positive_softmax_loss(logits, mask)
 
 
-def _choose_beta_and_test(model, dataset, split, vocab, config, llm_tags) -> dict:
+def _choose_beta_and_test(model, dataset, split, vocab, config, llm_tags, attrs) -> dict:
     valid_h, valid_u, valid_t = _stage(split, "valid", vocab)
     test_h, test_u, test_t = _stage(split, "test", vocab)
     if llm_tags is not None:
         valid_tags = test_tags = {str(u): list(t) for u, t in llm_tags.items()}
     else:  # heuristic tags from exactly the events visible at each stage
-        valid_tags = heuristic_user_tags(dataset, split.history("valid"), config.user_tags)
-        test_tags = heuristic_user_tags(dataset, split.history("test"), config.user_tags)
+        valid_tags = heuristic_user_tags(dataset, split.history("valid"), config.user_tags, attrs)
+        test_tags = heuristic_user_tags(dataset, split.history("test"), config.user_tags, attrs)
     v_user, v_tag = stage_scores(model, valid_h, valid_u, valid_tags)
     grid = {b: rank_metrics(v_user, v_tag, b, valid_t, valid_h) for b in config.beta_grid}
     beta = max(config.beta_grid, key=lambda b: (round(grid[b]["ndcg@10"], 6), b))  # ties -> larger beta

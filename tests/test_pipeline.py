@@ -132,3 +132,11 @@ def test_build_mines_with_the_adapter_merged_then_frees_that_engine(tiny, tmp_pa
     assert base.model is None and base.calls and all(c["adapter"] is None for c in base.calls)
     profiles = Recommender.load(tmp_path / "rec").profiles.values()
     assert {p.model for p in profiles if p.source != "heuristic"} == {"vllm+lora"}  # the 4 mined users
+
+
+def test_folder_holds_the_attribute_vocabulary_and_load_reads_it(built):
+    from llmrec.vocab import load_vocabulary, vocabulary_of
+
+    assert (built / "vocab.json").is_file()
+    rec = Recommender.load(built)
+    assert rec.attrs == load_vocabulary(built) == vocabulary_of(rec.dataset)

@@ -16,11 +16,12 @@ from llmrec.llm.prompts import (
     prompts_dir,
     render_prompt,
 )
+from llmrec.nouns import prompt_nouns
 
 TASKS = {
     "interests": dict(lines=["NARR", "second"], min_interests=5, max_interests=8, max_evidence=3,
-                      tags_per_interest=4),
-    "rank": dict(narrative="NARR", interests=["space opera"], candidate="Toy Story (1995)"),
+                      tags_per_interest=4, **prompt_nouns()),
+    "rank": dict(narrative="NARR", interests=["space opera"], candidate="Toy Story (1995)", **prompt_nouns()),
 }
 # Every prompt file, with variables that take each branch of its template (see test_every_prompt_is_covered).
 EVERY = {
@@ -116,7 +117,7 @@ def test_interests_prompt_numbers_lines_and_forbids_titles():
 
 def test_missing_variable_is_an_error_naming_it():
     with pytest.raises(PromptError, match="candidate"):
-        render_prompt("rank", narrative="N", interests=[])
+        render_prompt("rank", narrative="N", interests=[], **prompt_nouns())
 
 
 def test_unknown_prompt_lists_known_ones():
