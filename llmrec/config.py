@@ -98,7 +98,6 @@ class NarrativeConfig(StageConfig):
 
 # --- Batch jobs, explanations, cold start (llmrec.jobs, explain, llmrec.coldstart) ------------------
 
-from typing import Literal  # noqa: E402
 
 
 class JobConfig(StageConfig):

@@ -21,7 +21,7 @@ from llmrec.coldstart import (
 )
 from llmrec.config import ColdStartConfig
 from llmrec.llm import FakeBackend
-from llmrec.schema import Event, UserHistory
+from llmrec.schema import UserHistory
 from retrieval.encoder import encode_hashed_bow
 
 REAL = {"t": "Toy Story", "g": ["Animation", "Children's", "Comedy"], "y": 1995}
