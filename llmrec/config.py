@@ -429,7 +429,8 @@ EVAL_MODELS = (
     "three_tower_llm_tags", "three_tower_llm_lora_tags", "three_tower_llm_rerank", "three_tower_sampled_softmax",
     "three_tower_no_logq",
     "three_tower_no_mixed_negatives", "three_tower_fixed_temperature", "coldstart_none", "coldstart_early_fusion",
-    "coldstart_late_fusion", "sasrec_ce_content", "three_tower_ids_only",
+    "coldstart_late_fusion", "sasrec_ce_content", "three_tower_ids_only", "sasrec_ce_llm_ranker",
+    "three_tower_llm_ranker",
 )  # fmt: skip
 
 
@@ -465,6 +466,9 @@ class EvaluateConfig(StageConfig):
     rerank: RerankConfig = Field(default_factory=RerankConfig)
     rerank_users: int = Field(default=50, ge=1)  # LLM re-ranking is costly on CPU: a seeded user sample
     rerank_top: int = Field(default=20, ge=1)  # three-tower candidates the LLM re-orders
+    listwise: ListwiseConfig = Field(default_factory=ListwiseConfig)  # the *_llm_ranker rows (llmrec.listwise)
+    ranker_adapter: str | None = None  # LoRA adapter of `finetune_ranker` (None: the base model ranks)
+    ranker_users: int = Field(default=100, ge=1)  # seeded sample: lambda chosen on their validation targets
     narrative: NarrativeConfig = Field(default_factory=lambda: NarrativeConfig(max_tokens=384))  # re-rank prompts
     coldstart: ColdStartConfig = Field(default_factory=ColdStartConfig)  # `fusion` is set per row
     coldstart_users: int = Field(default=100, ge=1)  # users whose cold histories the LLM augments

@@ -151,3 +151,41 @@ def coldstart_rows(proto: Protocol, config: EvaluateConfig, model, imagined, row
                     seqs = fuse(histories[u], by_user[u], cfg, as_of[u].to_pydatetime()) if u in by_user else []
                     fused[u] = [proto.vocab.encode([e.item_id for e in h.events]) for h in seqs]
             add(row, seed, ColdStartScorer(row, model, fused), [s], {s: sub})
+
+
+def ranker_row(dataset, proto: Protocol, config: EvaluateConfig, row: str, base_for, backend, add,
+               seed: int) -> dict:
+    """The listwise LLM ranker over a retriever's top-K for a user sample: lambda chosen on their validation
+    targets (`llmrec.listwise.choose_lambda`), then the test ranking at that lambda; returns the note.
+
+    `base_for(slice_name)` is the retriever as it scores that slice (tags from that slice's events only).
+    """
+    from llmrec.listwise import ListwiseScorer, choose_lambda, rank_candidates
+    from llmrec.narrative import load_narrative_tokenizer, render_narratives
+
+    tokenizer = load_narrative_tokenizer(config.llm.model)
+    users = sample_users(proto.slices["all"].users, config.ranker_users, config.sample_seed)
+    items = [dataset.item_index[i] for i in proto.vocab.ids]
+
+    def texts(view) -> dict[str, str]:
+        return {n.user_id: n.text for n in render_narratives(view.events, dataset.items, view.as_of, config.narrative,
+                                                              tokenizer)}
+
+    t0 = time.perf_counter()
+    valid = proto.slices["valid"].subset([u for u in users if u in set(proto.slices["valid"].users)])
+    base_valid = np.asarray(base_for("valid").score(valid.histories, valid.users), dtype=np.float64)
+    vtexts = texts(valid)
+    cands = rank_candidates(base_valid, valid.histories, [vtexts[u] for u in valid.users], items, backend,
+                            config.listwise, getattr(dataset, "domain", None), config.ranker_adapter)
+    lam, table = choose_lambda(cands, valid.targets, valid.histories, config.listwise.lambdas, config.k)
+    seconds_valid = time.perf_counter() - t0
+    test = proto.slices["all"].subset(users)
+    base = base_for("all")
+    scorer = ListwiseScorer(row, base, texts(test), items, backend, config.listwise, lam,
+                            getattr(dataset, "domain", None), config.ranker_adapter)
+    t1 = time.perf_counter()
+    add(row, seed, scorer, ["all"], {"all": test})
+    return {"n_users": len(users), "lambda": lam, "valid_ndcg_by_lambda": table, "seed": seed,
+            "adapter": config.ranker_adapter, "backend": getattr(backend, "name", "?"),
+            "seconds_per_user": round((seconds_valid + time.perf_counter() - t1) / max(2 * len(users), 1), 3),
+            "base_on_same_users": score_slice(base, test, proto, config.score_batch_size)}

@@ -29,7 +29,9 @@ COLDSTART_ROWS = {"coldstart_none": None, "coldstart_early_fusion": "early", "co
 # Rows trained from the base three-tower model (one training per seed serves all of them).
 BASE_TOWER_ROWS = ("three_tower_notag", "three_tower_heuristic_tags", "three_tower_llm_rerank", *COLDSTART_ROWS)
 REFERENCE_ROW = "sasrec_ce"  # SASRec+: every row's paired NDCG difference is taken against it
-LLM_CALLING_ROWS = ("three_tower_llm_rerank", "coldstart_early_fusion", "coldstart_late_fusion")
+# Listwise LLM ranker over a retriever's top-K (llmrec.listwise), lambda chosen on validation: row -> retriever row.
+RANKER_ROWS = {"sasrec_ce_llm_ranker": "sasrec_ce", "three_tower_llm_ranker": "three_tower_heuristic_tags"}
+LLM_CALLING_ROWS = ("three_tower_llm_rerank", "coldstart_early_fusion", "coldstart_late_fusion", *RANKER_ROWS)
 
 
 class TowerScorer:
@@ -60,6 +62,11 @@ def row_config(model: str, config: EvaluateConfig) -> dict:
     if model == "three_tower_llm_rerank":
         return {"towers": towers, "rerank": config.rerank.model_dump(mode="json"), "top": config.rerank_top,
                 "users": config.rerank_users, "llm": config.llm.model_dump(mode="json"),
+                "narrative": config.narrative.model_dump(mode="json")}
+    if model in RANKER_ROWS:
+        base = row_config(RANKER_ROWS[model], config)
+        return {"base": base, "listwise": config.listwise.model_dump(mode="json"), "adapter": config.ranker_adapter,
+                "users": config.ranker_users, "llm": config.llm.model_dump(mode="json"),
                 "narrative": config.narrative.model_dump(mode="json")}
     if model in COLDSTART_ROWS:
         return {"towers": towers, "beta": 1.0, "coldstart": config.coldstart.model_copy(

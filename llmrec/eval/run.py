@@ -21,11 +21,12 @@ import numpy as np
 from llmrec.bench import record
 from llmrec.config import EvaluateConfig
 from llmrec.data import Dataset
-from llmrec.eval.llm_rows import coldstart_rows, imagine_cold_histories, rerank_row
+from llmrec.eval.llm_rows import coldstart_rows, imagine_cold_histories, ranker_row, rerank_row
 from llmrec.eval.protocol import (Protocol, SliceView, build_protocol, long_tail_by_mass, sample_users, score_slice,
                                   score_view, tags_parquet)
-from llmrec.eval.rows import (ABLATIONS, BASE_TOWER_ROWS, BASELINE_ROWS, COLDSTART_ROWS, ID_TOWER_ROWS, LLM_TAG_ROWS,
-                              REFERENCE_ROW, SASREC_ROWS, TowerScorer, absent_rows, resumable_rows, row_config)
+from llmrec.eval.rows import (ABLATIONS, BASE_TOWER_ROWS, BASELINE_ROWS, COLDSTART_ROWS, ID_TOWER_ROWS,
+                              LLM_TAG_ROWS,
+                              RANKER_ROWS, REFERENCE_ROW, SASREC_ROWS, TowerScorer, absent_rows, resumable_rows, row_config)
 from llmrec.eval.stats import paired_difference
 from retrieval.base import SequenceScorer
 
@@ -230,6 +231,16 @@ class Evaluation:
                      f"(best epoch {rep['best_epoch']})")
             self.add(row, seed, scorer, self.proto.slices)
             self.finish(row, seed)
+            self.score_ranker(row, seed, lambda s, sc=scorer: sc)
+
+    def score_ranker(self, base_row: str, seed: int, base_for: Callable[[str], SequenceScorer]) -> None:
+        """The listwise LLM ranker rows over `base_row` (first seed only, like every LLM row)."""
+        for row in (r for r, b in RANKER_ROWS.items() if b == base_row):
+            if seed == self.config.seeds[0] and self.due(row, seed):
+                self.notes[row] = self.guarded([row], lambda r=row: ranker_row(
+                    self.dataset, self.proto, self.config, r, base_for, self.get_backend(), self.add, seed))
+                if row in self.rows:
+                    self.finish(row, seed)
 
     def content_matrix(self) -> np.ndarray:
         """(V, F) item content rows for sasrec_ce_content: the very features the towers' item tower reads."""
@@ -268,7 +279,8 @@ class Evaluation:
         from retrieval.train import train_towers
 
         first = seed == self.config.seeds[0]
-        if not any(self.due(m, seed) and (m != "three_tower_llm_rerank" or first) for m in BASE_TOWER_ROWS):
+        first_only = ("three_tower_llm_rerank", "three_tower_llm_ranker")  # LLM rows: first seed only
+        if not any(self.due(m, seed) and (m not in first_only or first) for m in (*BASE_TOWER_ROWS, first_only[1])):
             return
         base = train_towers(self.train_dataset, self.proto.split, self.config.towers.model_copy(update={"seed": seed}))
         self.log(f"[evaluate] three-tower seed={seed} trained: beta={base.report['beta']}")
@@ -277,6 +289,9 @@ class Evaluation:
             self.score_towers("three_tower_notag", seed, res, lambda s: {}, self.proto.slices)
         if self.due("three_tower_heuristic_tags", seed):
             self.score_towers("three_tower_heuristic_tags", seed, base, self.slice_tags, self.proto.slices)
+        beta = float(base.report["beta"])
+        self.score_ranker("three_tower_heuristic_tags", seed,
+                          lambda s: TowerScorer("three_tower_heuristic_tags", base.model, beta, self.slice_tags(s)))
         if first and self.due("three_tower_llm_rerank", seed):
             self.notes["three_tower_llm_rerank"] = self.guarded(["three_tower_llm_rerank"], lambda: rerank_row(
                 self.dataset, self.proto, self.config, base, self.slice_tags("all"), self.get_backend(), self.add,

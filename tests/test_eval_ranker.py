@@ -1,0 +1,34 @@
+"""The listwise LLM ranker rows of `llmrec evaluate`: lambda is chosen on validation targets, and a ranker
+that cannot tell candidates apart leaves the retriever's ranking exactly as it was (lambda = 0)."""
+
+from __future__ import annotations
+
+from llmrec.config import EvaluateConfig, ListwiseConfig, SASRecConfig, TowerConfig
+from llmrec.eval.run import run_evaluation
+from llmrec.llm import FakeBackend
+
+
+class FlatRanker(FakeBackend):
+    """Every letter equally likely: the ranker carries no information."""
+
+    def score_choices(self, prompts, choices, *, adapter=None):
+        self.calls.append({"n": len(prompts), "choices": list(choices), "adapter": adapter})
+        return [[-3.0] * len(choices) for _ in prompts]
+
+
+def test_ranker_rows_choose_lambda_on_validation_and_flat_scores_keep_the_retriever(tiny):
+    config = EvaluateConfig(
+        models=("sasrec_ce", "three_tower_heuristic_tags", "sasrec_ce_llm_ranker", "three_tower_llm_ranker"),
+        seeds=(0,), cold_user_share=0.0, ranker_users=6, listwise=ListwiseConfig(candidates=5),
+        sasrec=SASRecConfig(maxlen=20, epochs=1, eval_every=1, patience=1),
+        towers=TowerConfig(encoder="hashed-bow", epochs=1, patience=1, min_epochs=1, max_len=10, beta_grid=(1.0,)))
+    backend = FlatRanker()
+    run = run_evaluation(tiny, config, backend=backend, log=lambda s: None)
+    for row in ("sasrec_ce_llm_ranker", "three_tower_llm_ranker"):
+        note = run.settings["notes"][row]
+        assert note["n_users"] == 6 and note["lambda"] == 0.0  # no information: the smallest lambda wins the tie
+        assert set(map(float, note["valid_ndcg_by_lambda"])) == set(config.listwise.lambdas)
+        got = next(r["value"] for r in run.records if r["model"] == row and r["metric"] == "ndcg@10")
+        assert abs(got - note["base_on_same_users"]["ndcg@10"]) < 1e-12
+    # Validation is scored with the LLM (one batch per row); the test pass at lambda = 0 needs no LLM call.
+    assert [c["choices"] for c in backend.calls] == [list("ABCDE")] * 2 and all(c["n"] == 6 for c in backend.calls)
