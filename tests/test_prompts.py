@@ -26,16 +26,21 @@ TASKS = {
 # Every prompt file, with variables that take each branch of its template (see test_every_prompt_is_covered).
 EVERY = {
     **TASKS,
-    "explain": dict(interest="space horror", title="Alien", year=1979, genres="Horror, Sci-Fi", max_words=20),
+    "explain": dict(interest="space horror", title="Alien", year=1979, genres="Horror, Sci-Fi", item="movie",
+                    user="viewer", brand="Fox", about="A crew meets a creature.", liked="Aliens (1986)",
+                    shared="horror, sci-fi"),
     "imagine_history": dict(profile="age 24, occupation technician", history=["Toy Story (1995)", "Heat (1995)"],
                             examples=[{"profile": "age 25", "titles": ["Fargo (1996)", "Babe (1995)"]},
                                       {"profile": "age 30", "titles": ["Alien (1979)"]}],
-                            k=5, max_genres=3, sample='{"t":"Fargo","g":["Crime"],"y":1996}'),
+                            k=5, max_genres=3, sample='{"t":"Fargo","g":["Crime"],"y":1996}', **prompt_nouns()),
+    "rank_listwise": dict(narrative="NARR", candidates=[{"letter": "A", "text": "Alien (1979; Horror)"},
+                                                        {"letter": "B", "text": "Heat (1995; Crime)"}],
+                          item="movie", user="viewer"),
 }
 VARIANTS = [  # second variable sets: the other side of each {% if %}
     ("interests", dict(EVERY["interests"], max_interests=5)),
     ("rank", dict(EVERY["rank"], interests=[])),
-    ("explain", dict(EVERY["explain"], year=None)),
+    ("explain", dict(EVERY["explain"], year=None, brand="", about="", liked="", interest="")),
     ("imagine_history", dict(EVERY["imagine_history"], history=[], examples=[])),
 ]
 
@@ -73,7 +78,8 @@ def test_chat_template_renders_byte_identical_to_the_block_renderer(name, variab
 def test_chat_prompt_is_a_jinja2_langchain_template_with_few_shot_pairs():
     prompt = chat_prompt("explain")
     assert isinstance(prompt, ChatPromptTemplate) and prompt is chat_prompt("explain")  # built once per file
-    assert set(prompt.input_variables) == {"interest", "title", "year", "genres", "max_words"}
+    assert set(prompt.input_variables) == {"interest", "title", "year", "genres", "item", "user", "brand", "about",
+                                           "liked", "shared"}
     assert all(m.prompt.template_format == "jinja2" for m in prompt.messages if hasattr(m, "prompt"))
     types = [m.type for m in prompt.format_messages(**EVERY["explain"])]
     assert types == ["system", "human", "ai", "human", "ai", "human"]

@@ -60,11 +60,11 @@ def test_events_before_per_user_cutoff(tiny):
     assert (before["timestamp"] < before["user_id"].map(split.as_of("test"))).all()
 
 
-def test_holdout_off_keeps_the_plain_split_and_its_hash(ml100k):
-    plain = split_leave_one_out(ml100k.events)
+def test_holdout_off_keeps_the_plain_split_and_its_hash(real_ml100k):
+    plain = split_leave_one_out(real_ml100k.events)
     assert plain.hash == "2717acfe23f1ae52"  # the ML-100K split every artifact manifest already carries
     assert plain.holdout is None and plain.holdout_users == frozenset() and "holdout_users" not in plain.report
-    assert split_leave_one_out(ml100k.events, holdout_share=0.0, holdout_seed=9).hash == plain.hash
+    assert split_leave_one_out(real_ml100k.events, holdout_share=0.0, holdout_seed=9).hash == plain.hash
 
 
 def test_holdout_takes_whole_users_out_seeded_and_changes_the_hash(tiny):
