@@ -1,0 +1,167 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from llmrec.data import DataError, ItemVocab, sort_events
+from llmrec.eval.tag_metrics import (
+    TagCatalogue,
+    legacy_tag_hr,
+    match_scores,
+    novel_hit_rate,
+    profile_shares,
+    retrieval_metrics,
+    source_shares,
+    specificity_hit,
+    tag_metrics,
+)
+from llmrec.schema import Item
+from llmrec.tags import history_tags, item_attributes, popular_tags, tag_attributes, tag_hit_rate
+
+# Index 1..6; the only romcom is index 1, the only noir index 3.
+ITEMS = [
+    Item(item_id="1", title="Sleepless in Seattle", genres=("Comedy", "Romance"), year=1993),
+    Item(item_id="2", title="Clerks", genres=("Comedy",), year=1994),
+    Item(item_id="3", title="The Big Sleep", genres=("Film-Noir", "Mystery"), year=1946),
+    Item(item_id="4", title="Heat", genres=("Action", "Crime"), year=1995),
+    Item(item_id="5", title="Fargo", genres=("Crime", "Drama"), year=1996),
+    Item(item_id="6", title="Casablanca", genres=("Drama", "Romance", "War"), year=1942),
+]
+NONE = np.zeros(0, dtype=np.int64)
+
+
+@pytest.fixture(scope="module")
+def cat() -> TagCatalogue:
+    return TagCatalogue.build(ITEMS, item_attributes, tag_attributes)
+
+
+def test_catalogue_matches_every_named_attribute_and_measures_specificity(cat):
+    assert np.flatnonzero(cat.matches("romantic comedy")).tolist() == [1]
+    assert np.flatnonzero(cat.matches("comedies")).tolist() == [1, 2]
+    assert np.flatnonzero(cat.matches("1990s")).tolist() == [1, 2, 4, 5]
+    assert not cat.matches("dark stuff").any() and not cat.matches("1990s noir").any()
+    assert cat.specificity("romantic comedy") == pytest.approx(math.log(6))
+    assert cat.specificity("1990s") == pytest.approx(-math.log(4 / 6))
+    assert cat.specificity("dark stuff") == 0.0
+    assert cat.hits("noir", 3) and not cat.hits("noir", 1) and not cat.matches("noir")[0]  # padding never
+
+
+def test_match_scores_count_matched_tags_and_ties_stay_pessimistic(cat):
+    scores = match_scores([["romantic comedy", "comedy", "comedy"], ["1990s"]], cat)
+    assert scores[0].tolist() == [-np.inf, 2, 1, 0, 0, 0, 0]  # a repeated tag counts once
+    # User 0's target (the romcom) is alone on top; user 1's (Heat) ties with three other 90s films -> rank 4.
+    m = retrieval_metrics(scores, np.array([1, 4]), [NONE, NONE])
+    assert m["tag_ndcg@10"] == pytest.approx((1.0 + 1.0 / math.log2(5)) / 2)
+    assert m["tag_hr@50"] == 1.0
+    # Seen items are excluded: with the romcom seen and Clerks the target, Clerks ranks first.
+    assert retrieval_metrics(scores[:1], np.array([2]), [np.array([1])])["tag_ndcg@10"] == 1.0
+
+
+def test_tag_metrics_scores_a_tower_and_judges_only_the_first_k_tags(cat):
+    calls = []
+
+    def tower(lists):
+        calls.append(lists)
+        s = np.zeros((len(lists), cat.size))
+        s[:, 3] = 1.0  # the tower always puts the noir first
+        return s
+
+    m = tag_metrics([["dark stuff", "noir"]], [3], [NONE], cat, k=1, tower=tower)
+    assert calls == [[["dark stuff"]]]  # truncated to k before anything sees the tags
+    assert m["tower_ndcg@10"] == 1.0 and m["tower_hr@50"] == 1.0
+    assert m["legacy_tag_hr@1"] == 0.0 and m["specificity_hit@1"] == 0.0  # "noir" is the 2nd tag, cut at k=1
+    assert tag_metrics([["dark stuff", "noir"]], [3], [NONE], cat, k=2)["legacy_tag_hr@2"] == 1.0
+
+
+def test_specificity_hit_credits_narrow_hits_more_than_broad_ones(cat):
+    broad = specificity_hit([["1990s", "comedy"]], [1], cat, k=10)
+    narrow = specificity_hit([["1990s", "romantic comedy"]], [1], cat, k=10)
+    assert broad == pytest.approx(math.log(3))  # the best hit: "comedy" matches 2 of 6 items
+    assert narrow == pytest.approx(math.log(6)) and narrow > broad
+    assert specificity_hit([["noir"]], [1], cat, k=10) == 0.0  # no hit, no credit
+
+
+def test_novel_hit_needs_a_combination_absent_from_the_visible_history(cat):
+    seen_comedy = [np.array([2])]  # the user has seen Clerks (90s comedy)
+    assert novel_hit_rate([["comedy"]], [1], seen_comedy, cat, k=10) == 0.0  # the history already had it
+    assert novel_hit_rate([["romantic comedy"]], [1], seen_comedy, cat, k=10) == 1.0
+    assert novel_hit_rate([["romantic comedy"]], [4], seen_comedy, cat, k=10) == 0.0  # no hit at all
+
+
+def test_legacy_tag_hr_equals_the_recgpt_measure_in_llmrec_tags(cat):
+    lists = [["romantic comedy"], ["1990s", "noir"], ["dark"], ["crime"]]
+    targets = [1, 3, 2, 5]
+    expected = tag_hit_rate(lists, [ITEMS[t - 1] for t in targets], k=2)
+    assert legacy_tag_hr(lists, targets, cat, k=2) == expected == 0.75
+
+
+def test_bad_inputs_raise(cat):
+    with pytest.raises(ValueError, match="2 users but targets has 1"):
+        specificity_hit([["a"], ["b"]], [1], cat, k=10)
+    with pytest.raises(ValueError, match="k must be"):
+        legacy_tag_hr([["a"]], [1], cat, k=0)
+    with pytest.raises(ValueError, match="seen has 0"):
+        novel_hit_rate([["a"]], [1], [], cat, k=3)
+    with pytest.raises(DataError, match="at least one item"):
+        TagCatalogue.build([], item_attributes, tag_attributes)
+
+
+def test_a_fallback_only_tags_table_has_llm_share_zero():
+    table = pa.table({"user_id": ["1", "2"], "tags": [["drama"], ["comedy"]], "source": ["fallback", "fallback"]})
+    assert profile_shares(table) == {"llm_share": 0.0, "fallback_share": 1.0, "heuristic_share": 0.0}
+    mixed = pd.DataFrame({"user_id": list("abcd"), "source": ["llm", "llm", "fallback", "heuristic"]})
+    assert profile_shares(mixed) == {"llm_share": 0.5, "fallback_share": 0.25, "heuristic_share": 0.25}
+
+
+def test_shares_refuse_tables_that_cannot_say_where_tags_came_from():
+    with pytest.raises(DataError, match="no 'source' column"):
+        profile_shares(pa.table({"user_id": ["1"], "tags": [["drama"]]}))
+    with pytest.raises(DataError, match="row 1: profile source 'gpt'"):
+        source_shares(["llm", "gpt"])
+    with pytest.raises(DataError, match="no profile"):
+        source_shares([])
+
+
+# --- Sanity rows on ML-100K-shaped data -------------------------------------------------------------------
+
+ISSUE_CONSTANT = ["90s movies", "dramas", "comedies", "action films", "thrillers", "romantic films", "sci-fi"]
+TARGETS_PER_USER = 10  # 20 users x their last 10 events: enough next items for a stable ordering
+
+
+def _next_item_cases(ds, vocab):
+    """(targets, seen index arrays, seen Items): each of a user's last events as of its own timestamp, the
+    visible history being the events strictly before it (as a narrative sees them)."""
+    targets, seen, seen_items = [], [], []
+    for _, g in sort_events(ds.events).groupby("user_id", sort=True):
+        codes, ts = vocab.encode(g["item_id"]), g["timestamp"].to_numpy()
+        for p in range(len(g) - TARGETS_PER_USER, len(g)):
+            visible = codes[ts < ts[p]]
+            targets.append(int(codes[p]))
+            seen.append(visible)
+            seen_items.append([ds.item_index[vocab.ids[c - 1]] for c in visible])
+    return targets, seen, seen_items
+
+
+def test_constant_and_single_tag_rows_score_below_history_tags_on_tiny(tiny):
+    vocab = ItemVocab.from_items(tiny.items)
+    cat = TagCatalogue.build([tiny.item_index[i] for i in vocab.ids], item_attributes, tag_attributes)
+    targets, seen, seen_items = _next_item_cases(tiny, vocab)
+    n = len(targets)
+    everyone = {u: [tiny.item_index[i] for i in g["item_id"]] for u, g in tiny.events.groupby("user_id")}
+    single = popular_tags(everyone.values(), 1)
+    rows = {name: tag_metrics(lists, targets, seen, cat, k=10) for name, lists in (
+        ("history_tags", [history_tags(h, 10) for h in seen_items]),
+        ("constant", [ISSUE_CONSTANT] * n),
+        ("single_tag", [single] * n),
+    )}
+    history = rows["history_tags"]
+    assert history["novel_hit@10"] == 0.0  # by construction: its tags come from the history
+    for name in ("constant", "single_tag"):
+        for metric in ("tag_ndcg@10", "tag_hr@50", "specificity_hit@10"):
+            assert rows[name][metric] < history[metric], (name, metric, rows[name][metric], history[metric])
+    # The legacy measure is fooled: the constant list "hits" more often than the user's own tags.
+    assert rows["constant"]["legacy_tag_hr@10"] > history["legacy_tag_hr@10"]
