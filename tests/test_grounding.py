@@ -91,7 +91,7 @@ def test_citing_lines_1_2_everywhere_is_exists_1_but_grounded_low_in_mining():
 
 def test_citations_that_match_their_interest_score_grounded_in_mining():
     narrative = _narrative([ROMCOM, SCIFI, NOIR, WESTERN])  # lines 1, 2: a 90s romcom and a 70s sci-fi
-    profiles, stats = mine_interests([narrative], FakeBackend(_answer(ROMANTIC)), MiningConfig(), items=ITEMS)
+    _, stats = mine_interests([narrative], FakeBackend(_answer(ROMANTIC)), MiningConfig(), items=ITEMS)
     # romcom: grounded under the 1st, 2nd and (comedy) 4th interests; Alien under the 3rd (sci-fi): 4 of 10.
     assert stats.grounding == 1.0 and stats.grounded == pytest.approx(0.4)
 

@@ -20,7 +20,13 @@ from llmrec.eval.tag_metrics import (
     tag_metrics,
 )
 from llmrec.schema import Item
-from llmrec.tags import history_tags, item_attributes, popular_tags, tag_attributes, tag_hit_rate
+from llmrec.tags import (
+    history_tags,
+    item_attributes,
+    popular_tags,
+    tag_attributes,
+    tag_hit_rate,
+)
 
 # Index 1..6; the only romcom is index 1, the only noir index 3.
 ITEMS = [
@@ -165,3 +171,113 @@ def test_constant_and_single_tag_rows_score_below_history_tags_on_tiny(tiny):
             assert rows[name][metric] < history[metric], (name, metric, rows[name][metric], history[metric])
     # The legacy measure is fooled: the constant list "hits" more often than the user's own tags.
     assert rows["constant"]["legacy_tag_hr@10"] > history["legacy_tag_hr@10"]
+
+
+# --- Fallback accounting through the retriever's tags input ----------------------------------------------
+
+
+def test_read_tags_table_records_the_source_shares_of_a_profiles_table(tmp_path):
+    import pyarrow.parquet as pq
+
+    from llmrec.interests import profiles_to_table
+    from llmrec.schema import InterestProfile, Tag
+    from retrieval.train import read_tags_table, tag_shares
+
+    fallback_only = [InterestProfile(user_id=u, tags=(Tag(text="1990s drama"),), source="fallback") for u in "12"]
+    pq.write_table(profiles_to_table(fallback_only), tmp_path / "fallback.parquet")
+    tags, info = read_tags_table(tmp_path / "fallback.parquet")
+    assert tags == {"1": ["1990s drama"], "2": ["1990s drama"]}  # the tags are still served...
+    assert info["llm_share"] == 0.0 and info["fallback_share"] == 1.0  # ...but never counted as the LLM's
+    assert tag_shares(tags, info) == {"llm_share": 0.0, "fallback_share": 1.0, "heuristic_share": 0.0}
+
+    pq.write_table(pa.table({"user_id": ["1"], "tags": [["drama"]]}), tmp_path / "bare.parquet")
+    _, bare = read_tags_table(tmp_path / "bare.parquet")
+    assert "llm_share" not in bare and bare["shares"].startswith("unknown")
+    assert tag_shares({"1": ["drama"]}, bare) == {}  # unknown stays unknown
+    assert tag_shares(None, None) == {"llm_share": 0.0, "fallback_share": 0.0, "heuristic_share": 1.0}
+
+
+# --- The benchmark's rows ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """benchmarks/llm_stages.py as a module (benchmarks/ is not an installed package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "llm_stages.py"
+    spec = importlib.util.spec_from_file_location("llm_stages_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _WordTokenizer:
+    """One token per whitespace word: enough for a narrative budget in a wiring test."""
+
+    def __call__(self, texts, add_special_tokens=False):
+        return {"input_ids": [[0] * len(t.split()) for t in texts]}
+
+
+def test_heuristics_and_narratives_see_the_same_events_strictly_before_the_target(tiny, bench):
+    from llmrec.config import NarrativeConfig
+    from llmrec.data.split import split_leave_one_out
+    from llmrec.narrative import render_narratives
+
+    split = split_leave_one_out(tiny.events)
+    as_of = split.as_of("test")
+    visible = bench.visible_events(split)
+    assert (visible["timestamp"].to_numpy() < visible["user_id"].map(as_of).to_numpy()).all()
+    narratives = render_narratives(visible, tiny.items, as_of, NarrativeConfig(max_tokens=100_000), _WordTokenizer())
+    seen = {u: set(g["item_id"]) for u, g in visible.groupby("user_id")}
+    target = dict(zip(split.test["user_id"], split.test["item_id"]))
+    for n in narratives:
+        assert n.item_ids and set(n.item_ids) <= seen[n.user_id]  # the narrative shows nothing the heuristics lack
+        assert target[n.user_id] not in seen[n.user_id]
+
+
+def test_sanity_rows_are_constant_single_and_seeded_random(tiny, bench):
+    seen = {u: [tiny.item_index[i] for i in g["item_id"]] for u, g in tiny.events.groupby("user_id")}
+    catalogue = list(tiny.item_index.values())
+    rows = bench.heuristic_rows(seen, ["1", "2", "3"], catalogue, 10, seed=0)
+    assert set(rows) == {"history_tags", "popular_tags", "single_tag", "random_tags"}
+    assert rows["popular_tags"][0] == rows["popular_tags"][2] == popular_tags(seen.values(), 10)
+    assert rows["single_tag"] == [rows["popular_tags"][0][:1]] * 3
+    assert rows["history_tags"][1] == history_tags(seen["2"], 10)
+    assert all(len(t) == 10 for t in rows["random_tags"]) and rows["random_tags"][0] != rows["random_tags"][1]
+    assert bench.heuristic_rows(seen, ["1", "2", "3"], catalogue, 10, seed=0)["random_tags"] == rows["random_tags"]
+    assert bench.heuristic_rows(seen, ["1", "2", "3"], catalogue, 10, seed=1)["random_tags"] != rows["random_tags"]
+
+
+def test_speed_ratios_compare_best_with_best_and_each_shared_batch_size(bench):
+    rates = {("vllm", 16): 100.0, ("vllm", 64): 400.0, ("vllm", 256): 900.0,
+             ("transformers", 16): 50.0, ("transformers", 64): 300.0, ("transformers", 256): 200.0}
+    recs = {(r["compare"], r.get("batch_size")): r["value"] for r in bench.speed_ratios(rates)}
+    assert recs == {("best_vs_best", None): 3.0, ("same_batch", 16): 2.0, ("same_batch", 64): pytest.approx(4 / 3),
+                    ("same_batch", 256): 4.5}
+
+
+def test_llm_rows_record_llm_and_fallback_shares(tiny, bench):
+    """The fake's minimal answer repeats one interest, so every user falls back: llm_share 0, no llm_only rows."""
+    from datetime import datetime, timezone
+
+    from llmrec.config import MiningConfig
+    from llmrec.interests import mine_interests
+    from llmrec.llm import FakeBackend
+    from llmrec.schema import Narrative
+
+    vocab = ItemVocab.from_items(tiny.items)
+    cat = TagCatalogue.build([tiny.item_index[i] for i in vocab.ids], item_attributes, tag_attributes)
+    ids = ("1", "2", "3")
+    narratives = [Narrative(user_id=u, text="liked | a\nliked | b\nliked | c", n_events_in=3, n_items_out=3,
+                            as_of=datetime(1998, 1, 1, tzinfo=timezone.utc), n_tokens=9, max_tokens=64, item_ids=ids)
+                  for u in ("1", "2")]
+    profiles, stats = mine_interests(narratives, FakeBackend(), MiningConfig(), items=tiny.item_index)
+    stats.seconds = max(stats.seconds, 1e-3)
+    recs = bench.score_llm("fake", profiles, stats, [4, 5], [vocab.encode(ids)] * 2, cat, "fake")
+    by = {r["metric"]: r for r in recs if "subset" not in r}
+    assert by["llm_share"]["value"] == 0.0 and by["fallback_share"]["value"] == 1.0
+    assert {"tag_ndcg", "tag_hr", "specificity_hit", "novel_hit", "legacy_tag_hr", "grounded"} <= set(by)
+    assert by["tag_hr"]["k"] == 50 and by["specificity_hit"]["unit"] == "nats"
+    assert not [r for r in recs if r.get("subset") == "llm_only"]
