@@ -282,7 +282,8 @@ def print_table(records: list[dict]) -> None:
     speed = [r for r in records if r.get("slice") == "speed"]
     for r in speed:
         where = r.get("path", r.get("compare", ""))
-        print(f"speed {r['metric']:<20} {where:<13} batch {r.get('batch_size', '-')!s:>4}: {r['value']:.2f} {r['unit']}")
+        batch = r.get("batch_size", "-")
+        print(f"speed {r['metric']:<20} {where:<13} batch {batch!s:>4}: {r['value']:.2f} {r['unit']}")
 
 
 if __name__ == "__main__":

@@ -281,3 +281,52 @@ def test_llm_rows_record_llm_and_fallback_shares(tiny, bench):
     assert {"tag_ndcg", "tag_hr", "specificity_hit", "novel_hit", "legacy_tag_hr", "grounded"} <= set(by)
     assert by["tag_hr"]["k"] == 50 and by["specificity_hit"]["unit"] == "nats"
     assert not [r for r in recs if r.get("subset") == "llm_only"]
+
+
+def test_benchmark_main_runs_end_to_end_on_a_fake_backend(tiny, bench, tmp_path, monkeypatch):
+    """Wiring only (no LLM): every row, the speed sweep and the ratios land in the records file."""
+    import json
+    import sys
+
+    import llmrec.llm
+    import llmrec.llm.model
+    from llmrec.config import MiningConfig, NarrativeConfig
+    from llmrec.llm import FakeBackend
+
+    def answer(messages, schema):
+        names = ["90s comedies", "romantic films", "dark thrillers", "sci-fi adventures", "war dramas"]
+        return json.dumps({"i": [{"n": n, "e": [1, 2], "t": [n]} for n in names]})
+
+    made = []
+
+    def fake_backend(config):
+        made.append((config.backend, config.batch_size))
+        backend = FakeBackend(answer)
+        backend.name = config.backend
+        return backend
+
+    monkeypatch.setattr(llmrec.llm, "make_backend", fake_backend)
+    monkeypatch.setattr(llmrec.llm.model, "merged_model", lambda model, adapter: tmp_path / "merged")
+    monkeypatch.setattr(bench, "load_tokenizer", lambda model: _WordTokenizer())
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "manifest.json").write_text(json.dumps({
+        "valid_users": [str(u) for u in range(1, 21)], "mining_config": MiningConfig().model_dump(mode="json"),
+        "narrative_config": NarrativeConfig(max_tokens=200).model_dump(mode="json")}))
+    out = tmp_path / "llm_stages.json"
+    data = tiny.save(tmp_path / "d")
+    monkeypatch.setattr(sys, "argv", ["llm_stages", "--adapter", str(adapter), "--dataset", str(data), "--users", "6",
+                                      "--throughput-users", "4", "--out", str(out)])
+    bench.main()
+    recs = json.loads(out.read_text())
+    models = {r["model"] for r in recs if r["metric"] == "tag_ndcg"}
+    assert models == {"history_tags", "popular_tags", "single_tag", "random_tags", "lora", "base"}
+    llm = {r["metric"]: r["value"] for r in recs if r["model"] == "lora" and r.get("slice") is None
+           and "subset" not in r}
+    assert llm["llm_share"] == 1.0 and llm["fallback_share"] == 0.0 and llm["grounding_exists"] == 1.0
+    assert 0.0 <= llm["grounded"] <= 1.0
+    sweep = {(r["path"], r["batch_size"]) for r in recs if r.get("slice") == "speed" and "path" in r}
+    assert sweep == {(p, b) for p in ("vllm", "transformers") for b in (16, 64, 256)}
+    assert [r["compare"] for r in recs if r["metric"] == "vllm_speedup"].count("same_batch") == 3
+    # vLLM: lora, base, one sweep engine; transformers: one per batch size (it batches per forward).
+    assert [b for p, b in made if p == "transformers"] == [16, 64, 256] and len(made) == 6
