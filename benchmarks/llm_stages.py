@@ -19,6 +19,8 @@ Tag metrics (`llmrec.eval.tag_metrics`; every row judged on its first 10 tags, t
 - specificity_hit (k=10): the best hit's -ln(share of catalogue items the tag matches), nats, mean over users.
 - novel_hit (k=10): share of users with a hit whose attribute combination no visible history item carries.
 - legacy_tag_hr (k=10): RecGPT's tag HR@k. LEGACY: a constant list of broad tags scores ~0.98 on it.
+- tower_ndcg (k=10), tower_hr (k=50), with --towers (a `llmrec train-retriever` folder): the same retrieval
+  through that model's trained tag tower (`ThreeTowerModel.tag_scores`) instead of exact attribute matching.
 LLM rows also report each of these over the users the model itself served (subset "llm_only", n_llm).
 
 Mining metrics (records: benchmark, metric, value, unit, model, path, k, n):
@@ -103,11 +105,25 @@ def heuristic_rows(seen: Mapping[str, Sequence[Item]], users: Sequence[str], cat
     }
 
 
+Tower = Callable[[Sequence[Sequence[str]]], np.ndarray]  # tag lists -> [B, V] item scores
+
+
+def load_tag_tower(path: str | Path, vocab: ItemVocab) -> Tower:
+    """The tag tower of a trained three-tower folder as a scoring callable; its item order must be ours."""
+    from retrieval.towers import ThreeTowerModel
+
+    model = ThreeTowerModel.from_pretrained(path)
+    if model.vocab.ids != vocab.ids:
+        raise ValueError(f"{path}: the model's item vocabulary differs from this dataset's items table")
+    items = model.item_vectors()  # [V, d]
+    return lambda lists: model.tag_scores(lists, items)
+
+
 def tag_records(lists: Sequence[Sequence[str]], targets: Sequence[int], seen: Sequence[np.ndarray],
-                catalogue: TagCatalogue, **ctx) -> list[dict]:
+                catalogue: TagCatalogue, tower: Tower | None = None, **ctx) -> list[dict]:
     """One record per tag metric (`llmrec.eval.tag_metrics.tag_metrics`), its cut-off as k."""
     out = []
-    for name, value in tag_metrics(lists, targets, seen, catalogue, k=K).items():
+    for name, value in tag_metrics(lists, targets, seen, catalogue, k=K, tower=tower).items():
         metric, k = _METRIC.match(name).groups()
         out.append(record(BENCH, metric, value, "nats" if metric == "specificity_hit" else "fraction", k=int(k),
                           **ctx))
@@ -115,7 +131,8 @@ def tag_records(lists: Sequence[Sequence[str]], targets: Sequence[int], seen: Se
 
 
 def score_llm(model: str, profiles: Sequence[InterestProfile], stats: MiningStats, targets: Sequence[int],
-              seen: Sequence[np.ndarray], catalogue: TagCatalogue, path: str) -> list[dict]:
+              seen: Sequence[np.ndarray], catalogue: TagCatalogue, path: str, tower: Tower | None = None
+              ) -> list[dict]:
     n = len(profiles)
     ctx = {"model": model, "path": path, "n": n}
     shares = source_shares(p.source for p in profiles)
@@ -135,12 +152,12 @@ def score_llm(model: str, profiles: Sequence[InterestProfile], stats: MiningStat
         record(BENCH, "output_tokens_per_user", stats.output_tokens / max(stats.answers, 1), "tokens", **ctx),
     ]
     tags = [[t.text for t in p.tags] for p in profiles]
-    recs += tag_records(tags, targets, seen, catalogue, **ctx)
+    recs += tag_records(tags, targets, seen, catalogue, tower, **ctx)
     # The same over the users whose tags the model itself produced (fallbacks are history tags).
     own = [i for i, p in enumerate(profiles) if p.source == "llm"]
     if own:
         recs += tag_records([tags[i] for i in own], [targets[i] for i in own], [seen[i] for i in own], catalogue,
-                            subset="llm_only", n_llm=len(own), **ctx)
+                            tower, subset="llm_only", n_llm=len(own), **ctx)
     return recs
 
 
@@ -204,6 +221,7 @@ def main() -> None:
     parser.add_argument("--throughput-users", type=int, default=256,
                         help="Users run through both the vLLM and the transformers path at every batch size.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the random_tags sanity row.")
+    parser.add_argument("--towers", default=None, help="Trained three-tower folder: also score its tag tower.")
     parser.add_argument("--out", default=None, help="JSON path; default reports/bench/llm_stages.json.")
     args = parser.parse_args()
     log = lambda m: print(m, flush=True)  # noqa: E731
@@ -228,6 +246,7 @@ def main() -> None:
     vocab = ItemVocab.from_items(ds.items)
     catalogue_items = [ds.item_index[i] for i in vocab.ids]
     catalogue = TagCatalogue.build(catalogue_items, item_attributes, tag_attributes)
+    tower = load_tag_tower(args.towers, vocab) if args.towers else None
     targets = [int(t) for t in vocab.encode(split.test.set_index("user_id").loc[users, "item_id"])]
     by_user = {u: g["item_id"].tolist() for u, g in visible.groupby("user_id")}
     seen = [vocab.encode(by_user.get(u, [])) for u in users]
@@ -238,7 +257,7 @@ def main() -> None:
     records: list[dict] = []
     seen_items = {u: [ds.item_index[i] for i in ids] for u, ids in by_user.items()}
     for name, lists in heuristic_rows(seen_items, users, catalogue_items, K, args.seed).items():
-        records += tag_records(lists, targets, seen, catalogue, model=name, path="none", n=len(users))
+        records += tag_records(lists, targets, seen, catalogue, tower, model=name, path="none", n=len(users))
 
     from llmrec.llm import make_backend
     from llmrec.llm.model import merged_model
@@ -252,7 +271,7 @@ def main() -> None:
         vllm = make_backend(LLMConfig(model=served, backend="vllm", enable_lora=False))
         try:
             profiles, stats = timed_mining(vllm, narratives, mining, name, ds.item_index, log)
-            records += score_llm(name, profiles, stats, targets, seen, catalogue, "vllm")
+            records += score_llm(name, profiles, stats, targets, seen, catalogue, "vllm", tower)
         finally:
             vllm.close()
         save()
@@ -271,10 +290,11 @@ def print_table(records: list[dict]) -> None:
         key = (r.get("subset", "all"), r["model"], r.get("path", ""), r.get("n_llm", r["n"]))
         col = r["metric"] + (f"@{r['k']}" if "k" in r else "")
         rows.setdefault(key, {})[col] = r["value"]
-    cols = ["llm_share", "valid_first_try", "tag_ndcg@10", "tag_hr@50", "specificity_hit@10", "novel_hit@10",
-            "legacy_tag_hr@10", "grounding_exists", "grounded", "output_tokens_per_s"]
-    short = ["llm", "valid_1st", "NDCG@10", "HR@50", "spec@10", "novel@10", "legHR@10", "exists", "grounded",
-             "tok/s"]
+    cols = ["llm_share", "valid_first_try", "tag_ndcg@10", "tag_hr@50", "tower_ndcg@10", "tower_hr@50",
+            "specificity_hit@10", "novel_hit@10", "legacy_tag_hr@10", "grounding_exists", "grounded",
+            "output_tokens_per_s"]
+    short = ["llm", "valid_1st", "NDCG@10", "HR@50", "twNDCG@10", "twHR@50", "spec@10", "novel@10", "legHR@10",
+             "exists", "grounded", "tok/s"]
     print(f"{'subset':<9}{'model':<14}{'path':<13}{'n':>4}" + "".join(f"{c:>10}" for c in short))
     for (subset, model, path, n), row in rows.items():
         cells = "".join(f"{row[c]:>10.3f}" if c in row else f"{'-':>10}" for c in cols)

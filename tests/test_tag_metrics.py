@@ -308,6 +308,13 @@ def test_benchmark_main_runs_end_to_end_on_a_fake_backend(tiny, bench, tmp_path,
     monkeypatch.setattr(llmrec.llm, "make_backend", fake_backend)
     monkeypatch.setattr(llmrec.llm.model, "merged_model", lambda model, adapter: tmp_path / "merged")
     monkeypatch.setattr(bench, "load_tokenizer", lambda model: _WordTokenizer())
+    towers = []
+
+    def fake_tower(path, vocab):
+        towers.append(path)
+        return lambda lists: np.tile(np.arange(vocab.size, dtype=np.float64), (len(lists), 1))  # [B, V]
+
+    monkeypatch.setattr(bench, "load_tag_tower", fake_tower)
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "manifest.json").write_text(json.dumps({
@@ -316,11 +323,12 @@ def test_benchmark_main_runs_end_to_end_on_a_fake_backend(tiny, bench, tmp_path,
     out = tmp_path / "llm_stages.json"
     data = tiny.save(tmp_path / "d")
     monkeypatch.setattr(sys, "argv", ["llm_stages", "--adapter", str(adapter), "--dataset", str(data), "--users", "6",
-                                      "--throughput-users", "4", "--out", str(out)])
+                                      "--throughput-users", "4", "--towers", "my-towers", "--out", str(out)])
     bench.main()
     recs = json.loads(out.read_text())
     models = {r["model"] for r in recs if r["metric"] == "tag_ndcg"}
     assert models == {"history_tags", "popular_tags", "single_tag", "random_tags", "lora", "base"}
+    assert towers == ["my-towers"] and {r["model"] for r in recs if r["metric"] == "tower_hr"} == models
     llm = {r["metric"]: r["value"] for r in recs if r["model"] == "lora" and r.get("slice") is None
            and "subset" not in r}
     assert llm["llm_share"] == 1.0 and llm["fallback_share"] == 0.0 and llm["grounding_exists"] == 1.0
