@@ -210,7 +210,7 @@ def build_recommender(dataset: Dataset, out: str | Path, config: RecommenderConf
         n_llm = sum(p.source == "llm" for p in profiles)
         n_heur = sum(p.source == "heuristic" for p in profiles)
         log(f"[2/5] interests/tags: {len(profiles)} users ({n_llm} valid LLM, "
-            f"{len(profiles) - n_llm - n_heur} flagged fallback, {n_heur} heuristic, not mined; JSON validity {mining.to_dict()['json_valid_rate']}, grounding {mining.grounding:.2f}) "
+            f"{len(profiles) - n_llm - n_heur} flagged fallback, {n_heur} heuristic, not mined; JSON validity {mining.to_dict()['json_valid_rate']}, grounding exists {mining.grounding:.2f} / grounded {mining.grounded:.2f}) "
             f"in {timings['mine']:.0f}s")
 
         t = time.perf_counter()

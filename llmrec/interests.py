@@ -150,6 +150,8 @@ class MiningStats:
         minutes = self.seconds / 60
         d.update(grounding=round(self.grounding, 4), grounding_exists=round(self.grounding, 4),
                  grounded=round(self.grounded, 4), valid_rate=round(self.valid_rate, 4),
+                 llm_share=round(self.valid_rate, 4),  # every mined user is "llm" or "fallback"
+                 fallback_share=round(self.fallback / self.users, 4) if self.users else None,
                  json_valid_rate=round(self.answers_valid / self.answers, 4) if self.answers else None,
                  users_per_min=round(self.users / minutes, 2) if minutes else None,
                  output_tokens_per_s=round(self.output_tokens / self.seconds, 2) if self.seconds else None)

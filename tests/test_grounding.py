@@ -87,6 +87,7 @@ def test_citing_lines_1_2_everywhere_is_exists_1_but_grounded_low_in_mining():
     assert stats.evidence_cited == 10 and stats.grounding == 1.0  # "exists": every line number is in range
     assert stats.grounded == 0.0  # no interest names noir, mystery, western, the 1930s/40s or a title
     assert stats.to_dict()["grounding_exists"] == 1.0 and stats.to_dict()["grounded"] == 0.0
+    assert stats.to_dict()["llm_share"] == 1.0 and stats.to_dict()["fallback_share"] == 0.0
 
 
 def test_citations_that_match_their_interest_score_grounded_in_mining():

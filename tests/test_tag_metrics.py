@@ -274,6 +274,7 @@ def test_llm_rows_record_llm_and_fallback_shares(tiny, bench):
                             as_of=datetime(1998, 1, 1, tzinfo=timezone.utc), n_tokens=9, max_tokens=64, item_ids=ids)
                   for u in ("1", "2")]
     profiles, stats = mine_interests(narratives, FakeBackend(), MiningConfig(), items=tiny.item_index)
+    assert stats.to_dict()["llm_share"] == 0.0 and stats.to_dict()["fallback_share"] == 1.0
     stats.seconds = max(stats.seconds, 1e-3)
     recs = bench.score_llm("fake", profiles, stats, [4, 5], [vocab.encode(ids)] * 2, cat, "fake")
     by = {r["metric"]: r for r in recs if "subset" not in r}
