@@ -32,6 +32,7 @@ from explain.table import ExplanationTable, explanations_from_frame
 from llmrec.coldstart import Catalogue, ExamplePool, imagine_histories
 from llmrec.config import LLMConfig, RecommenderConfig
 from llmrec.data import Dataset
+from llmrec.eval.tag_metrics import source_shares
 from llmrec.interests import PROMPTS, MiningStats, mine_interests, profiles_from_table, profiles_to_table
 from llmrec.jobs import SHARD_STATS, read_shards, run_sharded, sum_shard_stats
 from llmrec.llm import LLMBackend, make_backend
@@ -217,18 +218,20 @@ def build_recommender(dataset: Dataset, out: str | Path, config: RecommenderConf
         n_llm = sum(p.source == "llm" for p in profiles)
         n_heur = sum(p.source == "heuristic" for p in profiles)
         log(f"[2/5] interests/tags: {len(profiles)} users ({n_llm} valid LLM, "
-            f"{len(profiles) - n_llm - n_heur} flagged fallback, {n_heur} heuristic, not mined; JSON validity {mining.to_dict()['json_valid_rate']}, grounding {mining.grounding:.2f}) "
+            f"{len(profiles) - n_llm - n_heur} flagged fallback, {n_heur} heuristic, not mined; JSON validity {mining.to_dict()['json_valid_rate']}, grounding exists {mining.grounding:.2f} / grounded {mining.grounded:.2f}) "
             f"in {timings['mine']:.0f}s")
 
         t = time.perf_counter()
         llm_tags = {p.user_id: [tag.text for tag in p.tags] for p in profiles}
-        result = train_towers(dataset, split, config.towers, llm_tags=llm_tags, tags_info={"source": "llm"},
+        # The tags mix validated LLM answers, flagged fallbacks and unmined heuristic users: say how much of each.
+        tags_info = {"source": "profiles", **source_shares(p.source for p in profiles)}
+        result = train_towers(dataset, split, config.towers, llm_tags=llm_tags, tags_info=tags_info,
                               attrs=attrs)
         timings["towers"] = time.perf_counter() - t
         log(f"[3/5] three towers: beta={result.report['beta']}, test NDCG@10={result.report['test']['ndcg@10']:.4f} "
             f"in {timings['towers']:.0f}s")
 
-        manifest = {**build_manifest(split, config.towers, result.report, {"source": "llm"}),
+        manifest = {**build_manifest(split, config.towers, result.report, tags_info),
                     "prompt_hashes": prompt_hashes(PROMPTS), "adapter": adapter, "llm": config.llm.model_dump(mode="json"),
                     "llmrec_version": importlib.metadata.version("llmrec")}
         rec = Recommender(config, dataset, result.model, profiles, manifest=manifest, attrs=attrs)

@@ -18,7 +18,9 @@ frequent tags. An answer cut off by the token budget is salvaged by closing the 
 interest, then validated like any other. Counts of all of this are in `MiningStats`.
 
 Grounding: a cited line number names the item of that narrative line (`Narrative.item_ids`); numbers
-outside the narrative are dropped and counted (grounding = kept / cited).
+outside the narrative are dropped and counted ("exists": grounding = kept / cited). "grounded" asks more: the
+cited item must carry an attribute the interest or its tags name, or the interest must name its title
+(`llmrec.eval.grounding`; needs the catalogue, `items`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_mod
 
 from llmrec.config import MiningConfig
 from llmrec.data import strip_year
+from llmrec.eval.grounding import count_grounded, grounding_rates
 from llmrec.llm import LLMBackend, Messages
 from llmrec.llm.prompts import render_prompt
 from llmrec.llm.structured import (  # noqa: F401 (salvage_truncated re-exported)
@@ -47,7 +50,7 @@ from llmrec.llm.structured import (  # noqa: F401 (salvage_truncated re-exported
 )
 from llmrec.schema import Interest, InterestProfile, Item, Narrative, Tag
 from llmrec.nouns import prompt_nouns
-from llmrec.tags import history_tags, item_tags, tag_attributes
+from llmrec.tags import history_tags, item_attributes, item_tags, tag_attributes
 from llmrec.vocab import AttributeVocab
 
 PROMPTS = ("interests",)
@@ -129,6 +132,7 @@ class MiningStats:
     unconstrained_answers: int = 0  # answers from a backend that does not enforce the schema while decoding
     evidence_cited: int = 0
     evidence_dropped: int = 0  # line numbers naming no line of the narrative
+    evidence_grounded: int = 0  # cited lines whose item supports the interest (llmrec.eval.grounding)
     duplicate_interests_dropped: int = 0
     tags_kept: int = 0
     tags_title_dropped: int = 0  # tags that contain the title of an item already seen
@@ -145,6 +149,12 @@ class MiningStats:
         return 1.0 - self.evidence_dropped / self.evidence_cited if self.evidence_cited else 0.0
 
     @property
+    def grounded(self) -> float:
+        """Share of cited evidence lines whose item carries an attribute the interest or its tags name (or whose
+        title the interest names); `grounding` is the weaker "exists" check. 0.0 when mined without `items`."""
+        return grounding_rates(self.evidence_cited, self.evidence_dropped, self.evidence_grounded)["grounded"]
+
+    @property
     def valid_rate(self) -> float:
         """Share of users whose profile came from validated model output (first try or retry)."""
         return (self.valid_first + self.valid_retry) / self.users if self.users else 0.0
@@ -152,7 +162,10 @@ class MiningStats:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         minutes = self.seconds / 60
-        d.update(grounding=round(self.grounding, 4), valid_rate=round(self.valid_rate, 4),
+        d.update(grounding=round(self.grounding, 4), grounding_exists=round(self.grounding, 4),
+                 grounded=round(self.grounded, 4), valid_rate=round(self.valid_rate, 4),
+                 llm_share=round(self.valid_rate, 4),  # every mined user is "llm" or "fallback"
+                 fallback_share=round(self.fallback / self.users, 4) if self.users else None,
                  json_valid_rate=round(self.answers_valid / self.answers, 4) if self.answers else None,
                  users_per_min=round(self.users / minutes, 2) if minutes else None,
                  output_tokens_per_s=round(self.output_tokens / self.seconds, 2) if self.seconds else None)
@@ -288,6 +301,10 @@ def mine_interests(
             continue
         stats.evidence_cited += p.cited
         stats.evidence_dropped += p.dropped
+        if items:
+            stats.evidence_grounded += count_grounded(p.interests, p.tags, items,
+                                                      lambda tag: tag_attributes(tag, attrs),
+                                                      lambda item: item_attributes(item, attrs))
         stats.duplicate_interests_dropped += p.duplicate_interests
         stats.tags_kept += len(p.tags)
         stats.tags_title_dropped += p.title

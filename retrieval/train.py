@@ -38,6 +38,7 @@ import torch
 
 from llmrec.config import TowerConfig
 from llmrec.data import DataError, Dataset, ItemVocab, user_sequences
+from llmrec.eval.tag_metrics import SOURCES, profile_shares
 from llmrec.metrics import hr_at_k, ndcg_at_k, target_ranks
 from llmrec.data.split import Split
 from llmrec.tags import history_tags, item_tags, tag_hits
@@ -63,7 +64,9 @@ class TrainResult:
 def read_tags_table(path: str | Path) -> tuple[dict[str, list[str]], dict]:
     """user_id -> tags from a Parquet of mined interests (columns user_id, tags: list of strings).
 
-    Rows with a missing user_id or a tags value that is not a list of strings are skipped and counted.
+    Rows with a missing user_id or a tags value that is not a list of strings are skipped and counted. The
+    info records where the tags came from when the table has the profiles' `source` column: llm_share (a
+    validated LLM answer), fallback_share (the flagged history-tag stand-in), heuristic_share (not mined).
     """
     path = Path(path)
     if not path.is_file():
@@ -80,8 +83,10 @@ def read_tags_table(path: str | Path) -> tuple[dict[str, list[str]], dict]:
             skipped[reason] = skipped.get(reason, 0) + 1
             continue
         tags.setdefault(str(user), []).extend(t.strip() for t in values if t.strip())
+    # Without a source column nobody can tell LLM tags from fallbacks: recorded as unknown, never as "llm".
+    shares = profile_shares(table) if "source" in table.column_names else {"shares": "unknown (no source column)"}
     return tags, {"path": str(path), "rows": table.num_rows, "users": len(tags), "skipped": skipped,
-                  "sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16]}
+                  "sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16], **shares}
 
 
 def heuristic_user_tags(dataset: Dataset, events: pd.DataFrame, k: int,
@@ -241,7 +246,8 @@ def train_towers(dataset: Dataset, split: Split, config: TowerConfig | None = No
                   temperature=round(float(model.temperature().detach()), 4),
                   init_item_embeddings=config.init_item_embeddings,
                   tags_source=_tags_source(llm_tags, tags_info), tag_pairs=fit.tag_pairs,
-                  tag_texts=fit.tag_texts, items_with_tags=fit.items_with_tags)
+                  tag_texts=fit.tag_texts, items_with_tags=fit.items_with_tags,
+                  tag_shares=tag_shares(llm_tags, tags_info))
     return TrainResult(model=model, report=report)
 
 
@@ -250,6 +256,14 @@ def _tags_source(llm_tags, tags_info) -> str:
         return "heuristic"
     info = tags_info or {}
     return str(info.get("path") or info.get("source") or "llm")
+
+
+def tag_shares(llm_tags, tags_info) -> dict[str, float]:
+    """llm_share / fallback_share / heuristic_share of the user tags; {} when the tags table could not say."""
+    if llm_tags is None:
+        return {"llm_share": 0.0, "fallback_share": 0.0, "heuristic_share": 1.0}
+    info = tags_info or {}
+    return {f"{s}_share": info[f"{s}_share"] for s in SOURCES if f"{s}_share" in info}
 
 
 def _fit(model, config, softmax, train_seqs, tag_feats, pair_tag, pair_item, split, vocab, rng, gen, progress):
