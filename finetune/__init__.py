@@ -21,6 +21,14 @@ def tiny_config(**overrides: Any) -> FinetuneConfig:
     return FinetuneConfig(**{**base, **overrides})
 
 
+def sft_split(dataset: Any, config: FinetuneConfig) -> Any:
+    """The split SFT data comes from: leave-one-out minus the holdout users (the evaluation's true cold-start
+    users with the default settings), whose events never reach the LLM's training data."""
+    from llmrec.data.split import split_leave_one_out
+
+    return split_leave_one_out(dataset.events, holdout_share=config.holdout_share, holdout_seed=config.holdout_seed)
+
+
 def finetune_dataset(
     dataset: Any,
     config: FinetuneConfig,
@@ -40,10 +48,9 @@ def finetune_dataset(
     from llmrec.interests import PROMPTS
     from llmrec.llm.model import load_tokenizer, resolve_model
     from llmrec.llm.prompts import prompt_hashes
-    from llmrec.data.split import split_leave_one_out
 
     mining = mining or MiningConfig()
-    split = split_leave_one_out(dataset.events)
+    split = sft_split(dataset, config)
     train = split.train
     if max_users is not None:
         keep = sorted(train["user_id"].unique(), key=lambda u: (len(u), u))[:max_users]
@@ -94,7 +101,6 @@ def finetune_ranker(
     from finetune.train_lora import train_lora
     from llmrec.config import ListwiseConfig, SASRecConfig
     from llmrec.data import ItemVocab
-    from llmrec.data.split import split_leave_one_out
     from llmrec.listwise import PROMPT
     from llmrec.llm.model import load_tokenizer, resolve_model
     from llmrec.llm.prompts import prompt_hashes
@@ -103,7 +109,7 @@ def finetune_ranker(
     if retriever not in RANKER_RETRIEVERS:
         raise ValueError(f"retriever must be one of {RANKER_RETRIEVERS}, got {retriever!r}")
     listwise = listwise or ListwiseConfig()
-    split = split_leave_one_out(dataset.events)
+    split = sft_split(dataset, config)
     vocab = ItemVocab.from_items(dataset.items)
     if retriever == "sasrec":
         from retrieval.sasrec import train_sasrec

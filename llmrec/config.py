@@ -203,6 +203,10 @@ class FinetuneConfig(StageConfig):
     n_evidence: int = Field(default=2, ge=0, le=10)  # evidence line numbers per target interest
     n_tags: int = Field(default=10, ge=1, le=50)  # tags in the target (items taken after t), best first
     tag_horizon: int = Field(default=20, ge=1)  # events after t whose items give the tag target
+    # Users whose events never enter SFT data: by default exactly the evaluation's true cold-start users
+    # (EvaluateConfig.cold_user_share / cold_user_seed pick the same users), so a tuned LLM never saw them.
+    holdout_share: float = Field(default=0.15, ge=0.0, lt=1.0)
+    holdout_seed: int = 0
     # LoRA (peft.LoraConfig)
     r: int = Field(default=8, ge=1, le=256)
     alpha: float = Field(default=16.0, gt=0.0)

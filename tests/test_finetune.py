@@ -241,3 +241,18 @@ def test_tiny_lora_run_saves_a_reloadable_adapter_that_changes_logits(tiny_adapt
         after = tuned(input_ids=ids).logits
     assert (after - before).abs().max() > 1e-4
     assert threads_during == 1  # num_threads was applied
+
+
+def test_sft_split_keeps_the_evaluations_cold_users_out(tiny):
+    from finetune import sft_split
+    from llmrec.config import EvaluateConfig, FinetuneConfig
+    from llmrec.eval.protocol import split_for
+
+    config = FinetuneConfig(holdout_share=0.3, holdout_seed=4)
+    split = sft_split(tiny, config)
+    held = split.holdout_users
+    seen = set(split.train["user_id"]) | set(split.valid["user_id"]) | set(split.test["user_id"])
+    assert held and not held & seen
+    # With matching settings the evaluation holds out exactly these users (so a tuned LLM never saw them).
+    assert split_for(tiny, EvaluateConfig(cold_user_share=0.3, cold_user_seed=4)).holdout_users == held
+    assert FinetuneConfig().holdout_share == EvaluateConfig().cold_user_share
