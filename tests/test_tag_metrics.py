@@ -152,7 +152,14 @@ def _next_item_cases(ds, vocab):
     return targets, seen, seen_items
 
 
-def test_constant_and_single_tag_rows_score_below_history_tags_on_tiny(tiny):
+def test_constant_and_single_tag_rows_score_below_history_tags_on_real_movielens(real_ml100k):
+    """On real tastes (the synthetic fixture's users have no genre preference, so no tag can predict them):
+    the first 20 users of ML-100K, their last 10 events each."""
+    from llmrec.data import Dataset
+
+    first = sorted(real_ml100k.events["user_id"].unique(), key=lambda u: (len(u), u))[:20]
+    tiny = Dataset(name="ml-100k-20", events=real_ml100k.events[real_ml100k.events["user_id"].isin(first)],
+                   items=real_ml100k.items, users=real_ml100k.users, domain=real_ml100k.domain)
     vocab = ItemVocab.from_items(tiny.items)
     cat = TagCatalogue.build([tiny.item_index[i] for i in vocab.ids], item_attributes, tag_attributes)
     targets, seen, seen_items = _next_item_cases(tiny, vocab)
