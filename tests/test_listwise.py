@@ -149,3 +149,14 @@ def test_finetune_ranker_trains_a_lora_adapter_on_tiny_data(tiny, tmp_path, mode
     manifest = json.loads((result.out / "manifest.json").read_text())
     assert (result.out / "adapter_config.json").is_file() and result.steps >= 1
     assert manifest["task"] == "ranker" and manifest["retriever"] == "popularity"
+
+
+def test_finetune_cli_rejects_an_unknown_task_or_retriever(tmp_path):
+    from typer.testing import CliRunner
+
+    from llmrec.cli import app
+
+    for flags, word in ((["--task", "tags"], "--task"), (["--task", "ranker", "--ranker-retriever", "bm25"],
+                                                         "--ranker-retriever")):
+        res = CliRunner().invoke(app, ["finetune", "--out", str(tmp_path / "a"), *flags])
+        assert res.exit_code == 2 and word in res.output

@@ -79,6 +79,8 @@ def register(app: typer.Typer) -> None:
         backend: str = typer.Option(None, help="LLM backend for the LLM rows: vllm or transformers; default "
                                               "--config's, else vllm."),
         coldstart_cache: Path = typer.Option(None, help="JSON cache of imagined histories (reused across runs)."),
+        ranker_adapter: Path = typer.Option(None, help="LoRA adapter of `llmrec finetune --task ranker` for the "
+                                                       "*_llm_ranker rows (default: the base model ranks)."),
         resume: bool = typer.Option(False, "--resume", help="Take over the finished (row, seed) pairs of the "
                                                             "settings JSON beside --out (same split, same row "
                                                             "config); train and score only the rest."),
@@ -101,7 +103,7 @@ def register(app: typer.Typer) -> None:
         if backend is not None:
             over["llm"] = {**start.get("llm", {}), "backend": backend}
         for key, value in (("llm_tags", llm_tags), ("llm_lora_tags", llm_lora_tags),
-                           ("coldstart_cache", coldstart_cache)):
+                           ("coldstart_cache", coldstart_cache), ("ranker_adapter", ranker_adapter)):
             if value is not None:
                 if key != "coldstart_cache" and not value.exists():
                     raise typer.BadParameter(f"--{key.replace('_', '-')} {value}: no such file or folder")

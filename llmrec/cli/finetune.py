@@ -25,9 +25,13 @@ def register(app: typer.Typer) -> None:
                                                      "still save the adapter (manifest says stopped_by)."),
         config_file: Path = typer.Option(None, "--config", help="FinetuneConfig JSON; the flags above override it."),
         tiny: bool = typer.Option(False, help="A few steps on 20 users with short examples (smoke test)."),
+        task: str = typer.Option("interests", help="interests: the mining prompt (interests + tags); ranker: the "
+                                                   "listwise ranker (llmrec.listwise) over --ranker-retriever."),
+        ranker_retriever: str = typer.Option("sasrec", help="--task ranker: the retriever whose top-K are the hard "
+                                                            "negatives (popularity, item_knn, sasrec)."),
     ) -> None:
         """Build SFT data from the train split, train a LoRA adapter, save it with curves and manifest."""
-        from finetune import TINY_USERS, finetune_dataset, tiny_config
+        from finetune import RANKER_RETRIEVERS, TINY_USERS, finetune_dataset, finetune_ranker, tiny_config
         from llmrec.cli.common import load_config
         from llmrec.config import FinetuneConfig
         from llmrec.data import resolve_dataset
@@ -37,9 +41,16 @@ def register(app: typer.Typer) -> None:
             config = tiny_config(**{k: v for k, v in flags.items() if v is not None})
         else:
             config = load_config(FinetuneConfig, config_file, **flags)
+        if task not in ("interests", "ranker"):
+            raise typer.BadParameter(f"--task must be interests or ranker, got {task!r}")
+        if ranker_retriever not in RANKER_RETRIEVERS:
+            raise typer.BadParameter(f"--ranker-retriever must be one of {RANKER_RETRIEVERS}, got {ranker_retriever!r}")
         ds = resolve_dataset(dataset)
-        result = finetune_dataset(ds, config, out, model=model, max_users=TINY_USERS if tiny else None,
-                                  log=lambda m: typer.echo(m, err=True))
+        common = dict(model=model, max_users=TINY_USERS if tiny else None, log=lambda m: typer.echo(m, err=True))
+        if task == "ranker":
+            result = finetune_ranker(ds, config, out, retriever=ranker_retriever, **common)
+        else:
+            result = finetune_dataset(ds, config, out, **common)
         valid = [c["loss"] for c in result.curve if c["split"] == "valid"]
         print(json.dumps({"out": str(result.out), "steps": result.steps, "train_tokens": result.train_tokens,
                           "train_examples": result.train_examples, "valid_users": len(result.valid_users),
