@@ -195,25 +195,10 @@ def build_recommender(dataset: Dataset, out: str | Path, config: RecommenderConf
 
     if backend is not None and executor != "local":
         raise ValueError("an explicit backend needs executor='local' (Ray actors build their own)")
-    owned = backend is None  # we build the engines (local) or the Ray actors do
-    # One adapter for the whole mining job: serve it merged into the weights (base decoding speed, no LoRA
-    # engine). An explicit backend (tests, a shared server) gets the adapter per request instead.
-    mine_config, mine_adapter, label = config, adapter, None
-    if adapter is not None and owned:
-        merged = merged_model(config.llm.model, adapter)
-        mine_config = config.model_copy(update={"llm": config.llm.model_copy(
-            update={"model": str(merged), "enable_lora": False})})
-        mine_adapter, label = None, f"{config.llm.backend}+{adapter}"
     with ExitStack() as engines:
         t = time.perf_counter()
-        ordered = sorted(narratives, key=lambda n: (len(n.user_id), n.user_id))
-        chosen = ordered[:mine_users] if mine_users else ordered
-        with ExitStack() as mining_engine:  # freed before the base engine starts
-            mine_backend = _started(mining_engine, mine_config.llm) if owned and executor == "local" else backend
-            profiles, mining = mine_all(chosen, dataset, work / "interests", mine_config, mine_backend, executor,
-                                        mine_adapter, label, attrs)
-        profiles += heuristic_profiles([n.user_id for n in ordered[len(chosen):]], split.history("test"), dataset,
-                                       config.mining.max_tags, attrs)
+        profiles, mining = _mine_profiles(narratives, dataset, split, work / "interests", config, backend, executor,
+                                          adapter, mine_users, attrs)
         timings["mine"] = time.perf_counter() - t
         n_llm = sum(p.source == "llm" for p in profiles)
         n_heur = sum(p.source == "heuristic" for p in profiles)
@@ -260,6 +245,33 @@ def build_recommender(dataset: Dataset, out: str | Path, config: RecommenderConf
     rec.save_pretrained(out)
     (out / "build_report.json").write_text(json.dumps(rec.manifest, indent=2, default=str) + "\n")
     return rec
+
+
+def _mine_profiles(narratives, dataset: Dataset, split: Split, work: Path, config: RecommenderConfig,
+                   backend: LLMBackend | None, executor: str, adapter: str | None, mine_users: int | None,
+                   attrs) -> tuple[list[InterestProfile], MiningStats]:
+    """Mine the first `mine_users` users (by id) with the LLM; the others get counted heuristic profiles.
+
+    One adapter for the whole mining job is served merged into the weights (base decoding speed, no LoRA
+    engine) on its own engine, closed before the caller starts the base engine. An explicit backend (tests,
+    a shared server) gets the adapter per request instead.
+    """
+    owned = backend is None
+    mine_config, mine_adapter, label = config, adapter, None
+    if adapter is not None and owned:
+        merged = merged_model(config.llm.model, adapter)
+        mine_config = config.model_copy(update={"llm": config.llm.model_copy(
+            update={"model": str(merged), "enable_lora": False})})
+        mine_adapter, label = None, f"{config.llm.backend}+{adapter}"
+    ordered = sorted(narratives, key=lambda n: (len(n.user_id), n.user_id))
+    chosen = ordered[:mine_users] if mine_users else ordered
+    with ExitStack() as mining_engine:  # freed before the base engine starts
+        mine_backend = _started(mining_engine, mine_config.llm) if owned and executor == "local" else backend
+        profiles, mining = mine_all(chosen, dataset, work, mine_config, mine_backend, executor, mine_adapter, label,
+                                    attrs)
+    profiles += heuristic_profiles([n.user_id for n in ordered[len(chosen):]], split.history("test"), dataset,
+                                   config.mining.max_tags, attrs)
+    return profiles, mining
 
 
 __all__ = ["build_recommender", "mine_all", "explain_all", "imagine_segments"]
