@@ -99,26 +99,11 @@ def register(app: typer.Typer) -> None:
         # Only the options given override the file: an unset option keeps the file's value.
         start = json.loads(config_file.read_text()) if config_file is not None else {}
         start = start.get("evaluate_config", start)
-        over: dict = {"dataset": dataset, "use_llm": False if no_llm else None}
-        if backend is not None:
-            over["llm"] = {**start.get("llm", {}), "backend": backend}
-        for key, value in (("llm_tags", llm_tags), ("llm_lora_tags", llm_lora_tags),
-                           ("coldstart_cache", coldstart_cache), ("ranker_adapter", ranker_adapter)):
-            if value is not None:
-                if key != "coldstart_cache" and not value.exists():
-                    raise typer.BadParameter(f"--{key.replace('_', '-')} {value}: no such file or folder")
-                over[key] = str(value)
-        for key, value in (("rerank_users", rerank_users), ("coldstart_users", coldstart_users),
-                           ("max_users", max_users), ("cold_user_share", cold_user_share)):
-            if value is not None:
-                over[key] = value
-        if seeds is not None:
-            over["seeds"] = parse_ints(seeds, "--seeds")
-        if ablation_seeds is not None:
-            over["ablation_seeds"] = parse_ints(ablation_seeds, "--ablation-seeds")
-        if models is not None:
-            over["models"] = tuple(m.strip() for m in models.split(",") if m.strip())
-        over = {k: v for k, v in over.items() if v is not None}
+        over = given_overrides(start, dataset=dataset, no_llm=no_llm, backend=backend, llm_tags=llm_tags,
+                               llm_lora_tags=llm_lora_tags, coldstart_cache=coldstart_cache,
+                               ranker_adapter=ranker_adapter, rerank_users=rerank_users,
+                               coldstart_users=coldstart_users, max_users=max_users, cold_user_share=cold_user_share,
+                               seeds=seeds, ablation_seeds=ablation_seeds, models=models)
         config = quick_config(**over) if quick else EvaluateConfig.model_validate({**start, **over})
         dataset = config.dataset
         if results_dir is not None and out is not None:
@@ -138,6 +123,32 @@ def register(app: typer.Typer) -> None:
         print(json.dumps({"records": str(out), "settings": str(paths[0]), "report": [str(p) for p in paths[1:]],
                           "n_records": len(run.records), "seconds": run.settings["seconds"],
                           "absent": run.settings["absent"]}))
+
+
+def given_overrides(start: dict, *, dataset, no_llm, backend, llm_tags, llm_lora_tags, coldstart_cache, ranker_adapter,
+                    rerank_users, coldstart_users, max_users, cold_user_share, seeds, ablation_seeds, models) -> dict:
+    """EvaluateConfig fields from the options that were given (an unset option keeps the --config file's value)."""
+    over: dict = {"dataset": dataset, "use_llm": False if no_llm else None}
+    if backend is not None:
+        over["llm"] = {**start.get("llm", {}), "backend": backend}
+    for key, value in (("llm_tags", llm_tags), ("llm_lora_tags", llm_lora_tags),
+                       ("coldstart_cache", coldstart_cache), ("ranker_adapter", ranker_adapter)):
+        if value is not None:
+            if key != "coldstart_cache" and not value.exists():
+                raise typer.BadParameter(f"--{key.replace('_', '-')} {value}: no such file or folder")
+            over[key] = str(value)
+    for key, value in (("rerank_users", rerank_users), ("coldstart_users", coldstart_users),
+                       ("max_users", max_users), ("cold_user_share", cold_user_share)):
+        if value is not None:
+            over[key] = value
+    if seeds is not None:
+        over["seeds"] = parse_ints(seeds, "--seeds")
+    if ablation_seeds is not None:
+        over["ablation_seeds"] = parse_ints(ablation_seeds, "--ablation-seeds")
+    if models is not None:
+        over["models"] = tuple(m.strip() for m in models.split(",") if m.strip())
+    over = {k: v for k, v in over.items() if v is not None}
+    return over
 
 
 def write_outputs(run, out: Path, extra: dict) -> list[Path]:
