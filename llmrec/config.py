@@ -473,6 +473,10 @@ class EvaluateConfig(StageConfig):
     listwise: ListwiseConfig = Field(default_factory=ListwiseConfig)  # the *_llm_ranker rows (llmrec.listwise)
     ranker_adapter: str | None = None  # LoRA adapter of `finetune_ranker` (None: the base model ranks)
     ranker_users: int = Field(default=100, ge=1)  # seeded sample: lambda chosen on their validation targets
+    # Validation search of the tower settings before any row trains (retrieval.tune): each grid point is one
+    # training, so it is opt-in; the winner replaces `towers` for every tower row and the trials go in the notes.
+    tune_towers: bool = False
+    tower_grid: dict[str, tuple] = Field(default_factory=lambda: {"softmax": ("full", "sampled"), "lr": (1e-3, 3e-3)})
     narrative: NarrativeConfig = Field(default_factory=lambda: NarrativeConfig(max_tokens=384))  # re-rank prompts
     coldstart: ColdStartConfig = Field(default_factory=ColdStartConfig)  # `fusion` is set per row
     coldstart_users: int = Field(default=100, ge=1)  # users whose cold histories the LLM augments

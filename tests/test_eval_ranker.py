@@ -32,3 +32,16 @@ def test_ranker_rows_choose_lambda_on_validation_and_flat_scores_keep_the_retrie
         assert abs(got - note["base_on_same_users"]["ndcg@10"]) < 1e-12
     # Validation is scored with the LLM (one batch per row); the test pass at lambda = 0 needs no LLM call.
     assert [c["choices"] for c in backend.calls] == [list("ABCDE")] * 2 and all(c["n"] == 6 for c in backend.calls)
+
+
+def test_tower_search_runs_on_validation_and_its_winner_trains_the_rows(tiny):
+    config = EvaluateConfig(
+        models=("three_tower_notag",), seeds=(0,), cold_user_share=0.0, tune_towers=True,
+        tower_grid={"lr": (1e-4, 3e-3)},
+        towers=TowerConfig(encoder="hashed-bow", epochs=2, patience=1, min_epochs=1, max_len=10, beta_grid=(1.0,)))
+    run = run_evaluation(tiny, config, log=lambda s: None)
+    search = run.settings["notes"]["tower_search"]
+    assert len(search["trials"]) == 2 and {"lr"} <= set(search["best"])
+    best = search["trials"][search["best_trial"]]
+    assert best["valid_ndcg@10"] == max(t["valid_ndcg@10"] for t in search["trials"])
+    assert run.settings["model_configs"]["three_tower_notag"]["towers"]["lr"] == search["best"]["lr"]

@@ -79,6 +79,8 @@ def register(app: typer.Typer) -> None:
         backend: str = typer.Option(None, help="LLM backend for the LLM rows: vllm or transformers; default "
                                               "--config's, else vllm."),
         coldstart_cache: Path = typer.Option(None, help="JSON cache of imagined histories (reused across runs)."),
+        tune_towers: bool = typer.Option(None, "--tune-towers/--no-tune-towers", help="Choose the tower settings "
+                                         "on validation first (EvaluateConfig.tower_grid: softmax x lr)."),
         ranker_adapter: Path = typer.Option(None, help="LoRA adapter of `llmrec finetune --task ranker` for the "
                                                        "*_llm_ranker rows (default: the base model ranks)."),
         resume: bool = typer.Option(False, "--resume", help="Take over the finished (row, seed) pairs of the "
@@ -103,7 +105,7 @@ def register(app: typer.Typer) -> None:
                                llm_lora_tags=llm_lora_tags, coldstart_cache=coldstart_cache,
                                ranker_adapter=ranker_adapter, rerank_users=rerank_users,
                                coldstart_users=coldstart_users, max_users=max_users, cold_user_share=cold_user_share,
-                               seeds=seeds, ablation_seeds=ablation_seeds, models=models)
+                               seeds=seeds, ablation_seeds=ablation_seeds, models=models, tune_towers=tune_towers)
         config = quick_config(**over) if quick else EvaluateConfig.model_validate({**start, **over})
         dataset = config.dataset
         if results_dir is not None and out is not None:
@@ -126,9 +128,10 @@ def register(app: typer.Typer) -> None:
 
 
 def given_overrides(start: dict, *, dataset, no_llm, backend, llm_tags, llm_lora_tags, coldstart_cache, ranker_adapter,
-                    rerank_users, coldstart_users, max_users, cold_user_share, seeds, ablation_seeds, models) -> dict:
+                    rerank_users, coldstart_users, max_users, cold_user_share, seeds, ablation_seeds, models,
+                    tune_towers=None) -> dict:
     """EvaluateConfig fields from the options that were given (an unset option keeps the --config file's value)."""
-    over: dict = {"dataset": dataset, "use_llm": False if no_llm else None}
+    over: dict = {"dataset": dataset, "use_llm": False if no_llm else None, "tune_towers": tune_towers}
     if backend is not None:
         over["llm"] = {**start.get("llm", {}), "backend": backend}
     for key, value in (("llm_tags", llm_tags), ("llm_lora_tags", llm_lora_tags),

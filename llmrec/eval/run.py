@@ -191,6 +191,9 @@ class Evaluation:
         if resume is not None:
             self.restore(resume)
         try:
+            if self.config.tune_towers and any(r.startswith("three_tower") or r.startswith("coldstart")
+                                               for r in self.rows):
+                self.tune_towers()
             self.score_baselines()
             for seed in self.config.seeds:
                 self.score_sasrec(seed)
@@ -201,6 +204,18 @@ class Evaluation:
         finally:
             self.close_backend()
         return self.snapshot(complete=True)
+
+    def tune_towers(self) -> None:
+        """Pick the tower settings on validation (first seed), then train every tower row with them."""
+        from retrieval.tune import tune_towers
+
+        t0 = time.perf_counter()
+        base = self.config.towers.model_copy(update={"seed": self.config.seeds[0]})
+        tuned = tune_towers(self.proto.split, self.train_dataset, base, dict(self.config.tower_grid))
+        self.notes["tower_search"] = {**tuned.to_dict(), "seconds": round(time.perf_counter() - t0, 1)}
+        self.log(f"[evaluate] tower search: {tuned.to_dict()['best']} chosen on validation")
+        self.config = self.config.model_validate({**self.config.model_dump(),
+                                                  "towers": tuned.config.model_copy(update={"seed": 0}).model_dump()})
 
     def score_baselines(self) -> None:
         """Deterministic baselines, fitted on the training events and scored once for every seed."""
