@@ -14,6 +14,7 @@ serve a new user and grows as users x k; keying per (interest, item) alone canno
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -51,15 +52,21 @@ _TRAILING_PAREN = re.compile(r"\s*\([^()]*\)\s*$")
 GENERIC = Domain()  # item/items/user: the nouns of a dataset that names none
 
 
+@lru_cache(maxsize=65536)  # a catalogue has few distinct genre strings; the request path asks for them per item
 def canonical_genre(genre: str) -> str:
     """The lexicon label of a genre name ("Sci-Fi" -> "sci-fi", "Romantic" -> "romance"); else it casefolded."""
     low = " ".join(genre.casefold().split())
     return next((label for label, rx in _GENRE_RE.items() if rx.match(low)), low)
 
 
-def item_genres(item: Item) -> set[str]:
+def item_genres(item: Item) -> frozenset[str]:
     """The item's genres as canonical labels ("unknown" is no genre)."""
-    return {canonical_genre(g) for g in item.genres if g.strip() and g.casefold() != "unknown"}
+    return _genres(item.genres)
+
+
+@lru_cache(maxsize=65536)
+def _genres(genres: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(canonical_genre(g) for g in genres if g.strip() and g.casefold() != "unknown")
 
 
 def decade_of(year: int | None) -> int | None:
