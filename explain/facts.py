@@ -122,13 +122,18 @@ def select_evidence(item: Item, history: Sequence[Item], n: int) -> tuple[Item, 
     """
     if n <= 0:
         return ()
+    # attribute_score, unrolled: this runs for every served item over up to 200 history items per request.
+    genres, decade = item_genres(item), decade_of(item.year)
+    brand = item.brand.casefold() if item.brand else None
     scored = {}
     for pos, other in enumerate(history):
         if other.item_id == item.item_id:
             continue
-        shares_kind = bool(item_genres(item) & item_genres(other)) or attribute_score(item, other) >= 2
-        if shares_kind:
-            scored[other.item_id] = (attribute_score(item, other), pos, other)  # later pos = more recent
+        shared = len(genres & item_genres(other))
+        score = shared + (decade is not None and decade == decade_of(other.year))
+        score += 2 * bool(brand and other.brand and brand == other.brand.casefold())
+        if shared or score >= 2:  # shares a kind (genre or brand), not only the decade
+            scored[other.item_id] = (score, pos, other)  # later pos = more recent
     best = sorted(scored.values(), key=lambda s: (-s[0], -s[1]))[:n]
     return tuple(other for _, _, other in best)
 
