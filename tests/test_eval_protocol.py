@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from llmrec.config import EvaluateConfig, SASRecConfig, TowerConfig
-from llmrec.eval.protocol import build_protocol, ndcg_gains, score_slice, score_view
+from llmrec.eval.protocol import build_protocol, ndcg_gains, score_slice, score_view, user_key
 from llmrec.eval.run import run_evaluation
 from llmrec.metrics import ndcg_at_k
 
@@ -69,7 +69,7 @@ def test_ndcg_gains_average_to_the_metric_and_score_view_keys_them_by_user(tiny)
     proto = build_protocol(tiny, EvaluateConfig(cold_user_share=0.0))
     assert not [s for s in proto.slices if s.startswith("cold_user_")]  # holdout off: no cold-user slice
     got = score_view(RecordingScorer(proto.vocab.size), proto.slices["all"], proto)
-    assert list(got.ndcg_by_user) == proto.slices["all"].users
+    assert list(got.ndcg_by_user) == [user_key(u) for u in proto.slices["all"].users]  # ids not republished
     assert np.mean(list(got.ndcg_by_user.values())) == pytest.approx(got.metrics["ndcg@10"])
 
 

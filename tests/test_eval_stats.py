@@ -67,6 +67,7 @@ def test_aggregate_adds_paired_difference_records_against_sasrec_ce():
 
 def test_resumed_rows_keep_their_per_user_scores_for_the_paired_test(tiny):
     from llmrec.config import EvaluateConfig
+    from llmrec.eval.protocol import user_key
     from llmrec.eval.rows import row_config
     from llmrec.eval.run import Evaluation, run_evaluation
 
@@ -77,7 +78,7 @@ def test_resumed_rows_keep_their_per_user_scores_for_the_paired_test(tiny):
     earlier = {"split_hash": split_hash, "model_configs": {"sasrec_ce": row_config("sasrec_ce", config)},
                "finished": [["sasrec_ce", 0]], "model_reports": {"sasrec_ce": [{"seed": 0, "best_epoch": 1}]},
                "raw": [{"model": "sasrec_ce", "seed": 0, "slice": "all", "n": len(users), "metrics": {"ndcg@10": 0.0},
-                        "ndcg_by_user": {u: 0.0 for u in users}}]}
+                        "ndcg_by_user": {user_key(u): 0.0 for u in users}}]}
     lines: list[str] = []
     run = run_evaluation(tiny, config, log=lines.append, resume=earlier)
     assert not [line for line in lines if "sasrec_ce" in line and "ndcg@" in line]  # taken over, not retrained

@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -32,7 +33,15 @@ import pandas as pd
 from llmrec.config import EvaluateConfig
 from llmrec.data import Dataset, ItemVocab, sort_events, user_sequences
 from llmrec.data.split import Split, split_leave_one_out, truncate_history
-from llmrec.metrics import coverage_at_k, hr_at_k, long_tail_share_at_k, mrr, ndcg_at_k, target_ranks, topk
+from llmrec.metrics import (
+    coverage_at_k,
+    hr_at_k,
+    long_tail_share_at_k,
+    mrr,
+    ndcg_at_k,
+    target_ranks,
+    topk,
+)
 from retrieval.base import SequenceScorer, check_scores
 
 
@@ -67,10 +76,19 @@ class Protocol:
 
 @dataclass
 class SliceScore:
-    """A scorer on one slice: the five metrics and NDCG per user (the paired test's input)."""
+    """A scorer on one slice: the five metrics and NDCG per user (the paired test's input).
+
+    Users are keyed by `user_key` (a sha256 prefix), not their dataset id: the paired test only needs the same
+    key for the same user, and the settings file that stores these must not republish a dataset's user ids.
+    """
 
     metrics: dict[str, float]
     ndcg_by_user: dict[str, float]
+
+
+def user_key(user_id: str) -> str:
+    """A stable, non-identifying key of a user id (hashlib, not the salted builtin hash)."""
+    return hashlib.sha256(str(user_id).encode()).hexdigest()[:16]
 
 
 def long_tail_by_mass(counts: np.ndarray, mass: float) -> np.ndarray:
@@ -179,7 +197,7 @@ def score_view(scorer: SequenceScorer, view: SliceView, protocol: Protocol, batc
     metrics = {f"ndcg@{k}": ndcg_at_k(ranks, k), f"hr@{k}": hr_at_k(ranks, k), "mrr": mrr(ranks),
                f"coverage@{k}": coverage_at_k(tops, protocol.vocab.size - 1),
                f"long_tail_share@{k}": long_tail_share_at_k(tops, protocol.long_tail)}
-    return SliceScore(metrics, dict(zip(view.users, ndcg_gains(ranks, k).tolist())))
+    return SliceScore(metrics, dict(zip(map(user_key, view.users), ndcg_gains(ranks, k).tolist())))
 
 
 def score_slice(scorer: SequenceScorer, view: SliceView, protocol: Protocol, batch_size: int = 256) -> dict[str, float]:
