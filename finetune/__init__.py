@@ -21,6 +21,14 @@ def tiny_config(**overrides: Any) -> FinetuneConfig:
     return FinetuneConfig(**{**base, **overrides})
 
 
+def first_users(events: Any, max_users: int | None) -> Any:
+    """The events of the first `max_users` users by id (all of them for None): tiny runs."""
+    if max_users is None:
+        return events
+    keep = sorted(events["user_id"].unique(), key=lambda u: (len(u), u))[:max_users]
+    return events[events["user_id"].isin(keep)]
+
+
 def sft_split(dataset: Any, config: FinetuneConfig) -> Any:
     """The split SFT data comes from: leave-one-out minus the holdout users (the evaluation's true cold-start
     users with the default settings), whose events never reach the LLM's training data."""
@@ -51,10 +59,7 @@ def finetune_dataset(
 
     mining = mining or MiningConfig()
     split = sft_split(dataset, config)
-    train = split.train
-    if max_users is not None:
-        keep = sorted(train["user_id"].unique(), key=lambda u: (len(u), u))[:max_users]
-        train = train[train["user_id"].isin(keep)]
+    train = first_users(split.train, max_users)
     tokenizer = load_tokenizer(resolve_model(model))
     from llmrec.vocab import vocabulary_of
 
@@ -119,10 +124,7 @@ def finetune_ranker(
         scorer = ItemKNNScorer.fit(split.train, vocab)
     else:
         scorer = PopularityScorer.fit(split.train, vocab)
-    train = split.train
-    if max_users is not None:
-        keep = sorted(train["user_id"].unique(), key=lambda u: (len(u), u))[:max_users]
-        train = train[train["user_id"].isin(keep)]
+    train = first_users(split.train, max_users)
     tokenizer = load_tokenizer(resolve_model(model))
     examples, report = build_ranker_examples(train, dataset.item_index, dataset.items, vocab, scorer, listwise,
                                              tokenizer, domain=getattr(dataset, "domain", None))
