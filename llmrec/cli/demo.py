@@ -91,7 +91,7 @@ def register(app: typer.Typer) -> None:
         if users:
             keep = sorted(ds.events["user_id"].unique(), key=lambda u: (len(u), u))[:users]
             ds = Dataset(name=f"{ds.name}-first{users}", events=ds.events[ds.events["user_id"].isin(keep)],
-                         items=ds.items, users=ds.users[ds.users["user_id"].isin(keep)])
+                         items=ds.items, users=ds.users[ds.users["user_id"].isin(keep)], domain=ds.domain)
         model_dir = resolve_model(None)
         _progress(f"model: {model_dir}")
         adapter = demo_adapter(adapter, ds, finetune_tokens)
