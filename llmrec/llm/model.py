@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from llmrec.errors import ModelError  # noqa: F401 (re-exported)
-from llmrec.io import atomic_dir
+from llmrec.io import atomic_dir, package_version
 from llmrec.data import llmrec_home
 
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
@@ -113,7 +113,7 @@ def prepare_default_model(out: str | Path | None = None) -> Path:
                 "source_sha256": _sha256(gguf),
                 "source_package": SOURCE_PACKAGE,
                 "source_package_version": importlib.metadata.version(SOURCE_PACKAGE),
-                "llmrec_version": _llmrec_version(),
+                "llmrec_version": package_version("llmrec", "0+unknown"),
                 "dtype": "float32",
                 "n_parameters": sum(p.numel() for p in model.parameters()),
             }
@@ -122,12 +122,6 @@ def prepare_default_model(out: str | Path | None = None) -> Path:
         raise _disk_full_message(e, out) from e
     return out
 
-
-def _llmrec_version() -> str:
-    try:
-        return importlib.metadata.version("llmrec")
-    except importlib.metadata.PackageNotFoundError:
-        return "0+unknown"
 
 
 def is_model_dir(path: Path) -> bool:
@@ -192,7 +186,7 @@ def merge_adapter(model: str | Path | None, adapter_dir: str | Path, out: str | 
                 "base_model": str(base_dir),
                 "adapter": str(adapter_dir.resolve()),
                 "adapter_config_sha256": _sha256(adapter_dir / "adapter_config.json"),
-                "llmrec_version": _llmrec_version(),
+                "llmrec_version": package_version("llmrec", "0+unknown"),
             }
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     except OSError as e:
