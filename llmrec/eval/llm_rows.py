@@ -172,7 +172,8 @@ def ranker_row(dataset, proto: Protocol, config: EvaluateConfig, row: str, base_
                                                               tokenizer)}
 
     t0 = time.perf_counter()
-    valid = proto.slices["valid"].subset([u for u in users if u in set(proto.slices["valid"].users)])
+    has_valid = set(proto.slices["valid"].users)
+    valid = proto.slices["valid"].subset([u for u in users if u in has_valid])
     base_valid = np.asarray(base_for("valid").score(valid.histories, valid.users), dtype=np.float64)
     vtexts = texts(valid)
     cands = rank_candidates(base_valid, valid.histories, [vtexts[u] for u in valid.users], items, backend,
