@@ -390,6 +390,9 @@ class LLMConfig(StageConfig):
     # explicit value replaces gpu_memory_utilization.
     kv_cache_bytes: int | None = Field(default=None, ge=16 * 2**20)
     max_num_seqs: int = Field(default=256, ge=1)  # vLLM: sequences decoded together (and the KV size above)
+    # vLLM KV-cache block in tokens; None = vLLM's default (128 on CPU, 16 on CUDA). Prefix caching reuses whole
+    # blocks only, so a shared system prompt is served from the cache up to its last full block.
+    block_size: int | None = Field(default=None, ge=16, multiple_of=16)
     enforce_eager: bool = True  # no CUDA graphs / torch.compile: faster start, needed on CPU
     enable_lora: bool = True  # vLLM engine accepts LoRARequests (costs decoding speed even without one)
     max_lora_rank: int = 16  # largest adapter rank the vLLM engine accepts

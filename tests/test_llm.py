@@ -437,3 +437,14 @@ def test_vllm_on_cuda_with_auto_dtype(model_dir: Path):
         assert len(backend.score_choices(RANK_PROMPT, CHOICES)[0]) == 4
     finally:
         backend.close()
+
+
+def test_block_size_reaches_vllm_only_when_set(node0_vllm, model_dir: Path):
+    from llmrec.llm import VLLMBackend
+
+    VLLMBackend(LLMConfig(max_model_len=1024, max_num_seqs=16, enable_lora=False))
+    assert "block_size" not in node0_vllm.seen  # vLLM's own default per platform
+    VLLMBackend(LLMConfig(max_model_len=1024, max_num_seqs=16, enable_lora=False, block_size=32))
+    assert node0_vllm.seen["block_size"] == 32
+    with pytest.raises(ValueError, match="multiple"):
+        LLMConfig(block_size=40)

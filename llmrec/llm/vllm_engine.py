@@ -100,6 +100,8 @@ class VLLMBackend:
             # ignored; without it SmolLM2 pads answers with newlines until max_tokens.
             structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True},
         )  # fmt: skip
+        if config.block_size is not None:
+            kwargs["block_size"] = config.block_size
         if config.enable_lora:
             kwargs.update(enable_lora=True, max_lora_rank=config.max_lora_rank, max_loras=config.max_loras)
         kwargs.update(_memory_kwargs(config, self.model_dir, dtype, cuda))
