@@ -169,7 +169,7 @@ def tag_target(after: pd.DataFrame, interest_names: Sequence[str], items: dict[s
     return groups, no_room
 
 
-def dump_answer(obj: dict[str, Any]) -> str:
+def dump_answer(obj: Any) -> str:
     """Compact JSON: no spaces, since every output token costs decoding time."""
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
@@ -226,7 +226,7 @@ def build_sft_examples(
         for interest, tags in zip(interests, groups):
             interest["t"] = tags
         # Validate against the decoding schema: a target the parser would reject must never be trained on.
-        answer = dump_answer(wire.model_validate({"i": interests}).model_dump())
+        answer = dump_answer(wire.model_validate([[x["n"], x["e"], x["t"]] for x in interests]).model_dump())
         examples.append(SFTExample(
             user_id=cut.user_id, task="interests", cut_time=cut.t.to_pydatetime(),
             messages=(*interest_messages(narrative.text, mining, attrs), {"role": "assistant", "content": answer})))

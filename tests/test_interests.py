@@ -53,10 +53,10 @@ def good_answer(messages, schema, bogus=True):
         tags = [f"tag {k}a", f"tag {k}b"] if k else ["romantic comedy", "Romantic  comedy", f"{seen_title} sequel",
                                                        "dark stuff"]
         interests.append({"n": f"interest {k}", "e": [k + 1] + ([99] if bogus and k == 0 else []), "t": tags})
-    t = schema["$defs"]["WireInterest"]["properties"]["t"]  # stay inside the schema, as constrained decoding does
+    t = schema["items"]["prefixItems"][2]  # stay inside the schema, as constrained decoding does
     for i in interests:
         i["t"] = [x[: t["items"]["maxLength"]] for x in i["t"][: t["maxItems"]]]
-    return json.dumps({"i": interests})
+    return json.dumps([[i["n"], i["e"], i["t"]] for i in interests])
 
 
 @pytest.fixture(scope="module")
@@ -197,6 +197,30 @@ def test_truncated_answer_is_salvaged_only_when_cut_by_the_budget():
     assert [i.n for i in wire.model_validate_json(fixed).i] == ["romantic comedy", "dark"]
     assert repair_truncated(cut, "stop") == []
     assert salvage_truncated('{"i":[{"n":"x') is None
+
+
+def test_truncated_array_answer_is_closed_after_its_last_complete_interest():
+    wire = interests_wire(MiningConfig(min_interests=1))
+    cut = '[["romantic comedy",[1],["a [b"]],["dark",[2],["x"]],["90s'
+    assert salvage_truncated(cut) == '[["romantic comedy",[1],["a [b"]],["dark",[2],["x"]]]'
+    (fixed,) = repair_truncated(cut, "length")
+    assert [i.n for i in wire.model_validate_json(fixed).i] == ["romantic comedy", "dark"]
+    assert salvage_truncated('[["x",[1') is None and salvage_truncated("no json") is None
+
+
+def test_wire_is_positional_and_still_reads_the_keyed_format_3():
+    """Constrained decoding emits arrays; an adapter tuned on the keyed format still parses where the backend
+    does not enforce the schema (transformers), with the same meaning."""
+    wire = interests_wire(MiningConfig(min_interests=2, max_interests=2))
+    arrays = wire.model_validate_json('[["space opera",[1,2],["90s sci-fi"]],["noir",[],["dark crime"]]]')
+    keyed = wire.model_validate_json('{"i":[{"n":"space opera","e":[1,2],"t":["90s sci-fi"]},'
+                                     '{"n":"noir","e":[],"t":["dark crime"]}]}')
+    assert arrays.i == keyed.i and arrays.i[0].n == "space opera" and arrays.i[0].e == [1, 2]
+    assert arrays.i[1].t == ["dark crime"]
+    with pytest.raises(ValueError):  # a fourth position is not part of an interest
+        wire.model_validate_json('[["a",[1],["x"],"extra"],["b",[2],["y"]]]')
+    schema = wire.model_json_schema()
+    assert schema["type"] == "array" and len(schema["items"]["prefixItems"]) == 3
 
 
 def test_profiles_round_trip_through_parquet(tiny, narratives, tmp_path):

@@ -131,10 +131,16 @@ def extract_json_object(text: str) -> str | None:
 
 
 def salvage_truncated(text: str) -> str | None:
-    """Close JSON cut off inside its top-level array after the last complete element, else None.
+    """Close JSON cut off inside its list of elements after the last complete element, else None.
 
-    Only the shape {"k":[{...},{...},... is handled: the wire formats of mining and cold start have it.
+    Two shapes are handled, the wire formats of mining and cold start: a top-level array `[[...],[...],[..`
+    (closed with "]") and an object holding one array `{"k":[{...},{...},{..` (closed with "]}").
     """
+    stripped = text.lstrip()
+    if not stripped or stripped[0] not in "[{":
+        return None
+    # Elements of the list end where the depth falls back to 1 (array) or 2 (object around an array).
+    element_depth, closing = (1, "]") if stripped[0] == "[" else (2, "]}")
     depth, in_str, escape, last_end = 0, False, False, -1
     for pos, ch in enumerate(text):
         if in_str:
@@ -148,9 +154,9 @@ def salvage_truncated(text: str) -> str | None:
             depth += 1
         elif ch in "]}":
             depth -= 1
-            if depth == 2 and ch == "}":
+            if depth == element_depth:
                 last_end = pos
-    return text[: last_end + 1] + "]}" if last_end >= 0 else None
+    return text[: last_end + 1] + closing if last_end >= 0 else None
 
 
 def repair_truncated(text: str, finish_reason: str) -> list[str]:
