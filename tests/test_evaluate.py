@@ -301,6 +301,16 @@ def test_cli_config_file_with_option_overrides(tiny, tmp_path):
     assert both.exit_code != 0 and "exclude" in both.output
 
 
+def test_planned_pairs_count_each_rows_seeds():
+    from llmrec.eval.rows import planned_pairs
+
+    config = EvaluateConfig(seeds=(0, 1, 2), ablation_seeds=(1,), use_llm=False)
+    # Baselines once for every seed, LLM re-ranking/ranker rows on the first seed, ablations on theirs.
+    assert planned_pairs(("popularity", "three_tower_llm_rerank", "sasrec_ce_llm_ranker", "three_tower_no_logq"),
+                         config) == 4
+    assert planned_pairs(("sasrec_ce", "coldstart_none", "three_tower_llm_tags"), config) == 9
+
+
 def _scored_rows(caplog) -> set[str]:
     """Rows the evaluation's INFO log says were scored ("[evaluate] ROW seed=S SLICE: ndcg@K=...")."""
     return {r.getMessage().split()[1] for r in caplog.records
@@ -308,7 +318,7 @@ def _scored_rows(caplog) -> set[str]:
 
 
 def test_resume_takes_over_finished_rows_and_retrains_changed_ones(tiny, caplog):
-    from llmrec.eval.run import planned_pairs
+    from llmrec.eval.rows import planned_pairs
 
     caplog.set_level(logging.INFO, logger="llmrec.eval.run")
     towers = TowerConfig(encoder="hashed-bow", epochs=1, max_len=10, beta_grid=(0.5, 1.0))

@@ -27,7 +27,8 @@ from llmrec.eval.protocol import (Protocol, SliceView, build_protocol, long_tail
                                   score_view, tags_parquet)
 from llmrec.eval.rows import (ABLATIONS, BASE_TOWER_ROWS, BASELINE_ROWS, COLDSTART_ROWS, ID_TOWER_ROWS,
                               LLM_TAG_ROWS,
-                              RANKER_ROWS, REFERENCE_ROW, SASREC_ROWS, TowerScorer, absent_rows, resumable_rows, row_config)
+                              RANKER_ROWS, REFERENCE_ROW, SASREC_ROWS, TowerScorer, absent_rows, planned_pairs,
+                              resumable_rows, row_config)
 from llmrec.eval.stats import paired_difference
 from llmrec.progress import progress_bar
 from retrieval.base import SequenceScorer
@@ -377,17 +378,6 @@ class Evaluation:
                 cfg = self.config.towers.model_copy(update={"seed": seed, **switch})
                 self.score_towers(row, seed, train_towers(self.train_dataset, self.proto.split, cfg), self.slice_tags,
                                   self.proto.slices)
-
-
-def planned_pairs(rows: Sequence[str], config: EvaluateConfig) -> int:
-    """The (row, seed) pairs a complete run finishes: the progress bar's total.
-
-    Baselines are scored once for all seeds and the LLM re-ranking/ranker rows on the first seed only;
-    ablations run on `ablation_seeds`; every other row once per seed.
-    """
-    once = {*BASELINE_ROWS, *RANKER_ROWS, "three_tower_llm_rerank"}
-    n_ablation = len(set(config.ablation_seeds or config.seeds) & set(config.seeds))
-    return sum(1 if r in once else n_ablation if r in ABLATIONS else len(config.seeds) for r in rows)
 
 
 def aggregate(scores: Scores, config: EvaluateConfig) -> list[dict]:
