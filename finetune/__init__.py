@@ -5,11 +5,13 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from llmrec.config import FinetuneConfig, MiningConfig, NarrativeConfig
 
+log = logging.getLogger(__name__)
 TINY_USERS = 20  # `--tiny`: the first 20 train users by id, a handful of optimizer steps
 
 
@@ -45,7 +47,6 @@ def finetune_dataset(
     model: str | Path | None = None,
     mining: MiningConfig | None = None,
     max_users: int | None = None,
-    log: Any = print,
 ) -> Any:
     """Split the dataset, build SFT examples from the TRAIN split only, train LoRA, save to `out`.
 
@@ -65,8 +66,8 @@ def finetune_dataset(
 
     examples, report = build_sft_examples(train, dataset.item_index, dataset.items, config, tokenizer, mining,
                                           vocabulary_of(dataset))
-    log(f"SFT: {report.to_dict()['examples']} examples from {report.cuts} cuts of {report.users} users; "
-        f"skipped {report.skipped}")
+    log.info("SFT: %s examples from %s cuts of %s users; skipped %s", report.to_dict()["examples"], report.cuts,
+             report.users, report.skipped)
     if not examples:
         raise ValueError(f"no SFT example could be built from {dataset.name}: {report.to_dict()}")
     extra = {
@@ -80,7 +81,7 @@ def finetune_dataset(
         "sft_report": report.to_dict(),
         "max_users": max_users,
     }
-    return train_lora(examples, config, out, model=model, manifest_extra=extra, log=log)
+    return train_lora(examples, config, out, model=model, manifest_extra=extra)
 
 
 RANKER_RETRIEVERS = ("popularity", "item_knn", "sasrec")
@@ -95,7 +96,6 @@ def finetune_ranker(
     retriever: str = "sasrec",
     model: str | Path | None = None,
     max_users: int | None = None,
-    log: Any = print,
 ) -> Any:
     """LoRA-tune the listwise ranker (`llmrec.listwise`) on the TRAIN split with `retriever`'s top-K negatives.
 
@@ -119,7 +119,7 @@ def finetune_ranker(
     if retriever == "sasrec":
         from retrieval.sasrec import train_sasrec
 
-        scorer, _ = train_sasrec(split, vocab, SASRecConfig(loss="ce", seed=config.seed), log=log)
+        scorer, _ = train_sasrec(split, vocab, SASRecConfig(loss="ce", seed=config.seed))
     elif retriever == "item_knn":
         scorer = ItemKNNScorer.fit(split.train, vocab)
     else:
@@ -128,10 +128,10 @@ def finetune_ranker(
     tokenizer = load_tokenizer(resolve_model(model))
     examples, report = build_ranker_examples(train, dataset.item_index, dataset.items, vocab, scorer, listwise,
                                              tokenizer, domain=getattr(dataset, "domain", None))
-    log(f"ranker SFT: {report.examples} examples from {report.users} users; skipped {report.skipped}")
+    log.info("ranker SFT: %s examples from %s users; skipped %s", report.examples, report.users, report.skipped)
     if not examples:
         raise ValueError(f"no ranker example could be built from {dataset.name}: {report.to_dict()}")
     extra = {"task": "ranker", "dataset": dataset.name, "split_hash": split.hash, "retriever": retriever,
              "prompt_hashes": prompt_hashes([PROMPT]), "listwise_config": listwise.model_dump(mode="json"),
              "sft_report": report.to_dict(), "max_users": max_users}
-    return train_lora(examples, config, out, model=model, manifest_extra=extra, log=log)
+    return train_lora(examples, config, out, model=model, manifest_extra=extra)

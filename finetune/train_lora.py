@@ -19,8 +19,8 @@ FinetuneConfig), `manifest.json` (base model, split hash, prompt hashes, token c
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
+import logging
 import math
 import random
 import time
@@ -35,7 +35,9 @@ import torch.nn.functional as F
 from llmrec.io import atomic_dir, package_version
 from llmrec.config import FinetuneConfig
 from llmrec.llm.model import load_tokenizer, resolve_model
+from llmrec.progress import progress_bar
 
+log = logging.getLogger(__name__)
 IGNORE = -100  # label of tokens that carry no loss (prompt tokens)
 
 
@@ -194,7 +196,6 @@ def train_lora(
     *,
     model: str | Path | None = None,
     manifest_extra: dict[str, Any] | None = None,
-    log: Any = print,
 ) -> TrainResult:
     """Fine-tune LoRA adapters on `examples` and save them (with curves, config and manifest) to `out`.
 
@@ -222,9 +223,9 @@ def train_lora(
     plan = plan_examples([len(ids) for ids, _ in train_tok], config)
     plan = [train_tok[i] for i in plan]
     total_steps = math.ceil(len(plan) / config.batch_size)
-    log(f"train: {len(train_tok)} examples ({len(train_users)} users), valid: {len(valid_tok)} examples "
-        f"({len(valid_users)} users); plan {len(plan)} examples, {sum(len(p[0]) for p in plan)} tokens, "
-        f"{total_steps} steps")
+    log.info("train: %d examples (%d users), valid: %d examples (%d users); plan %d examples, %d tokens, %d steps",
+             len(train_tok), len(train_users), len(valid_tok), len(valid_users), len(plan),
+             sum(len(p[0]) for p in plan), total_steps)
 
     peft_model = build_lora_model(base_dir, config)
     peft_model.train()
@@ -240,13 +241,14 @@ def train_lora(
         if lr is not None:
             rec["lr"] = lr
         curve.append(rec)
-        log(f"step {step}/{total_steps} {split} loss {loss:.4f} tokens {seen} "
-            f"({seen / max(rec['elapsed_s'], 1e-9):.0f} tok/s)")
+        log.info("step %d/%d %s loss %.4f tokens %d (%.0f tok/s)", step, total_steps, split, loss, seen,
+                 seen / max(rec["elapsed_s"], 1e-9))
 
     stopped_by, steps_done = "max_train_tokens", 0
     if valid_batch:
         note("valid", 0, evaluate_loss(peft_model, valid_batch))
-    for step in range(total_steps):
+    bar = progress_bar(range(total_steps), "LoRA steps", total_steps, unit="step")
+    for step in bar:
         lr = lr_at(step, total_steps, config)
         for g in optimizer.param_groups:
             g["lr"] = lr
@@ -262,6 +264,7 @@ def train_lora(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         note("train", step + 1, total_loss / max(n_answer, 1), lr)
+        bar.set_postfix(loss=f"{curve[-1]['loss']:.4f}", tok_s=f"{seen / max(curve[-1]['elapsed_s'], 1e-9):.0f}")
         out_of_time = (config.max_train_minutes is not None
                        and time.monotonic() - t0 > 60 * config.max_train_minutes)
         last = step + 1 == total_steps or out_of_time
@@ -270,8 +273,10 @@ def train_lora(
         steps_done = step + 1
         if out_of_time:
             stopped_by = "max_train_minutes"
-            log(f"stopping after {steps_done}/{total_steps} steps: max_train_minutes={config.max_train_minutes}")
+            log.info("stopping after %d/%d steps: max_train_minutes=%s", steps_done, total_steps,
+                     config.max_train_minutes)
             break
+    bar.close()
 
     manifest = {
         "base_model": str(base_dir),
@@ -288,7 +293,7 @@ def train_lora(
         "train_seconds": round(time.monotonic() - t0, 1),
         "sft_hash": hash_examples(examples),
         "skipped": skipped,
-        "peft_version": importlib.metadata.version("peft"),
+        "peft_version": package_version("peft"),
         "torch_version": torch.__version__,
         "llmrec_version": package_version("llmrec", "0+unknown"),
         **(manifest_extra or {}),

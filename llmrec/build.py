@@ -13,8 +13,8 @@ same mined tags serve the offline evaluation without leaking the held-out item.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
+import logging
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -36,6 +36,7 @@ from llmrec.eval.tag_metrics import source_shares
 from llmrec.interests import PROMPTS, MiningStats, mine_interests, profiles_from_table, profiles_to_table
 from llmrec.jobs import SHARD_STATS, read_shards, run_sharded, sum_shard_stats
 from llmrec.llm import LLMBackend, make_backend
+from llmrec.io import package_version
 from llmrec.llm.model import merged_model
 from llmrec.narrative import load_narrative_tokenizer, render_narratives
 from llmrec.pipeline import Recommender, profile_segment
@@ -47,7 +48,7 @@ from llmrec.data.split import Split, split_leave_one_out
 from retrieval.encoder import TextEncoder
 from retrieval.train import build_manifest, train_towers
 
-Log = Callable[[str], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -169,14 +170,14 @@ def _started(stack: ExitStack, llm: LLMConfig) -> LLMBackend:
 
 def build_recommender(dataset: Dataset, out: str | Path, config: RecommenderConfig | None = None, *,
                       executor: str = "local", adapter: str | None = None, mine_users: int | None = None,
-                      explain_users: int | None = 100, k: int = 10, backend: LLMBackend | None = None,
-                      log: Log = print) -> Recommender:
+                      explain_users: int | None = 100, k: int = 10,
+                      backend: LLMBackend | None = None) -> Recommender:
     """Run every batch stage and write the recommender folder `out` (resumable: rerun after a kill).
 
     `mine_users` limits LLM mining to the first N users (by id) on small machines; every other user gets a
     heuristic profile (`source="heuristic"`, their most frequent attribute tags), counted in the report.
     `backend` (local executor only) replaces the one `config.llm` would build, e.g. a FakeBackend in tests;
-    the caller keeps ownership of it.
+    the caller keeps ownership of it. Each stage logs one INFO line ("[1/5] narratives: ...").
     """
     config = config or RecommenderConfig()
     attrs = vocabulary_of(dataset, config.vocab)
@@ -191,7 +192,7 @@ def build_recommender(dataset: Dataset, out: str | Path, config: RecommenderConf
                                    config.narrative.model_copy(update={"max_tokens": config.mining.narrative_tokens}),
                                    load_narrative_tokenizer(config.llm.model))
     timings["narratives"] = time.perf_counter() - t
-    log(f"[1/5] narratives: {len(narratives)} users in {timings['narratives']:.1f}s")
+    log.info("[1/5] narratives: %d users in %.1fs", len(narratives), timings["narratives"])
 
     if backend is not None and executor != "local":
         raise ValueError("an explicit backend needs executor='local' (Ray actors build their own)")
@@ -202,9 +203,9 @@ def build_recommender(dataset: Dataset, out: str | Path, config: RecommenderConf
         timings["mine"] = time.perf_counter() - t
         n_llm = sum(p.source == "llm" for p in profiles)
         n_heur = sum(p.source == "heuristic" for p in profiles)
-        log(f"[2/5] interests/tags: {len(profiles)} users ({n_llm} valid LLM, "
-            f"{len(profiles) - n_llm - n_heur} flagged fallback, {n_heur} heuristic, not mined; JSON validity {mining.to_dict()['json_valid_rate']}, grounding exists {mining.grounding:.2f} / grounded {mining.grounded:.2f}) "
-            f"in {timings['mine']:.0f}s")
+        log.info(f"[2/5] interests/tags: {len(profiles)} users ({n_llm} valid LLM, "
+                 f"{len(profiles) - n_llm - n_heur} flagged fallback, {n_heur} heuristic, not mined; JSON validity {mining.to_dict()['json_valid_rate']}, grounding exists {mining.grounding:.2f} / grounded {mining.grounded:.2f}) "
+                 f"in {timings['mine']:.0f}s")
 
         t = time.perf_counter()
         llm_tags = {p.user_id: [tag.text for tag in p.tags] for p in profiles}
@@ -213,12 +214,12 @@ def build_recommender(dataset: Dataset, out: str | Path, config: RecommenderConf
         result = train_towers(dataset, split, config.towers, llm_tags=llm_tags, tags_info=tags_info,
                               attrs=attrs)
         timings["towers"] = time.perf_counter() - t
-        log(f"[3/5] three towers: beta={result.report['beta']}, test NDCG@10={result.report['test']['ndcg@10']:.4f} "
-            f"in {timings['towers']:.0f}s")
+        log.info("[3/5] three towers: beta=%s, test NDCG@10=%.4f in %.0fs", result.report["beta"],
+                 result.report["test"]["ndcg@10"], timings["towers"])
 
         manifest = {**build_manifest(split, config.towers, result.report, tags_info),
                     "prompt_hashes": prompt_hashes(PROMPTS), "adapter": adapter, "llm": config.llm.model_dump(mode="json"),
-                    "llmrec_version": importlib.metadata.version("llmrec")}
+                    "llmrec_version": package_version("llmrec")}
         rec = Recommender(config, dataset, result.model, profiles, manifest=manifest, attrs=attrs)
 
         # The adapter is tuned on the mining prompt only: explanations and imagined histories use the base model.
@@ -228,16 +229,16 @@ def build_recommender(dataset: Dataset, out: str | Path, config: RecommenderConf
         served = [facts for u in users for _, facts in rec.served_facts(u, k)]
         rec.explanations, explain_stats = explain_all(served, dataset, work / "explanations", config, base, executor)
         timings["explain"] = time.perf_counter() - t
-        log(f"[4/5] explanations: {len(rec.explanations)} distinct facts for {len(users)} users; grounded at the first try "
-            f"{explain_stats.faithful_share:.1%}, LLM text kept {explain_stats.llm_final}, flagged templates "
-            f"{explain_stats.templated}; in {timings['explain']:.0f}s")
+        log.info(f"[4/5] explanations: {len(rec.explanations)} distinct facts for {len(users)} users; grounded at the first try "
+                 f"{explain_stats.faithful_share:.1%}, LLM text kept {explain_stats.llm_final}, flagged templates "
+                 f"{explain_stats.templated}; in {timings['explain']:.0f}s")
 
         t = time.perf_counter()
         # Imagined histories are one small in-process call (no shards), whatever the executor.
         rec.imagined, cold_stats = imagine_segments(dataset, split, config, base or _started(engines, config.llm),
                                                     work / "coldstart.json")
         timings["coldstart"] = time.perf_counter() - t
-        log(f"[5/5] cold start: {len(rec.imagined)} profile segments imagined in {timings['coldstart']:.0f}s")
+        log.info("[5/5] cold start: %d profile segments imagined in %.0fs", len(rec.imagined), timings["coldstart"])
     rec.manifest.update(timings_s={k: round(v, 1) for k, v in timings.items()}, split_hash=split.hash,
                         tower_report={k: v for k, v in result.report.items() if k != "history"},
                         coldstart=cold_stats, mining={k: v for k, v in mining.to_dict().items() if k != "errors"},

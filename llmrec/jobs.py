@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from llmrec.errors import JobError  # noqa: F401 (re-exported)
 from llmrec.config import JobConfig
+from llmrec.progress import progress_bar
 
 Process = Callable[[list[str]], pd.DataFrame]
 MANIFEST = "manifest.json"
@@ -277,11 +278,10 @@ class _Constant:
 
 
 def _progress(config: JobConfig, total: int, done: int):
+    """Keys done over all keys; drawn only when `config.progress` and `llmrec.progress.bars_enabled()`."""
     if not config.progress:
         return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=done, unit="user", desc="shards", dynamic_ncols=True)
+    return progress_bar(desc="shards", total=total, unit="user", initial=done)
 
 
 def _tick(bar, n_keys: int, t0: float, n_done: int) -> None:

@@ -13,7 +13,6 @@ Endpoints are plain `def`: FastAPI runs them on its thread pool, and `Recommende
 
 from __future__ import annotations
 
-import importlib.metadata
 from typing import Any, Mapping
 
 from fastapi import FastAPI, Query, Request
@@ -21,6 +20,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmrec.errors import RecommendError, UnknownItemError, UnknownUserError
+from llmrec.io import package_version
 from llmrec.pipeline import Recommender, set_request_threads
 from llmrec.schema import Recommendation
 
@@ -53,7 +53,7 @@ def _error(status: int, err: Exception) -> JSONResponse:
 
 def create_app(recommender: Recommender, *, title: str = "llmrec") -> FastAPI:
     """A FastAPI app serving `recommender`; requests share it read-only."""
-    app = FastAPI(title=title, version=importlib.metadata.version("llmrec"),
+    app = FastAPI(title=title, version=package_version("llmrec"),
                   description="Recommendations with grounded explanations from a built llmrec folder.")
 
     @app.exception_handler(UnknownUserError)

@@ -37,10 +37,11 @@ Reference points on the same protocol: popularity 0.0338 / 0.0432, item-kNN 0.07
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -53,8 +54,11 @@ from llmrec.errors import ModelError
 from llmrec.io import package_version
 from llmrec.data import ItemVocab, user_sequences
 from llmrec.metrics import hr_at_k, mrr, ndcg_at_k
+from llmrec.progress import progress_bar
 from llmrec.data.split import Split
 from retrieval.base import rank_split_targets
+
+log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.safetensors"
 
@@ -214,9 +218,10 @@ def item_content_matrix(text: np.ndarray, genres: np.ndarray, year: np.ndarray, 
 
 
 def train_sasrec(split: Split, vocab: ItemVocab, config: SASRecConfig,
-                 log: Callable[[str], None] = print,
                  item_features: np.ndarray | None = None) -> tuple["SASRecScorer", dict]:
     """Train on the split's training sequences; early-stop on validation NDCG@10; return the best model.
+
+    Each evaluated epoch is logged at INFO as one JSON line (loss, seconds, validation metrics).
 
     item_features: (V, F) content rows (`item_content_matrix`), required when `config.content_features`.
     """
@@ -237,32 +242,34 @@ def train_sasrec(split: Split, vocab: ItemVocab, config: SASRecConfig,
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.98))
     scorer = SASRecScorer(model, vocab)
     best, best_state, bad_evals, curve, t0 = -1.0, None, 0, [], time.time()
-    for epoch in range(1, config.epochs + 1):
-        model.train()
-        losses = []
-        for rows in torch.randperm(len(seqs), generator=gen).split(config.batch_size):
-            states = model.encode(inputs[rows])  # (B, L, d)
-            if config.loss == "bce":
-                neg = sample_negatives(targets[rows], seen, rows, gen)
-                loss = bce_loss(states, targets[rows], neg, model.item_table())
-            else:
-                loss = ce_loss(states, targets[rows], model.item_table())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        entry = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": round(time.time() - t0, 1)}
-        if epoch % config.eval_every == 0 or epoch == config.epochs:
-            entry.update(evaluate_stage(scorer, split, vocab, "valid"))
-            if entry["ndcg@10"] > best:
-                best, bad_evals = entry["ndcg@10"], 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                bad_evals += 1
-            log(json.dumps(entry))
-        curve.append(entry)
-        if bad_evals >= config.patience:
-            break
+    with progress_bar(range(1, config.epochs + 1), "SASRec epochs", config.epochs, unit="epoch") as epochs:
+        for epoch in epochs:
+            model.train()
+            losses = []
+            for rows in torch.randperm(len(seqs), generator=gen).split(config.batch_size):
+                states = model.encode(inputs[rows])  # (B, L, d)
+                if config.loss == "bce":
+                    neg = sample_negatives(targets[rows], seen, rows, gen)
+                    loss = bce_loss(states, targets[rows], neg, model.item_table())
+                else:
+                    loss = ce_loss(states, targets[rows], model.item_table())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+            entry = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": round(time.time() - t0, 1)}
+            if epoch % config.eval_every == 0 or epoch == config.epochs:
+                entry.update(evaluate_stage(scorer, split, vocab, "valid"))
+                if entry["ndcg@10"] > best:
+                    best, bad_evals = entry["ndcg@10"], 0
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                else:
+                    bad_evals += 1
+                log.info(json.dumps(entry))
+            epochs.set_postfix(loss=f"{entry['loss']:.4f}", best_ndcg=f"{max(best, 0.0):.4f}")
+            curve.append(entry)
+            if bad_evals >= config.patience:
+                break
     model.load_state_dict(best_state)
     model.eval()
     best_epoch = max((e for e in curve if "ndcg@10" in e), key=lambda e: e["ndcg@10"])["epoch"]

@@ -41,6 +41,7 @@ from llmrec.eval.tag_metrics import SOURCES, profile_shares
 from llmrec.metrics import hr_at_k, ndcg_at_k, target_ranks
 from llmrec.data.split import Split
 from llmrec.io import package_version
+from llmrec.progress import progress_bar
 from llmrec.tags import history_tags, item_tags, tag_hits
 from llmrec.vocab import AttributeVocab, vocabulary_of
 from retrieval.encoder import TextEncoder, build_item_features
@@ -282,7 +283,8 @@ def _fit(model, config, softmax, train_seqs, tag_feats, pair_tag, pair_item, spl
     valid_h, valid_u, valid_t = _stage(split, "valid", vocab)
     stopper = EarlyStopping(config.patience, config.min_epochs, config.smooth_evals)
     best_state, history = None, []
-    for epoch in range(1, config.epochs + 1):
+    epochs = progress_bar(range(1, config.epochs + 1), "tower epochs", config.epochs, unit="epoch")
+    for epoch in epochs:
         model.train()
         order = rng.permutation(len(users))
         losses = []
@@ -317,10 +319,13 @@ def _fit(model, config, softmax, train_seqs, tag_feats, pair_tag, pair_item, spl
             history[-1]["valid_ndcg@10"] = round(ndcg, 4)
             if stopper.update(epoch, ndcg) or best_state is None:
                 best_state = copy.deepcopy(model.state_dict())
+        log.debug("tower epoch %s", history[-1])
+        epochs.set_postfix(loss=history[-1]["loss"], best_ndcg=f"{max(stopper.best, 0.0):.4f}")
         if progress is not None:
             progress(history[-1])
         if stopper.should_stop(epoch):
             break
+    epochs.close()
     model.load_state_dict(best_state)
     model.eval()
     return stopper, history

@@ -150,3 +150,17 @@ def model_dir() -> Path:
     from llmrec.llm.model import prepare_default_model
 
     return prepare_default_model()
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging():
+    """A CLI run configures the root logger (level, a handler on that run's stderr): undo it after each test
+    so no test inherits another's level or writes to a finished run's stream."""
+    import logging
+
+    root = logging.getLogger()
+    level, before = root.level, list(root.handlers)
+    yield
+    root.setLevel(level)
+    for handler in [h for h in root.handlers if h not in before]:  # pytest's own capture handlers stay
+        root.removeHandler(handler)

@@ -130,26 +130,21 @@ def test_narrative_tokens_flag_and_config_file(tiny, tmp_path: Path):
 
 
 def test_logging_level_from_flag_or_environment(monkeypatch):
+    """Defaults and flags in detail: tests/test_logging.py."""
     monkeypatch.delenv("LLMREC_LOG_LEVEL", raising=False)
-    try:
-        assert configure_logging(0) == logging.WARNING
-        assert configure_logging(1) == logging.INFO and configure_logging(2) == logging.DEBUG
-        monkeypatch.setenv("LLMREC_LOG_LEVEL", "error")
-        assert configure_logging(0) == logging.ERROR and logging.getLogger().level == logging.ERROR
-        monkeypatch.setenv("LLMREC_LOG_LEVEL", "LOUD")
-        res = CliRunner().invoke(app, ["recommend", "--help"])
-        assert res.exit_code == 2 and "LLMREC_LOG_LEVEL='LOUD'" in res.output
-    finally:
-        logging.getLogger().setLevel(logging.WARNING)
+    assert configure_logging(0) == logging.INFO
+    assert configure_logging(1) == logging.DEBUG and configure_logging(2) == logging.DEBUG
+    monkeypatch.setenv("LLMREC_LOG_LEVEL", "error")
+    assert configure_logging(0) == logging.ERROR and logging.getLogger().level == logging.ERROR
+    monkeypatch.setenv("LLMREC_LOG_LEVEL", "LOUD")
+    res = CliRunner().invoke(app, ["recommend", "--help"])
+    assert res.exit_code == 2 and "LLMREC_LOG_LEVEL='LOUD'" in res.output
 
 
-def test_verbose_flag_turns_on_info_logs(tmp_path: Path, monkeypatch):
+def test_verbose_flag_turns_on_debug_logs(tmp_path: Path, monkeypatch):
     monkeypatch.delenv("LLMREC_LOG_LEVEL", raising=False)
-    try:
-        CliRunner().invoke(app, ["-v", "recommend", "--artifacts", str(tmp_path), "--user", "1"])
-        assert logging.getLogger().level == logging.INFO
-    finally:
-        logging.getLogger().setLevel(logging.WARNING)
+    CliRunner().invoke(app, ["-v", "recommend", "--artifacts", str(tmp_path), "--user", "1"])
+    assert logging.getLogger().level == logging.DEBUG
 
 
 def test_nested_flags_merge_field_by_field(tmp_path: Path):

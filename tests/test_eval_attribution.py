@@ -50,8 +50,8 @@ def test_train_sasrec_with_content_round_trips(tiny, tmp_path):
     feats = np.random.default_rng(0).random((vocab.size, 6)).astype(np.float32)
     feats[0] = 0
     with pytest.raises(ModelError, match="rows"):
-        train_sasrec(split, vocab, cfg, log=lambda s: None, item_features=feats[:-1])
-    scorer, _ = train_sasrec(split, vocab, cfg, log=lambda s: None, item_features=feats)
+        train_sasrec(split, vocab, cfg, item_features=feats[:-1])
+    scorer, _ = train_sasrec(split, vocab, cfg, item_features=feats)
     assert np.allclose(scorer.model.item_features.numpy(), feats)
     hist = [np.array([1, 2, 3])]
     again = SASRecScorer.from_pretrained(scorer.save_pretrained(tmp_path / "m"))
@@ -80,7 +80,7 @@ def test_attribution_rows_run_with_their_switches(tiny):
                             cold_lengths=(0,), short_lengths=(1,), max_users=10, use_llm=False,
                             sasrec=SASRecConfig(maxlen=10, epochs=1, hidden=8),
                             towers=TowerConfig(encoder="hashed-bow", epochs=1, max_len=10, beta_grid=(0.5, 1.0)))
-    run = run_evaluation(tiny, config, log=lambda s: None)
+    run = run_evaluation(tiny, config)
     assert {r["model"] for r in run.records} == {"sasrec_ce_content", "three_tower_ids_only"}
     mc = run.settings["model_configs"]
     assert mc["sasrec_ce_content"]["content_features"] and mc["sasrec_ce_content"]["features"]["encoder"] == "hashed-bow"

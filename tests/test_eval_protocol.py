@@ -6,18 +6,7 @@ from llmrec.eval.protocol import build_protocol, ndcg_gains, score_slice, score_
 from llmrec.eval.run import run_evaluation
 from llmrec.metrics import ndcg_at_k
 
-
-class RecordingScorer:
-    """Remembers every (user, history) it is shown; scores by item index."""
-
-    name = "recording"
-
-    def __init__(self, vocab_size):
-        self.vocab_size, self.seen = vocab_size, []
-
-    def score(self, histories, user_ids):
-        self.seen += [(u, np.asarray(h).copy()) for u, h in zip(user_ids, histories)]
-        return np.tile(np.arange(self.vocab_size, dtype=np.float32), (len(histories), 1))
+from helpers import RecordingScorer  # tests/helpers.py
 
 
 def _sequence(events, vocab, user):
@@ -101,7 +90,7 @@ def test_no_trained_row_sees_a_held_out_user(tiny, monkeypatch):
                             seeds=(0,), cold_lengths=(0, 1), short_lengths=(1,), cold_user_share=0.25, use_llm=False,
                             sasrec=SASRecConfig(maxlen=10, epochs=1, hidden=8),
                             towers=TowerConfig(encoder="hashed-bow", epochs=1, max_len=10, beta_grid=(1.0,)))
-    run = run_evaluation(tiny, config, log=lambda s: None)
+    run = run_evaluation(tiny, config)
     held = build_protocol(tiny, config).split.holdout_users
     assert run.settings["split_report"]["holdout_users"] == len(held)
     assert len(held) == 5

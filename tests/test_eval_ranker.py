@@ -23,7 +23,7 @@ def test_ranker_rows_choose_lambda_on_validation_and_flat_scores_keep_the_retrie
         sasrec=SASRecConfig(maxlen=20, epochs=1, eval_every=1, patience=1),
         towers=TowerConfig(encoder="hashed-bow", epochs=1, patience=1, min_epochs=1, max_len=10, beta_grid=(1.0,)))
     backend = FlatRanker()
-    run = run_evaluation(tiny, config, backend=backend, log=lambda s: None)
+    run = run_evaluation(tiny, config, backend=backend)
     for row in ("sasrec_ce_llm_ranker", "three_tower_llm_ranker"):
         note = run.settings["notes"][row]
         assert note["n_users"] == 6 and note["lambda"] == 0.0  # no information: the smallest lambda wins the tie
@@ -39,7 +39,7 @@ def test_tower_search_runs_on_validation_and_its_winner_trains_the_rows(tiny):
         models=("three_tower_notag",), seeds=(0,), cold_user_share=0.0, tune_towers=True,
         tower_grid={"lr": (1e-4, 3e-3)},
         towers=TowerConfig(encoder="hashed-bow", epochs=2, patience=1, min_epochs=1, max_len=10, beta_grid=(1.0,)))
-    run = run_evaluation(tiny, config, log=lambda s: None)
+    run = run_evaluation(tiny, config)
     search = run.settings["notes"]["tower_search"]
     assert len(search["trials"]) == 2 and {"lr"} <= set(search["best"])
     best = search["trials"][search["best_trial"]]

@@ -1,3 +1,5 @@
+import logging
+
 import numpy as np
 import pytest
 
@@ -65,7 +67,7 @@ def test_aggregate_adds_paired_difference_records_against_sasrec_ce():
     assert plain[0]["value"] == pytest.approx(0.15) and plain[0]["std"] == 0.0
 
 
-def test_resumed_rows_keep_their_per_user_scores_for_the_paired_test(tiny):
+def test_resumed_rows_keep_their_per_user_scores_for_the_paired_test(tiny, caplog):
     from llmrec.config import EvaluateConfig
     from llmrec.eval.protocol import user_key
     from llmrec.eval.rows import row_config
@@ -73,14 +75,16 @@ def test_resumed_rows_keep_their_per_user_scores_for_the_paired_test(tiny):
 
     config = EvaluateConfig(dataset="tiny", models=("popularity", "sasrec_ce"), seeds=(0,), max_users=12,
                             cold_lengths=(0,), short_lengths=(1,), use_llm=False)
-    proto = Evaluation(tiny, config, log=lambda s: None).proto
+    proto = Evaluation(tiny, config).proto
     users, split_hash = proto.slices["all"].users, proto.split.hash
     earlier = {"split_hash": split_hash, "model_configs": {"sasrec_ce": row_config("sasrec_ce", config)},
                "finished": [["sasrec_ce", 0]], "model_reports": {"sasrec_ce": [{"seed": 0, "best_epoch": 1}]},
                "raw": [{"model": "sasrec_ce", "seed": 0, "slice": "all", "n": len(users), "metrics": {"ndcg@10": 0.0},
                         "ndcg_by_user": {user_key(u): 0.0 for u in users}}]}
-    lines: list[str] = []
-    run = run_evaluation(tiny, config, log=lines.append, resume=earlier)
+    caplog.set_level(logging.INFO, logger="llmrec.eval.run")
+    run = run_evaluation(tiny, config, resume=earlier)
+    lines = [r.getMessage() for r in caplog.records if r.name == "llmrec.eval.run"]
+    assert any("resumed 1 finished" in line for line in lines)
     assert not [line for line in lines if "sasrec_ce" in line and "ndcg@" in line]  # taken over, not retrained
     get = {(r["model"], r["slice"], r["metric"]): r for r in run.records}
     diff = get[("popularity", "all", "ndcg@10_diff_vs_sasrec_ce")]

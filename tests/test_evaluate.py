@@ -1,4 +1,5 @@
 import json
+import logging
 import math
 
 import numpy as np
@@ -23,19 +24,6 @@ class FixedScorer:
 
     def score(self, histories, user_ids):
         return np.tile(self.scores, (len(histories), 1))
-
-
-class RecordingScorer:
-    """Remembers every (user, history) it is shown; scores by item index."""
-
-    name = "recording"
-
-    def __init__(self, vocab_size):
-        self.vocab_size, self.seen = vocab_size, []
-
-    def score(self, histories, user_ids):
-        self.seen += [(u, np.asarray(h).copy()) for u, h in zip(user_ids, histories)]
-        return np.tile(np.arange(self.vocab_size, dtype=np.float32), (len(histories), 1))
 
 
 def _toy_protocol():
@@ -103,7 +91,7 @@ def test_baseline_rows_records_and_absent_rows(tiny):
                             sample_seed=3, k=5, use_llm=False,
                             long_tail_mass=0.5, knn_neighbors=5, knn_shrink=0.0, score_batch_size=4)
     partial = []
-    run = run_evaluation(tiny, config, log=lambda s: None, checkpoint=partial.append)
+    run = run_evaluation(tiny, config, checkpoint=partial.append)
     recs = run.records
     assert {r["model"] for r in recs} == {"popularity", "item_knn"}
     # A checkpoint after each scored row: a killed run still leaves its finished rows.
@@ -245,7 +233,7 @@ def test_llm_rows_run_end_to_end_and_a_failing_row_is_reported(tiny, tmp_path):
                             coldstart_cache=str(tmp_path / "cold.json"),
                             towers=TowerConfig(encoder="hashed-bow", epochs=1, max_len=10, beta_grid=(0.5, 1.0)))
     backend = Backend()
-    run = run_evaluation(tiny, config, backend=backend, log=lambda s: None)
+    run = run_evaluation(tiny, config, backend=backend)
     got = {(r["model"], r["slice"]): (r["n"], r["seeds"]) for r in run.records if r["metric"] == "ndcg@10"}
     assert {k: v for k, v in got.items() if k[0] != "popularity"} == {
         (m, s): (2, "0,1") for m in ("coldstart_none", "coldstart_early_fusion", "coldstart_late_fusion")
@@ -256,8 +244,7 @@ def test_llm_rows_run_end_to_end_and_a_failing_row_is_reported(tiny, tmp_path):
     # One cache file per slice (a user shows each slice another history): a rerun generates nothing.
     assert {p.name for p in tmp_path.glob("cold*.json")} == {"cold.cold_user_0.json", "cold.cold_user_1.json"}
     again = Backend()
-    rerun = run_evaluation(tiny, config.model_copy(update={"models": ("coldstart_early_fusion",)}), backend=again,
-                           log=lambda s: None)
+    rerun = run_evaluation(tiny, config.model_copy(update={"models": ("coldstart_early_fusion",)}), backend=again)
     assert again.calls == [] and rerun.settings["notes"]["coldstart"]["cold_user_1"]["cached"] == 2
 
 
@@ -314,18 +301,39 @@ def test_cli_config_file_with_option_overrides(tiny, tmp_path):
     assert both.exit_code != 0 and "exclude" in both.output
 
 
-def test_resume_takes_over_finished_rows_and_retrains_changed_ones(tiny):
+def test_planned_pairs_count_each_rows_seeds():
+    from llmrec.eval.rows import planned_pairs
+
+    config = EvaluateConfig(seeds=(0, 1, 2), ablation_seeds=(1,), use_llm=False)
+    # Baselines once for every seed, LLM re-ranking/ranker rows on the first seed, ablations on theirs.
+    assert planned_pairs(("popularity", "three_tower_llm_rerank", "sasrec_ce_llm_ranker", "three_tower_no_logq"),
+                         config) == 4
+    assert planned_pairs(("sasrec_ce", "coldstart_none", "three_tower_llm_tags"), config) == 9
+
+
+def _scored_rows(caplog) -> set[str]:
+    """Rows the evaluation's INFO log says were scored ("[evaluate] ROW seed=S SLICE: ndcg@K=...")."""
+    return {r.getMessage().split()[1] for r in caplog.records
+            if r.name == "llmrec.eval.run" and ": ndcg@" in r.getMessage()}
+
+
+def test_resume_takes_over_finished_rows_and_retrains_changed_ones(tiny, caplog):
+    from llmrec.eval.rows import planned_pairs
+
+    caplog.set_level(logging.INFO, logger="llmrec.eval.run")
     towers = TowerConfig(encoder="hashed-bow", epochs=1, max_len=10, beta_grid=(0.5, 1.0))
     base = dict(dataset="tiny", seeds=(0, 1), cold_lengths=(0,), max_users=12, k=5, use_llm=False, towers=towers)
-    first = run_evaluation(tiny, EvaluateConfig(models=("popularity", "three_tower_notag"), **base), log=lambda s: None)
+    first_config = EvaluateConfig(models=("popularity", "three_tower_notag"), **base)
+    first = run_evaluation(tiny, first_config)
     assert sorted(map(tuple, first.settings["finished"])) == [
         ("popularity", 0), ("three_tower_notag", 0), ("three_tower_notag", 1)]
+    assert planned_pairs(first_config.models, first_config) == 3  # the progress bar's total
 
     # Same rows plus a new one: the old rows are copied, not retrained (the log says what ran).
-    lines: list[str] = []
+    caplog.clear()
     second = run_evaluation(tiny, EvaluateConfig(models=("popularity", "three_tower_notag", "item_knn"), **base),
-                            log=lines.append, resume=json.loads(json.dumps(first.settings)))
-    ran = {line.split()[1] for line in lines if ": ndcg@" in line}
+                            resume=json.loads(json.dumps(first.settings)))
+    ran = _scored_rows(caplog)
     assert ran == {"item_knn"}
     old = {(r["model"], r["slice"], r["metric"]): (r["value"], r["std"], r["seeds"]) for r in first.records}
     new = {(r["model"], r["slice"], r["metric"]): (r["value"], r["std"], r["seeds"]) for r in second.records}
@@ -335,16 +343,17 @@ def test_resume_takes_over_finished_rows_and_retrains_changed_ones(tiny):
     # A row whose config changed is retrained; a different split takes over nothing.
     changed = EvaluateConfig(models=("popularity", "three_tower_notag"),
                              **{**base, "towers": towers.model_copy(update={"dim": 8})})
-    lines.clear()
-    run_evaluation(tiny, changed, log=lines.append, resume=first.settings)
-    assert {line.split()[1] for line in lines if ": ndcg@" in line} == {"three_tower_notag"}
+    caplog.clear()
+    run_evaluation(tiny, changed, resume=first.settings)
+    assert _scored_rows(caplog) == {"three_tower_notag"}
     moved = {**first.settings, "split_hash": "other"}
     # Ablations may run on fewer seeds than the main rows (their records say which).
-    few = run_evaluation(tiny, EvaluateConfig(models=("three_tower_no_logq",), ablation_seeds=(1,), **base),
-                         log=lambda s: None)
+    few_config = EvaluateConfig(models=("three_tower_no_logq",), ablation_seeds=(1,), **base)
+    few = run_evaluation(tiny, few_config)
     assert {r["seeds"] for r in few.records} == {"1"}
+    assert planned_pairs(few_config.models, few_config) == len(few.settings["finished"]) == 1
     with pytest.raises(ValueError, match="ablation_seeds"):
         EvaluateConfig(ablation_seeds=(7,))
-    lines.clear()
-    run_evaluation(tiny, EvaluateConfig(models=("popularity",), **base), log=lines.append, resume=moved)
-    assert {line.split()[1] for line in lines if ": ndcg@" in line} == {"popularity"}
+    caplog.clear()
+    run_evaluation(tiny, EvaluateConfig(models=("popularity",), **base), resume=moved)
+    assert _scored_rows(caplog) == {"popularity"}

@@ -68,7 +68,7 @@ def grounded_or_not(messages, schema):
 def built(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("rec")
     build_recommender(tiny, out, RecommenderConfig(towers=TINY_TOWERS), backend=FakeBackend(grounded_or_not),
-                      mine_users=2, explain_users=4, k=5, log=lambda m: None)
+                      mine_users=2, explain_users=4, k=5)
     return out
 
 

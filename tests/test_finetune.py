@@ -197,7 +197,7 @@ def tiny_adapter(tiny, tmp_path_factory):
                          eval_every_steps=1, num_threads=1, max_train_minutes=1e-5)
     threads = torch.get_num_threads()
     try:
-        result = finetune_dataset(tiny, config, out, max_users=8, log=lambda m: None)
+        result = finetune_dataset(tiny, config, out, max_users=8)
         threads_during = torch.get_num_threads()
     finally:
         torch.set_num_threads(threads)

@@ -145,7 +145,7 @@ def test_finetune_ranker_trains_a_lora_adapter_on_tiny_data(tiny, tmp_path, mode
 
     result = finetune_ranker(tiny, tiny_config(max_train_tokens=1500, max_seq_len=1024), tmp_path / "ranker",
                              listwise=ListwiseConfig(candidates=4), retriever="popularity", model=model_dir,
-                             max_users=8, log=lambda m: None)
+                             max_users=8)
     manifest = json.loads((result.out / "manifest.json").read_text())
     assert (result.out / "adapter_config.json").is_file() and result.steps >= 1
     assert manifest["task"] == "ranker" and manifest["retriever"] == "popularity"

@@ -20,8 +20,7 @@ TINY_TOWERS = TowerConfig(encoder="hashed-bow", dim=16, hidden=32, epochs=2, pat
 def built(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("rec")
     config = RecommenderConfig(towers=TINY_TOWERS)
-    build_recommender(tiny, out, config, backend=FakeBackend(), mine_users=12, explain_users=3, k=5,
-                      log=lambda m: None)
+    build_recommender(tiny, out, config, backend=FakeBackend(), mine_users=12, explain_users=3, k=5)
     return out
 
 
@@ -122,8 +121,7 @@ def test_build_mines_with_the_adapter_merged_then_frees_that_engine(tiny, tmp_pa
     monkeypatch.setattr(B, "make_backend", Engine)
     monkeypatch.setattr(B, "merged_model", lambda model, adapter: tmp_path / f"merged-{adapter}")
     config = RecommenderConfig(towers=TINY_TOWERS, llm=LLMConfig(enable_lora=False))
-    build_recommender(tiny, tmp_path / "rec", config, adapter="lora", mine_users=4, explain_users=2, k=3,
-                      log=lambda m: None)
+    build_recommender(tiny, tmp_path / "rec", config, adapter="lora", mine_users=4, explain_users=2, k=3)
     (_, miner), (_, first_closed), (_, base), (_, last_closed) = events
     assert [e for e, _ in events] == ["start", "close", "start", "close"]
     assert first_closed is miner and last_closed is base

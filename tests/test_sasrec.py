@@ -75,7 +75,7 @@ def test_negatives_avoid_seen_items():
 def test_both_losses_decrease_on_a_tiny_run(data, loss):
     split, vocab = data
     cfg = SASRecConfig(loss=loss, epochs=8, eval_every=4, patience=10, **TINY)
-    scorer, info = train_sasrec(split, vocab, cfg, log=lambda _: None)
+    scorer, info = train_sasrec(split, vocab, cfg)
     losses = [e["loss"] for e in info["curve"]]
     assert losses[-1] < losses[0]
     assert [e["epoch"] for e in info["curve"] if "ndcg@10" in e] == [4, 8]  # eval_every
@@ -86,9 +86,9 @@ def test_both_losses_decrease_on_a_tiny_run(data, loss):
 def test_early_stopping_patience_and_seed(data):
     split, vocab = data
     cfg = SASRecConfig(epochs=40, eval_every=1, patience=1, lr=1e-6, **{k: v for k, v in TINY.items() if k != "lr"})
-    s1, info = train_sasrec(split, vocab, cfg, log=lambda _: None)
+    s1, info = train_sasrec(split, vocab, cfg)
     assert len(info["curve"]) < 40  # a near-zero learning rate stalls and patience=1 stops it
-    s2, _ = train_sasrec(split, vocab, cfg, log=lambda _: None)
+    s2, _ = train_sasrec(split, vocab, cfg)
     h = [np.array([1, 2, 3])]
     np.testing.assert_array_equal(s1.score(h, ["u"]), s2.score(h, ["u"]))  # same seed, same model
 
@@ -106,7 +106,7 @@ def test_config_shapes_the_model_and_is_validated():
 
 def test_save_load_round_trip_gives_identical_scores(data, tmp_path):
     split, vocab = data
-    scorer, _ = train_sasrec(split, vocab, SASRecConfig(epochs=2, eval_every=1, **TINY), log=lambda _: None)
+    scorer, _ = train_sasrec(split, vocab, SASRecConfig(epochs=2, eval_every=1, **TINY))
     scorer.save_pretrained(tmp_path / "m", manifest={"split_hash": split.hash})
     loaded = SASRecScorer.from_pretrained(tmp_path / "m", expect_split_hash=split.hash)
     h = [np.array([1, 5, 9]), np.zeros(0, dtype=np.int64)]

@@ -36,7 +36,7 @@ def _free_port() -> int:
 def built(tiny, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("rec")
     build_recommender(tiny, out, RecommenderConfig(towers=TINY_TOWERS), backend=FakeBackend(), mine_users=12,
-                      explain_users=3, k=5, log=lambda m: None)
+                      explain_users=3, k=5)
     return out
 
 

@@ -18,9 +18,11 @@ app = typer.Typer(
 
 @app.callback()
 def _root(verbose: int = typer.Option(0, "--verbose", "-v", count=True,
-                                      help="Log INFO (-v) or DEBUG (-vv) to stderr; default WARNING or "
-                                           "$LLMREC_LOG_LEVEL.")) -> None:
-    configure_logging(verbose)
+                                      help="Also log DEBUG messages (with timestamps) to stderr."),
+          quiet: bool = typer.Option(False, "--quiet", "-q",
+                                     help="Log warnings and errors only (no progress messages or bars).")) -> None:
+    # Progress messages go to stderr at INFO by default (or $LLMREC_LOG_LEVEL); results go to stdout.
+    configure_logging(verbose, quiet)
 
 # Command groups (each module defines `register(app)`); keep one line per module.
 from llmrec.cli import data as _data  # noqa: E402

@@ -21,7 +21,7 @@ from typer.core import TyperGroup
 from llmrec.errors import LlmrecError
 
 EXIT_ERROR = 2  # every handled error; 1 stays click's usage error, 0 success
-LOG_ENV = "LLMREC_LOG_LEVEL"  # DEBUG, INFO, WARNING (default), ERROR
+LOG_ENV = "LLMREC_LOG_LEVEL"  # DEBUG, INFO (default), WARNING, ERROR
 
 C = TypeVar("C", bound=BaseModel)
 
@@ -52,17 +52,59 @@ class LlmrecGroup(TyperGroup):
             raise fail(e) from None
 
 
-def configure_logging(verbose: int = 0) -> int:
-    """Standard `logging` to stderr: WARNING by default, -v INFO, -vv DEBUG, else $LLMREC_LOG_LEVEL; the level."""
+PACKAGES = ("llmrec", "retrieval", "finetune", "explain", "benchmarks")  # the repo's own loggers
+
+
+class OwnInfo(logging.Filter):
+    """Lets through the repo's own records at any level and other libraries' warnings and errors only, so
+    INFO by default does not pull in httpx/transformers/ray chatter."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.name.split(".", 1)[0] in PACKAGES
+
+
+class LineFormatter(logging.Formatter):
+    """An INFO record is its message alone (what the commands printed before logging); any other level
+    says its level and logger; DEBUG runs add timestamps."""
+
+    def __init__(self, debug: bool = False):
+        super().__init__(("%(asctime)s " if debug else "") + "%(levelname)s %(name)s: %(message)s")
+        self.debug = debug
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.levelno == logging.INFO and not record.exc_info and not self.debug:
+            return record.getMessage()
+        return super().format(record)
+
+
+def log_level(verbose: int = 0, quiet: bool = False) -> int:
+    """INFO by default, WARNING with --quiet, DEBUG with -v; $LLMREC_LOG_LEVEL when no flag is given."""
+    if verbose and quiet:
+        raise typer.BadParameter("--verbose and --quiet contradict each other; give one")
     if verbose:
-        level = logging.INFO if verbose == 1 else logging.DEBUG
-    else:
-        name = os.environ.get(LOG_ENV, "WARNING").upper()
-        level = logging.getLevelName(name)
-        if not isinstance(level, int):
-            raise typer.BadParameter(f"{LOG_ENV}={name!r} is not a logging level (DEBUG, INFO, WARNING, ERROR)")
-    logging.basicConfig(stream=sys.stderr, level=level, force=True,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return logging.DEBUG
+    if quiet:
+        return logging.WARNING
+    name = os.environ.get(LOG_ENV, "INFO").upper()
+    level = logging.getLevelName(name)
+    if not isinstance(level, int):
+        raise typer.BadParameter(f"{LOG_ENV}={name!r} is not a logging level (DEBUG, INFO, WARNING, ERROR)")
+    return level
+
+
+def configure_logging(verbose: int = 0, quiet: bool = False) -> int:
+    """Standard `logging` to stderr, one line per message, at `log_level(verbose, quiet)`; returns the level.
+
+    Replaces the root handlers (`force=True`), so calling it again (a second command in one process,
+    tests) never stacks a second handler. The handler writes above a running progress bar.
+    """
+    from llmrec.progress import BarSafeHandler
+
+    level = log_level(verbose, quiet)
+    handler = BarSafeHandler(sys.stderr)
+    handler.setFormatter(LineFormatter(debug=level <= logging.DEBUG))
+    handler.addFilter(OwnInfo())
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     return level
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
 import typer
+
+log = logging.getLogger(__name__)
 
 
 def _print_recs(title: str, recs) -> None:
@@ -22,8 +25,8 @@ def _print_recs(title: str, recs) -> None:
 
 
 def _progress(message: str) -> None:
-    """Stage progress goes to stderr; stdout keeps the recommendations and the final JSON line."""
-    typer.echo(message, err=True)
+    """Stage progress is an INFO log line on stderr; stdout keeps the recommendations and the final JSON line."""
+    log.info(message)
 
 
 def demo_finetune_config(tokens: int):
@@ -99,7 +102,7 @@ def register(app: typer.Typer) -> None:
         # The adapter is served merged for mining (build_recommender); the base engine needs no LoRA support.
         config = RecommenderConfig(llm=LLMConfig(backend=backend, enable_lora=False))
         build_recommender(ds, out, config, executor=executor, adapter=adapter, mine_users=mine_users,
-                          explain_users=explain_users, k=k, log=_progress)
+                          explain_users=explain_users, k=k)
 
         rec = Recommender.load(out)
         warm = user if user in set(ds.events["user_id"]) else str(ds.events["user_id"].iloc[0])

@@ -119,7 +119,7 @@ def register(app: typer.Typer) -> None:
             if not settings_path.is_file():
                 raise typer.BadParameter(f"--resume: no earlier run at {settings_path}")
             earlier = json.loads(settings_path.read_text())
-        run = run_evaluation(resolve_dataset(dataset), config, log=lambda s: print(s, file=sys.stderr, flush=True),
+        run = run_evaluation(resolve_dataset(dataset), config,
                              checkpoint=lambda partial: write_outputs(partial, out, extra), resume=earlier)
         paths = write_outputs(run, out, extra)
         print(json.dumps({"records": str(out), "settings": str(paths[0]), "report": [str(p) for p in paths[1:]],

@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
         if ranker_retriever not in RANKER_RETRIEVERS:
             raise typer.BadParameter(f"--ranker-retriever must be one of {RANKER_RETRIEVERS}, got {ranker_retriever!r}")
         ds = resolve_dataset(dataset)
-        common = dict(model=model, max_users=TINY_USERS if tiny else None, log=lambda m: typer.echo(m, err=True))
+        common = dict(model=model, max_users=TINY_USERS if tiny else None)
         if task == "ranker":
             result = finetune_ranker(ds, config, out, retriever=ranker_retriever, **common)
         else:

@@ -9,7 +9,6 @@ package version, `MiningStats`); the last stdout line is a JSON summary.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,6 +17,7 @@ import pyarrow.parquet as pq
 import typer
 
 from llmrec.interests import PROMPTS, MiningStats, profiles_to_table
+from llmrec.io import package_version
 from llmrec.llm.prompts import prompt_hashes
 from llmrec.schema import InterestProfile
 
@@ -31,7 +31,7 @@ def save_profiles(out: str | Path, profiles: Sequence[InterestProfile], stats: M
     pq.write_table(profiles_to_table(profiles), tmp)
     tmp.replace(out / "profiles.parquet")
     full = {**manifest, "prompt_hashes": prompt_hashes(PROMPTS), "stats": stats.to_dict(),
-            "llmrec_version": importlib.metadata.version("llmrec")}
+            "llmrec_version": package_version("llmrec")}
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
     (out / "manifest.json").write_text(json.dumps(full, indent=2, sort_keys=True, default=str) + "\n")
     return out

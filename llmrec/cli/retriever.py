@@ -3,15 +3,18 @@
 Writes the model folder (`ThreeTowerModel.save_pretrained`: safetensors weights and features, config.json,
 model.json, manifest.json with split hash, encoder and tags source, and the FAISS index) and prints the
 validation/test NDCG@10 and HR@10 with and without tags, and the chosen beta, as one JSON line on stdout
-(per-epoch progress goes to stderr).
+(per-epoch progress is logged at INFO on stderr).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import typer
+
+log = logging.getLogger(__name__)
 
 
 def register(app: typer.Typer) -> None:
@@ -49,7 +52,7 @@ def register(app: typer.Typer) -> None:
         split = split_leave_one_out(ds.events, DataConfig().min_events_for_split)
         llm_tags, tags_info = read_tags_table(tags) if tags is not None else (None, None)
         result = train_towers(ds, split, tcfg, llm_tags=llm_tags, tags_info=tags_info,
-                              progress=lambda rec: typer.echo(json.dumps(rec), err=True))
+                              progress=lambda rec: log.info(json.dumps(rec)))
         manifest = {**build_manifest(split, tcfg, result.report, tags_info), "dataset": ds.name}
         result.model.save_pretrained(out, manifest=manifest)
         (Path(out) / "train_report.json").write_text(json.dumps(result.report, indent=2) + "\n")

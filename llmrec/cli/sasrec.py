@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import typer
@@ -35,7 +34,7 @@ def register(app: typer.Typer) -> None:
         ds = resolve_dataset(dataset)
         split = split_leave_one_out(ds.events)
         vocab = ItemVocab.from_items(ds.items)
-        scorer, info = train_sasrec(split, vocab, cfg, log=lambda line: print(line, file=sys.stderr, flush=True))
+        scorer, info = train_sasrec(split, vocab, cfg)  # per-epoch lines: INFO log on stderr
         result = {
             "model": scorer.name,
             "dataset": ds.name,

@@ -34,6 +34,17 @@ RANKER_ROWS = {"sasrec_ce_llm_ranker": "sasrec_ce", "three_tower_llm_ranker": "t
 LLM_CALLING_ROWS = ("three_tower_llm_rerank", "coldstart_early_fusion", "coldstart_late_fusion", *RANKER_ROWS)
 
 
+def planned_pairs(rows: Sequence[str], config: EvaluateConfig) -> int:
+    """The (row, seed) pairs a complete run finishes: the progress bar's total.
+
+    Baselines are scored once for all seeds and the LLM re-ranking/ranker rows on the first seed only;
+    ablations run on `ablation_seeds`; every other row once per seed.
+    """
+    once = {*BASELINE_ROWS, *RANKER_ROWS, "three_tower_llm_rerank"}
+    n_ablation = len(set(config.ablation_seeds or config.seeds) & set(config.seeds))
+    return sum(1 if r in once else n_ablation if r in ABLATIONS else len(config.seeds) for r in rows)
+
+
 class TowerScorer:
     """A three-tower model at a fixed beta with fixed user tags T_u (beta = 1: the user tower alone)."""
 

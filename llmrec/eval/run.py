@@ -12,6 +12,7 @@ its bootstrap 95% interval (`lo`, `hi`, `significant`), seeds pooled per user (`
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping, Sequence
@@ -26,10 +27,13 @@ from llmrec.eval.protocol import (Protocol, SliceView, build_protocol, long_tail
                                   score_view, tags_parquet)
 from llmrec.eval.rows import (ABLATIONS, BASE_TOWER_ROWS, BASELINE_ROWS, COLDSTART_ROWS, ID_TOWER_ROWS,
                               LLM_TAG_ROWS,
-                              RANKER_ROWS, REFERENCE_ROW, SASREC_ROWS, TowerScorer, absent_rows, resumable_rows, row_config)
+                              RANKER_ROWS, REFERENCE_ROW, SASREC_ROWS, TowerScorer, absent_rows, planned_pairs,
+                              resumable_rows, row_config)
 from llmrec.eval.stats import paired_difference
+from llmrec.progress import progress_bar
 from retrieval.base import SequenceScorer
 
+log = logging.getLogger(__name__)
 BENCHMARK = "offline_eval"
 __all__ = ["BENCHMARK", "Evaluation", "EvaluationRun", "Protocol", "SliceView", "build_protocol", "evaluate",
            "long_tail_by_mass", "run_evaluation", "sample_users", "score_slice"]
@@ -66,8 +70,8 @@ class Evaluation:
     """One run of `config` on `dataset`: build the protocol once, then train and score row by row."""
 
     def __init__(self, dataset: Dataset, config: EvaluateConfig, backend=None,
-                 log: Callable[[str], None] = print, checkpoint: Callable[[EvaluationRun], None] | None = None):
-        self.dataset, self.config, self.log, self.checkpoint = dataset, config, log, checkpoint
+                 checkpoint: Callable[[EvaluationRun], None] | None = None):
+        self.dataset, self.config, self.checkpoint = dataset, config, checkpoint
         self.t_start = time.perf_counter()
         self.proto = build_protocol(dataset, config)
         # What the trained rows get: no event of a held-out (cold) user, even where a trainer could read it.
@@ -85,6 +89,7 @@ class Evaluation:
         self.backend, self.own_backend = backend, False
         self.imagined = None
         self._content = None
+        self.bar = None  # finished (row, seed) pairs, while `run` runs
 
     # --- bookkeeping ----------------------------------------------------------------------------
 
@@ -104,13 +109,15 @@ class Evaluation:
                                  "metrics": got.metrics,
                                  "ndcg_by_user": {u: round(v, 6) for u, v in got.ndcg_by_user.items()}})
             ndcg = got.metrics.get(f"ndcg@{self.config.k}", float("nan"))
-            self.log(f"[evaluate] {model} seed={seed} {s}: ndcg@{self.config.k}={ndcg:.4f} "
-                     f"(n={len(view.users)}, {time.perf_counter() - t0:.1f}s)")
+            log.info("[evaluate] %s seed=%d %s: ndcg@%d=%.4f (n=%d, %.1fs)", model, seed, s, self.config.k, ndcg,
+                     len(view.users), time.perf_counter() - t0)
         if seed not in self.scores.seeds_of.setdefault(model, []):
             self.scores.seeds_of[model].append(seed)
 
     def finish(self, model: str, seed: int) -> None:
         self.finished.append([model, seed])
+        if self.bar is not None:
+            self.bar.update(1)
         if self.checkpoint is not None:
             self.checkpoint(self.snapshot())
 
@@ -157,7 +164,7 @@ class Evaluation:
         for key, note in resume.get("notes", {}).items():
             if any(m == key or key == "coldstart" for m, _ in taken):
                 self.notes.setdefault(key, note)
-        self.log(f"[evaluate] resumed {len(self.finished)} finished (row, seed) pairs from the earlier run")
+        log.info("[evaluate] resumed %d finished (row, seed) pairs from the earlier run", len(self.finished))
 
     # --- the LLM --------------------------------------------------------------------------------
 
@@ -182,7 +189,7 @@ class Evaluation:
                 self.absent[m] = f"failed: {type(e).__name__}: {str(e)[:300]}"
                 self.rows.remove(m)
                 self.scores.drop(m)
-            self.log(f"[evaluate] {', '.join(names)} failed: {type(e).__name__}: {e}")
+            log.warning("[evaluate] %s failed: %s: %s", ", ".join(names), type(e).__name__, e)
             return None
 
     # --- the steps ------------------------------------------------------------------------------
@@ -190,6 +197,8 @@ class Evaluation:
     def run(self, resume: Mapping | None = None) -> EvaluationRun:
         if resume is not None:
             self.restore(resume)
+        self.bar = progress_bar(desc="evaluate", total=planned_pairs(self.rows, self.config), unit="row",
+                                initial=len(self.finished))
         try:
             if self.config.tune_towers and any(r.startswith("three_tower") or r.startswith("coldstart")
                                                for r in self.rows):
@@ -202,6 +211,8 @@ class Evaluation:
                 self.score_llm_tag_rows(seed)
                 self.score_ablations(seed)
         finally:
+            self.bar.close()
+            self.bar = None
             self.close_backend()
         return self.snapshot(complete=True)
 
@@ -213,7 +224,7 @@ class Evaluation:
         base = self.config.towers.model_copy(update={"seed": self.config.seeds[0]})
         tuned = tune_towers(self.proto.split, self.train_dataset, base, dict(self.config.tower_grid))
         self.notes["tower_search"] = {**tuned.to_dict(), "seconds": round(time.perf_counter() - t0, 1)}
-        self.log(f"[evaluate] tower search: {tuned.to_dict()['best']} chosen on validation")
+        log.info("[evaluate] tower search: %s chosen on validation", tuned.to_dict()["best"])
         self.config = self.config.model_validate({**self.config.model_dump(),
                                                   "towers": tuned.config.model_copy(update={"seed": 0}).model_dump()})
 
@@ -238,12 +249,12 @@ class Evaluation:
                 continue
             t0 = time.perf_counter()
             cfg = self.config.sasrec.model_copy(update={**switch, "seed": seed})
+            log.info("[evaluate] %s seed=%d training", row, seed)
             scorer, rep = train_sasrec(self.proto.split, self.proto.vocab, cfg,
-                                       log=lambda s, r=row: self.log(f"[evaluate] {r} {s}"),
                                        item_features=self.content_matrix() if cfg.content_features else None)
             self.reports.setdefault(row, []).append({"seed": seed, **{k: v for k, v in rep.items() if k != "curve"}})
-            self.log(f"[evaluate] {row} seed={seed} trained in {time.perf_counter() - t0:.0f}s "
-                     f"(best epoch {rep['best_epoch']})")
+            log.info("[evaluate] %s seed=%d trained in %.0fs (best epoch %d)", row, seed, time.perf_counter() - t0,
+                     rep["best_epoch"])
             self.add(row, seed, scorer, self.proto.slices)
             self.finish(row, seed)
             self.score_ranker(row, seed, lambda s, sc=scorer: sc)
@@ -298,7 +309,7 @@ class Evaluation:
         if not any(self.due(m, seed) and (m not in first_only or first) for m in (*BASE_TOWER_ROWS, first_only[1])):
             return
         base = train_towers(self.train_dataset, self.proto.split, self.config.towers.model_copy(update={"seed": seed}))
-        self.log(f"[evaluate] three-tower seed={seed} trained: beta={base.report['beta']}")
+        log.info("[evaluate] three-tower seed=%d trained: beta=%s", seed, base.report["beta"])
         if self.due("three_tower_notag", seed):
             res = type(base)(model=base.model, report={**base.report, "beta": 1.0})
             self.score_towers("three_tower_notag", seed, res, lambda s: {}, self.proto.slices)
@@ -393,14 +404,12 @@ def aggregate(scores: Scores, config: EvaluateConfig) -> list[dict]:
     return out
 
 
-def evaluate(dataset: Dataset, config: EvaluateConfig | None = None, backend=None,
-             log: Callable[[str], None] = print) -> list[dict]:
+def evaluate(dataset: Dataset, config: EvaluateConfig | None = None, backend=None) -> list[dict]:
     """Records (benchmark "offline_eval"; model, slice, metric, value = mean over seeds, std, seeds, n)."""
-    return run_evaluation(dataset, config, backend, log).records
+    return run_evaluation(dataset, config, backend).records
 
 
 def run_evaluation(dataset: Dataset, config: EvaluateConfig | None = None, backend=None,
-                   log: Callable[[str], None] = print,
                    checkpoint: Callable[[EvaluationRun], None] | None = None,
                    resume: Mapping | None = None) -> EvaluationRun:
     """Train and score every row of `config.models`; records plus the settings that froze them.
@@ -410,4 +419,4 @@ def run_evaluation(dataset: Dataset, config: EvaluateConfig | None = None, backe
     `checkpoint` receives the partial run after every finished (row, seed). `resume`: the settings of an
     earlier (possibly partial) run; its finished (row, seed) pairs are taken over instead of retrained.
     """
-    return Evaluation(dataset, config or EvaluateConfig(), backend, log, checkpoint).run(resume)
+    return Evaluation(dataset, config or EvaluateConfig(), backend, checkpoint).run(resume)

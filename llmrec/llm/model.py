@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import functools
 import hashlib
-import importlib.metadata
 import importlib.util
 import json
 import os
@@ -112,7 +111,7 @@ def prepare_default_model(out: str | Path | None = None) -> Path:
                 "source_file": gguf.name,
                 "source_sha256": _sha256(gguf),
                 "source_package": SOURCE_PACKAGE,
-                "source_package_version": importlib.metadata.version(SOURCE_PACKAGE),
+                "source_package_version": package_version(SOURCE_PACKAGE),
                 "llmrec_version": package_version("llmrec", "0+unknown"),
                 "dtype": "float32",
                 "n_parameters": sum(p.numel() for p in model.parameters()),
