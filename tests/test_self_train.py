@@ -42,9 +42,9 @@ def _config(**kw) -> SelfTrainConfig:
     return SelfTrainConfig(finetune=tiny_config(cut_fractions=(0.5, 0.8)), **kw)
 
 
-def sft_echo(prep, samples: int):
-    """A responder whose draws per prompt are: invalid JSON, the cut's SFT target, the target's interests with
-    junk tags (so the selection has a winner, a failure and a zero-reward answer to tell apart)."""
+def sft_echo(prep, samples: int, winner: bool = True):
+    """A responder whose draws per prompt are: invalid JSON, the cut's SFT target (junk tags too when not
+    `winner`), then the target's interests with junk tags (a winner, a failure and a zero-reward answer)."""
     target = {json.dumps(c.prompt): c.built.example.messages[-1]["content"] for c in prep.cases}
     counter = itertools.count()
 
@@ -53,7 +53,7 @@ def sft_echo(prep, samples: int):
         answer = target[json.dumps(messages)]
         if draw == 0:
             return "{"
-        if draw == 1:
+        if draw == 1 and winner:
             return answer
         obj = json.loads(answer)
         for k, interest in enumerate(obj["i"]):
@@ -177,20 +177,66 @@ def test_self_training_never_reads_validation_or_test_events(tiny, tokenizer):
     assert texts and not any("Leaky" in t for t in texts)  # prompts, SFT targets and kept answers
 
 
+def _round0(tmp_path):
+    """A round-0 adapter folder for a fake backend, which never loads weights: only its files matter."""
+    sft = tmp_path / "sft"
+    sft.mkdir()
+    (sft / "adapter_config.json").write_text(json.dumps({"r": 4}))
+    (sft / "manifest.json").write_text(json.dumps({"mining_config": MINING.model_dump(mode="json")}))
+    return sft
+
+
+def test_each_round_retrains_on_sft_plus_kept_and_samples_from_the_last_adapter(tiny, prep, tmp_path, monkeypatch):
+    import finetune.self_train as st
+
+    trained = []
+
+    def record_training(examples, config, out, *, model=None, manifest_extra=None):
+        trained.append((list(examples), config, manifest_extra))
+        out.mkdir(parents=True)
+        (out / "adapter_config.json").write_text(json.dumps({"r": config.r}))
+        return type("R", (), {"train_examples": len(examples), "steps": 1})()
+
+    monkeypatch.setattr(st, "train_lora", record_training)
+    sft, out = _round0(tmp_path), tmp_path / "self"
+    (out / "round-7").mkdir(parents=True)  # an earlier run's round: the folder is replaced
+    config = _config(samples=3, rounds=2)
+    backend = FakeBackend(sft_echo(prep, 3))
+    result = st.self_train(tiny, config, sft, out, backend=backend, mining=MINING)
+    assert [c["adapter"] for c in backend.calls] == [str(sft), str(out / "round-1")]
+    assert result.final_adapter == out / "round-2" and not (out / "round-7").exists()
+    rounds = json.loads((out / "rounds.json").read_text())["rounds"]
+    assert [r["adapter"] for r in rounds] == ["round-1", "round-2"] and rounds == result.rounds
+    assert rounds[0]["pooled_new"] == rounds[0]["kept"] > 0 and rounds[1]["pooled_new"] == 0  # same answers again
+    for examples, ft, extra in trained:
+        assert ft == config.finetune and extra["round"] in (1, 2) and extra["task"] == "tags-self-train"
+        tasks = [e.task for e in examples]
+        assert tasks.count("interests") == len(prep.sft_examples)
+        assert tasks.count("tags-self-train") == rounds[0]["kept"]
+
+
+def test_a_round_that_keeps_nothing_does_not_retrain(tiny, prep, tmp_path, monkeypatch):
+    import finetune.self_train as st
+
+    monkeypatch.setattr(st, "train_lora", lambda *a, **k: pytest.fail("nothing was kept: no training"))
+    sft = _round0(tmp_path)
+    result = st.self_train(tiny, _config(samples=3, rounds=1), sft, tmp_path / "self",
+                           backend=FakeBackend(sft_echo(prep, 3, winner=False)), mining=MINING)
+    assert result.final_adapter == sft and result.rounds[0]["kept"] == 0 and result.rounds[0]["adapter"] is None
+
+
 # --- The CLI task -------------------------------------------------------------------------------------
 
 
-def test_finetune_cli_self_trains_two_rounds(tiny, tokenizer, tmp_path, monkeypatch):
+@pytest.mark.slow  # two real (one-step) LoRA trainings of SmolLM2: minutes on a shared 2-core machine
+def test_finetune_cli_self_trains_two_rounds(ml100k, tokenizer, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     import llmrec.llm
     from llmrec.cli import app
 
-    sft = tmp_path / "sft"  # round 0: the fake backend never loads weights, so only its folder's files matter
-    sft.mkdir()
-    (sft / "adapter_config.json").write_text(json.dumps({"r": 4}))
-    (sft / "manifest.json").write_text(json.dumps({"mining_config": MINING.model_dump(mode="json")}))
-    prep = prepare_cases(tiny, SelfTrainConfig(finetune=tiny_config(), max_users=20), tokenizer, MINING)
+    sft = _round0(tmp_path)
+    prep = prepare_cases(ml100k, SelfTrainConfig(finetune=tiny_config(), max_users=20), tokenizer, MINING)
     fakes: list[FakeBackend] = []
 
     def fake_backend(config):
