@@ -262,3 +262,72 @@ def test_finetune_cli_self_trains_two_rounds(ml100k, tokenizer, tmp_path, monkey
         assert json.loads((out / rec["adapter"] / "adapter_config.json").read_text())["r"] == 4
         cfg = SelfTrainConfig.model_validate(manifest["self_train_config"])
         assert (cfg.rounds, cfg.samples, cfg.max_users, cfg.finetune.r) == (2, 2, 20, 4)
+
+
+def test_config_knobs_reach_the_sampler_and_the_cuts(tiny, tokenizer, prep, tmp_path):
+    from pydantic import ValidationError
+
+    class Recording(FakeBackend):
+        def generate(self, prompts, *, temperature=0.0, **kw):
+            self.temperatures = [*getattr(self, "temperatures", []), temperature]
+            return super().generate(prompts, temperature=temperature, **kw)
+
+    backend = Recording(sft_echo(prep, 2))
+    sample_round(prep.cases, backend, None, _config(samples=2, temperature=0.7), prep.catalogue, MINING, prep.attrs)
+    assert backend.temperatures == [0.7] and backend.calls[0]["n"] == 2 * len(prep.cases)
+    from finetune import first_users, sft_split
+
+    first3 = set(first_users(sft_split(tiny, _config().finetune).train, 3)["user_id"])
+    few = prepare_cases(tiny, _config(max_users=3), tokenizer, MINING)
+    assert len(first3) == 3 and {c.built.cut.user_id for c in few.cases} <= first3
+    assert len({c.built.cut.user_id for c in prep.cases}) > 3
+    for bad in ({"temperature": 0.0}, {"rounds": 0}, {"samples": 0}, {"max_users": 0}, {"round": 2}):
+        with pytest.raises(ValidationError, match=next(iter(bad))):
+            SelfTrainConfig(**bad)
+
+
+def test_cli_config_comes_from_the_round0_adapter_then_the_flags(tmp_path):
+    from typer.testing import CliRunner
+
+    from llmrec.cli import app
+    from llmrec.cli.self_train import adapter_mining, self_train_config
+    from llmrec.config import FinetuneConfig
+
+    sft = _round0(tmp_path)
+    FinetuneConfig(cut_fractions=(0.6,), r=4).to_json(sft / "config.json")
+    cfg = self_train_config(sft, None, {"max_train_tokens": 900, "r": None}, False, rounds=3, samples=None)
+    assert (cfg.rounds, cfg.samples, cfg.finetune.cut_fractions, cfg.finetune.r, cfg.finetune.max_train_tokens) == (
+        3, 4, (0.6,), 4, 900)
+    file = SelfTrainConfig(samples=6, finetune=FinetuneConfig(r=2)).to_json(tmp_path / "st.json")
+    assert self_train_config(sft, file, {}, False).samples == 6
+    assert adapter_mining(sft) == MINING and adapter_mining(tmp_path) == MiningConfig()
+    for flags, word in ((["--task", "tags-self-train"], "--adapter"),
+                        (["--task", "tags-self-train", "--adapter", str(sft), "--backend", "llama"], "--backend")):
+        res = CliRunner().invoke(app, ["finetune", "--out", str(tmp_path / "o"), *flags])
+        assert res.exit_code == 2 and word in res.output
+
+
+@pytest.mark.slow  # the real model samples with an adapter (transformers; CPU decoding)
+def test_real_model_samples_a_round_through_an_adapter(prep, model_dir, tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from llmrec.config import LLMConfig
+    from llmrec.llm import make_backend
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])).save_pretrained(
+        tmp_path / "lora")
+    backend = make_backend(LLMConfig(backend="transformers", batch_size=4))
+    mining = MiningConfig(max_tokens=48)  # answers are cut short: the counts must still add up
+    cases = prep.cases[:2]
+    samples, stats = sample_round(cases, backend, tmp_path / "lora", _config(samples=2), prep.catalogue, mining,
+                                  prep.attrs)
+    assert stats.calls == 1 and stats.answers == 4 and stats.output_tokens > 0
+    valid = [s for draws in samples for s in draws if s is not None]
+    assert len(valid) == stats.valid_final and stats.valid_final + stats.parse_failures + stats.semantic_failures == 4
+    assert all(0.0 <= s.reward <= 1.0 for s in valid)
+    record = keep_round(1, cases, samples, stats, prep.catalogue, Pool())
+    assert record["sampled"] == 4 and record["reward_history"] is not None
