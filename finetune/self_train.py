@@ -43,7 +43,12 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from finetune.build_sft import TASTE_WEIGHTS, CutExample, build_cut_examples, dump_answer
+from finetune.build_sft import (
+    TASTE_WEIGHTS,
+    CutExample,
+    build_cut_examples,
+    dump_answer,
+)
 from finetune.train_lora import SFTExample, train_lora
 from llmrec.config import MiningConfig, NarrativeConfig, SelfTrainConfig
 from llmrec.data import ItemVocab
@@ -56,7 +61,12 @@ from llmrec.interests import (
     to_profile_parts,
 )
 from llmrec.llm import LLMBackend, Messages
-from llmrec.llm.structured import GenerationSettings, GenerationStats, generate_validated, repair_truncated
+from llmrec.llm.structured import (
+    GenerationSettings,
+    GenerationStats,
+    generate_validated,
+    repair_truncated,
+)
 from llmrec.metrics import ndcg_at_k, target_ranks
 from llmrec.schema import Item
 from llmrec.tags import history_tags, item_attributes, tag_attributes
@@ -353,6 +363,8 @@ def self_train(dataset: Any, config: SelfTrainConfig, adapter: str | Path, out: 
     mining = mining or MiningConfig()
     adapter, out = Path(adapter), Path(out)
     read_adapter_rank(adapter)  # AdapterError now, not after the cuts, when it is no peft adapter folder
+    if out.resolve() == adapter.resolve():
+        raise AdapterError(f"--out {out} is the round-0 adapter itself; write the rounds to another folder")
     prep = prepare_cases(dataset, config, load_tokenizer(resolve_model(model)), mining)
     log.info("self-training on %d cuts (%d SFT examples), %d samples each, %d rounds", len(prep.cases),
              len(prep.sft_examples), config.samples, config.rounds)

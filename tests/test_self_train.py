@@ -22,6 +22,7 @@ from finetune.self_train import (
 )
 from llmrec.config import MiningConfig, SelfTrainConfig
 from llmrec.data import Dataset, ItemVocab
+from llmrec.errors import AdapterError
 from llmrec.eval.tag_metrics import TagCatalogue
 from llmrec.interests import interests_wire
 from llmrec.llm import FakeBackend
@@ -223,6 +224,10 @@ def test_a_round_that_keeps_nothing_does_not_retrain(tiny, prep, tmp_path, monke
     result = st.self_train(tiny, _config(samples=3, rounds=1), sft, tmp_path / "self",
                            backend=FakeBackend(sft_echo(prep, 3, winner=False)), mining=MINING)
     assert result.final_adapter == sft and result.rounds[0]["kept"] == 0 and result.rounds[0]["adapter"] is None
+    with pytest.raises(AdapterError, match="round-0 adapter itself"):
+        st.self_train(tiny, _config(), sft, sft, backend=FakeBackend(), mining=MINING)
+    with pytest.raises(AdapterError, match="adapter_config.json"):
+        st.self_train(tiny, _config(), tmp_path, tmp_path / "x", backend=FakeBackend(), mining=MINING)
 
 
 # --- The CLI task -------------------------------------------------------------------------------------
