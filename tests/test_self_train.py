@@ -300,9 +300,10 @@ def test_cli_config_comes_from_the_round0_adapter_then_the_flags(tmp_path):
 
     sft = _round0(tmp_path)
     FinetuneConfig(cut_fractions=(0.6,), r=4).to_json(sft / "config.json")
-    cfg = self_train_config(sft, None, {"max_train_tokens": 900, "r": None}, False, rounds=3, samples=None)
-    assert (cfg.rounds, cfg.samples, cfg.finetune.cut_fractions, cfg.finetune.r, cfg.finetune.max_train_tokens) == (
-        3, 4, (0.6,), 4, 900)
+    cfg = self_train_config(sft, None, {"max_train_tokens": 900, "r": None}, False, rounds=3, samples=None,
+                            max_users=50)
+    assert (cfg.rounds, cfg.samples, cfg.max_users, cfg.finetune.cut_fractions, cfg.finetune.r,
+            cfg.finetune.max_train_tokens) == (3, 4, 50, (0.6,), 4, 900)
     file = SelfTrainConfig(samples=6, finetune=FinetuneConfig(r=2)).to_json(tmp_path / "st.json")
     assert self_train_config(sft, file, {}, False).samples == 6
     assert adapter_mining(sft) == MINING and adapter_mining(tmp_path) == MiningConfig()

@@ -39,6 +39,8 @@ def register(app: typer.Typer) -> None:
         temperature: float = typer.Option(None, help="--task tags-self-train: sampling temperature (default 1.0)."),
         backend: str = typer.Option(None, help="--task tags-self-train: LLM backend that samples, vllm or "
                                                "transformers (default LLMConfig's, vllm)."),
+        max_users: int = typer.Option(None, min=1, help="--task tags-self-train: only the first N train users by id "
+                                                        "(SelfTrainConfig.max_users; default all)."),
     ) -> None:
         """Build SFT data from the train split, train a LoRA adapter, save it with curves and manifest."""
         from finetune import RANKER_RETRIEVERS, TINY_USERS, finetune_dataset, finetune_ranker, tiny_config
@@ -51,7 +53,8 @@ def register(app: typer.Typer) -> None:
             from llmrec.cli.self_train import run_self_train
 
             run_self_train(resolve_dataset(dataset), out, adapter, config_file, flags, tiny, model=model,
-                           rounds=rounds, samples=samples, temperature=temperature, backend=backend)
+                           rounds=rounds, samples=samples, temperature=temperature, max_users=max_users,
+                           backend=backend)
             return
         if tiny and config_file is None:
             config = tiny_config(**{k: v for k, v in flags.items() if v is not None})

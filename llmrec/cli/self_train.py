@@ -21,7 +21,7 @@ def self_train_config(adapter: Path, config_file: Path | None, flags: dict[str, 
                       **knobs: Any) -> SelfTrainConfig:
     """--config's SelfTrainConfig, else one whose `finetune` part is the round-0 adapter's own config (same
     cuts, narrative budget and LoRA as its SFT run; `--tiny`: `finetune.tiny_config` on 20 users); then the
-    given flags (LoRA knobs into `finetune`, `rounds`/`samples`/`temperature` at the top)."""
+    given flags (LoRA knobs into `finetune`; `rounds`, `samples`, `temperature`, `max_users` at the top)."""
     from finetune import TINY_USERS, tiny_config
     from finetune.train_lora import load_adapter_config
     from llmrec.cli.common import merge_given
@@ -44,7 +44,7 @@ def adapter_mining(adapter: Path) -> MiningConfig:
 
 def run_self_train(dataset: Any, out: Path, adapter: Path | None, config_file: Path | None, flags: dict[str, Any],
                    tiny: bool, *, model: str | None, rounds: int | None, samples: int | None,
-                   temperature: float | None, backend: str | None) -> None:
+                   temperature: float | None, max_users: int | None, backend: str | None) -> None:
     """Run the rounds and print a one-line JSON summary (per round: counts, mean rewards, adapter folder)."""
     from finetune.self_train import self_train
     from llmrec import llm
@@ -55,7 +55,7 @@ def run_self_train(dataset: Any, out: Path, adapter: Path | None, config_file: P
     if backend not in (None, *BACKENDS):
         raise typer.BadParameter(f"--backend must be one of {BACKENDS}, got {backend!r}")
     config = self_train_config(adapter, config_file, flags, tiny, rounds=rounds, samples=samples,
-                               temperature=temperature)
+                               temperature=temperature, max_users=max_users)
     llm_config = LLMConfig.model_validate({k: v for k, v in {"model": model, "backend": backend}.items()
                                            if v is not None})
     sampler = llm.make_backend(llm_config)
