@@ -1,6 +1,7 @@
 """LoRA fine-tuning of the LLM stages on event-derived targets: `build_sft` makes the data, `train_lora` trains.
 
-`finetune_dataset` is the one path from a dataset to an adapter folder (used by `llmrec finetune`).
+`finetune_dataset` is the one path from a dataset to an adapter folder (used by `llmrec finetune`);
+`finetune.self_train` evolves such an adapter's tags by RecGPT's self-training (`--task tags-self-train`).
 """
 
 from __future__ import annotations

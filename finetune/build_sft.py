@@ -40,7 +40,7 @@ from finetune.train_lora import SFTExample
 from llmrec.config import FinetuneConfig, MiningConfig, NarrativeConfig
 from llmrec.interests import interest_messages, interests_wire
 from llmrec.narrative import NarrativeReport, render_narratives
-from llmrec.schema import Item
+from llmrec.schema import Item, Narrative
 from llmrec.tags import item_tags, tag_attributes
 from llmrec.vocab import AttributeVocab
 
@@ -174,6 +174,15 @@ def dump_answer(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
+@dataclass(frozen=True)
+class CutExample:
+    """One SFT example with the cut and the narrative it came from (self-training re-prompts these cuts)."""
+
+    cut: Cut
+    narrative: Narrative
+    example: SFTExample
+
+
 def build_sft_examples(
     train_events: pd.DataFrame,
     items: dict[str, Item],
@@ -183,6 +192,23 @@ def build_sft_examples(
     mining: MiningConfig | None = None,
     attrs: AttributeVocab | None = None,
 ) -> tuple[list[SFTExample], SFTReport]:
+    """Interest and tag SFT examples for every cut of every user in `train_events` (the train split).
+
+    The examples of `build_cut_examples`, without their cuts and narratives.
+    """
+    built, report = build_cut_examples(train_events, items, items_table, config, tokenizer, mining, attrs)
+    return [b.example for b in built], report
+
+
+def build_cut_examples(
+    train_events: pd.DataFrame,
+    items: dict[str, Item],
+    items_table: pd.DataFrame,
+    config: FinetuneConfig,
+    tokenizer: Any,
+    mining: MiningConfig | None = None,
+    attrs: AttributeVocab | None = None,
+) -> tuple[list[CutExample], SFTReport]:
     """Interest and tag SFT examples for every cut of every user in `train_events` (the train split).
 
     Args:
@@ -209,7 +235,7 @@ def build_sft_examples(
     by_key = {n.user_id: n for n in narratives}
 
     wire = interests_wire(mining)
-    examples: list[SFTExample] = []
+    examples: list[CutExample] = []
     for cut in cuts:
         narrative = by_key[cut.key]
         interests = interest_target(cut.before, narrative.item_ids, items, config, attrs)
@@ -227,8 +253,8 @@ def build_sft_examples(
             interest["t"] = tags
         # Validate against the decoding schema: a target the parser would reject must never be trained on.
         answer = dump_answer(wire.model_validate([[x["n"], x["e"], x["t"]] for x in interests]).model_dump())
-        examples.append(SFTExample(
+        examples.append(CutExample(cut=cut, narrative=narrative, example=SFTExample(
             user_id=cut.user_id, task="interests", cut_time=cut.t.to_pydatetime(),
-            messages=(*interest_messages(narrative.text, mining, attrs), {"role": "assistant", "content": answer})))
+            messages=(*interest_messages(narrative.text, mining, attrs), {"role": "assistant", "content": answer}))))
         report.examples["interests"] = report.examples.get("interests", 0) + 1
     return examples, report

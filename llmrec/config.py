@@ -243,6 +243,19 @@ class FinetuneConfig(StageConfig):
         return self
 
 
+class SelfTrainConfig(StageConfig):
+    """RecGPT's self-training evolution of the tag task (`finetune.self_train`): per round, sample answers
+    from the current adapter, reward each by tag-to-item retrieval of the user's later TRAIN events, keep the
+    best where it beats the history-frequency tags, retrain the LoRA."""
+
+    rounds: int = Field(default=2, ge=1)  # round r samples from round r-1's adapter (round 0: the SFT adapter)
+    samples: int = Field(default=4, ge=1, le=64)  # answers sampled per cut per round
+    temperature: float = Field(default=1.0, gt=0.0, le=2.0)  # > 0: identical prompts must give different answers
+    max_users: int | None = Field(default=None, ge=1)  # the first N train users by id (None: all): tiny runs
+    # The cuts, SFT targets and LoRA training of every round (by default the round-0 adapter's own config)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+
+
 # --- Interest mining, tag prediction and 360Brew ranking (llmrec.interests, llmrec.rerank) ----------
 
 

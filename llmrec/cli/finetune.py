@@ -23,12 +23,24 @@ def register(app: typer.Typer) -> None:
         alpha: float = typer.Option(None, help="LoRA alpha (scale = alpha / r)."),
         max_minutes: float = typer.Option(None, help="Wall-clock guard: stop after this many training minutes and "
                                                      "still save the adapter (manifest says stopped_by)."),
-        config_file: Path = typer.Option(None, "--config", help="FinetuneConfig JSON; the flags above override it."),
+        config_file: Path = typer.Option(None, "--config", help="FinetuneConfig JSON (SelfTrainConfig JSON for "
+                                                                "--task tags-self-train); the flags override it."),
         tiny: bool = typer.Option(False, help="A few steps on 20 users with short examples (smoke test)."),
         task: str = typer.Option("interests", help="interests: the mining prompt (interests + tags); ranker: the "
-                                                   "listwise ranker (llmrec.listwise) over --ranker-retriever."),
+                                                   "listwise ranker (llmrec.listwise) over --ranker-retriever; "
+                                                   "tags-self-train: RecGPT self-training of --adapter's tags."),
         ranker_retriever: str = typer.Option("sasrec", help="--task ranker: the retriever whose top-K are the hard "
                                                             "negatives (popularity, item_knn, sasrec)."),
+        adapter: Path = typer.Option(None, help="--task tags-self-train: the SFT adapter of round 0 (from --task "
+                                                "interests); its config.json gives the cuts and LoRA settings."),
+        rounds: int = typer.Option(None, min=1, help="--task tags-self-train: rounds (SelfTrainConfig, default 2)."),
+        samples: int = typer.Option(None, min=1, help="--task tags-self-train: answers sampled per cut per round "
+                                                      "(default 4)."),
+        temperature: float = typer.Option(None, help="--task tags-self-train: sampling temperature (default 1.0)."),
+        backend: str = typer.Option(None, help="--task tags-self-train: LLM backend that samples, vllm or "
+                                               "transformers (default LLMConfig's, vllm)."),
+        max_users: int = typer.Option(None, min=1, help="--task tags-self-train: only the first N train users by id "
+                                                        "(SelfTrainConfig.max_users; default all)."),
     ) -> None:
         """Build SFT data from the train split, train a LoRA adapter, save it with curves and manifest."""
         from finetune import RANKER_RETRIEVERS, TINY_USERS, finetune_dataset, finetune_ranker, tiny_config
@@ -37,12 +49,19 @@ def register(app: typer.Typer) -> None:
         from llmrec.data import resolve_dataset
 
         flags = dict(max_train_tokens=train_tokens, epochs=epochs, r=r, alpha=alpha, max_train_minutes=max_minutes)
+        if task == "tags-self-train":
+            from llmrec.cli.self_train import run_self_train
+
+            run_self_train(resolve_dataset(dataset), out, adapter, config_file, flags, tiny, model=model,
+                           rounds=rounds, samples=samples, temperature=temperature, max_users=max_users,
+                           backend=backend)
+            return
         if tiny and config_file is None:
             config = tiny_config(**{k: v for k, v in flags.items() if v is not None})
         else:
             config = load_config(FinetuneConfig, config_file, **flags)
         if task not in ("interests", "ranker"):
-            raise typer.BadParameter(f"--task must be interests or ranker, got {task!r}")
+            raise typer.BadParameter(f"--task must be interests, ranker or tags-self-train, got {task!r}")
         if ranker_retriever not in RANKER_RETRIEVERS:
             raise typer.BadParameter(f"--ranker-retriever must be one of {RANKER_RETRIEVERS}, got {ranker_retriever!r}")
         ds = resolve_dataset(dataset)
