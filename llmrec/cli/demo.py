@@ -39,6 +39,17 @@ def demo_finetune_config(tokens: int):
     return FinetuneConfig(max_train_tokens=tokens, learning_rate=1e-3, batch_size=2, warmup_steps=2)
 
 
+def adapter_is_current(folder: Path) -> bool:
+    """False when the adapter's manifest records another mining prompt than today's (it learnt an older answer
+    format, which schema-guided decoding would now fight); True when it matches or records none."""
+    from llmrec.interests import PROMPTS
+    from llmrec.llm.prompts import prompt_hashes
+
+    manifest = folder / "manifest.json"
+    recorded = json.loads(manifest.read_text()).get("prompt_hashes", {}) if manifest.is_file() else {}
+    return all(recorded.get(name, h) == h for name, h in prompt_hashes(PROMPTS).items())
+
+
 def demo_adapter(choice: str, dataset, finetune_tokens: int) -> str | None:
     """The adapter the demo mines with: an explicit folder, the full `llmrec finetune` one, or a short run."""
     if choice == "none":
@@ -47,7 +58,10 @@ def demo_adapter(choice: str, dataset, finetune_tokens: int) -> str | None:
         return choice
     for folder in (Path("adapters/ml-100k-lora"), Path("adapters/ml-100k-lora-demo")):
         if (folder / "adapter_config.json").is_file():
-            return str(folder)
+            if adapter_is_current(folder):
+                return str(folder)
+            _progress(f"{folder} was tuned on another mining prompt (answer format); not used: retrain it with "
+                      f"`llmrec finetune --out {folder}`")
     from finetune import finetune_dataset
 
     out = Path("adapters/ml-100k-lora-demo")
