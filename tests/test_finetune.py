@@ -118,7 +118,7 @@ def test_narrative_budget_and_target_sizes_follow_the_config(tiny, tokenizer):
         narrative = "\n".join(line.split(". ", 1)[1] for line in lines)
         assert len(tokenizer(narrative, add_special_tokens=False)["input_ids"]) <= 64
         answer = json.loads(ex.messages[-1]["content"])
-        assert sum(len(i["t"]) for i in answer["i"]) <= 3 and all(len(i["e"]) == 1 for i in answer["i"])
+        assert sum(len(tags) for _, _, tags in answer) <= 3 and all(len(lines) == 1 for _, lines, _ in answer)
 
 
 def test_config_errors_name_the_field():

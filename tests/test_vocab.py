@@ -250,7 +250,7 @@ def test_sft_examples_build_on_amazon(amazon, vocab):
                                           MiningConfig(min_interests=1, max_interests=5), vocab)
     assert examples, report.to_dict()
     answer = json.loads(examples[0].messages[-1]["content"])
-    tags = [t for i in answer["i"] for t in i["t"]]
+    tags = [t for _, _, interest_tags in answer for t in interest_tags]
     assert tags and all(tag_attributes(t, vocab) for t in tags)
     assert "magazine reader" in examples[0].messages[0]["content"]
 
