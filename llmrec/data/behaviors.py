@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from llmrec.config import DataConfig
+from llmrec.config import DataConfig, NarrativeConfig
 from llmrec.errors import DataError
 
 Polarity = Literal["positive", "neutral", "negative"]
@@ -50,7 +50,7 @@ class BehaviorSpec(BaseModel):
     name: str
     polarity: Polarity
     kind: Literal["item", "search"] = "item"  # search: a query text, no item
-    weight: float | None = Field(default=None, gt=0)  # narrative weight when NarrativeConfig has none for name
+    weight: float | None = Field(default=None, gt=0)  # narrative weight, unless NarrativeConfig names the type
     target: bool | None = None  # an evaluation target; None: positive item types are
 
     @field_validator("name")
@@ -68,19 +68,25 @@ class BehaviorSpec(BaseModel):
         return self.polarity == "positive" if self.target is None else self.target
 
 
-def _specs(polarity: Polarity, *names: str, **extra) -> dict[str, BehaviorSpec]:
-    return {n: BehaviorSpec(name=n, polarity=polarity, **extra) for n in names}
+def _specs(polarity: Polarity, weight: float, *names: str, **extra) -> dict[str, BehaviorSpec]:
+    return {n: BehaviorSpec(name=n, polarity=polarity, weight=weight, **extra) for n in names}
 
 
+# Weights: the informativeness of one event in a narrative (NarrativeConfig.behavior_weights' scale, whose
+# defaults for the rating words and purchased/clicked are the same numbers): a purchase says more than a
+# view, a negative signal is shown too (the LLM learns what a user avoids).
 COMMON_BEHAVIORS: dict[str, BehaviorSpec] = {
-    **_specs("positive", "liked", target=True),
-    **_specs("neutral", "watched", target=True),  # rating-derived: a middling rating still means "consumed"
-    **_specs("negative", "disliked", target=True),
-    **_specs("positive", "click", "clicked", "play", "played", "favorite", "favourite", "fav", "cart",
-             "add-to-cart", "purchase", "purchased", "buy"),
-    **_specs("neutral", "view", "viewed", "pv"),  # Taobao's pv = page view
-    **_specs("negative", "dislike", "skip", "return"),
-    **_specs("neutral", "search", kind="search"),
+    **_specs("positive", 3.0, "liked", target=True),
+    **_specs("neutral", 1.0, "watched", target=True),  # rating-derived: a middling rating still means "consumed"
+    **_specs("negative", 2.0, "disliked", target=True),
+    **_specs("positive", 3.0, "purchase", "purchased", "buy"),
+    **_specs("positive", 2.0, "cart", "add-to-cart", "favorite", "favourite", "fav"),
+    **_specs("positive", 1.0, "play", "played"),
+    **_specs("positive", 0.5, "click", "clicked"),
+    **_specs("neutral", 0.5, "view", "viewed", "pv"),  # Taobao's pv = page view
+    **_specs("negative", 2.0, "dislike", "return"),
+    **_specs("negative", 0.5, "skip"),
+    **_specs("neutral", 1.0, "search", kind="search"),
 }
 
 
@@ -122,13 +128,20 @@ class BehaviorVocab(BaseModel):
                             f"choose among {[s.name for s in self.specs if s.kind == 'item']}")
         return chosen
 
-    def narrative_weights(self, configured: dict[str, float]) -> dict[str, float]:
-        """Narrative weights: the narrative config's, plus the declared weight of types it does not name."""
-        extra = {s.name: s.weight for s in self.specs if s.weight is not None and s.name not in configured}
-        return {**configured, **extra}
 
 
 RATING_VOCAB = BehaviorVocab(value_meaning="rating", specs=tuple(COMMON_BEHAVIORS[n] for n in RATING_BEHAVIORS))
+
+
+def narrative_weights(config: NarrativeConfig, vocab: BehaviorVocab | None = None) -> dict[str, float]:
+    """The narrative's weight per behaviour. An explicitly set `config.behavior_weights` is the whole
+    intentional set (RecGPT's filter); the default one is extended by the common types' weights and the
+    dataset's declared ones, so a click/cart/purchase log narrates without any setting."""
+    if "behavior_weights" in config.model_fields_set:
+        return dict(config.behavior_weights)
+    common = {n: s.weight for n, s in COMMON_BEHAVIORS.items() if s.kind == "item" and s.weight is not None}
+    declared = {s.name: s.weight for s in (vocab.specs if vocab else ()) if s.kind == "item" and s.weight is not None}
+    return {**common, **declared, **config.behavior_weights}
 
 
 def parse_behavior_types(spec: str | None) -> dict[str, BehaviorSpec]:
