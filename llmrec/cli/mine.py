@@ -73,7 +73,7 @@ def register(app: typer.Typer) -> None:
         if backend not in (None, "vllm", "transformers"):
             raise typer.BadParameter(f"--backend must be vllm or transformers, got {backend!r}")
         ds = resolve_dataset(dataset)
-        split = split_leave_one_out(ds.events)
+        split = split_leave_one_out(ds.events, targets=ds.behavior_vocab.target_names())
         as_of = split.as_of("test")
         chosen = sorted(as_of.index, key=lambda u: (len(u), u))[:users] if users else list(as_of.index)
         events = split.history("test")

@@ -134,10 +134,10 @@ RATING_VOCAB = BehaviorVocab(value_meaning="rating", specs=tuple(COMMON_BEHAVIOR
 
 
 def narrative_weights(config: NarrativeConfig, vocab: BehaviorVocab | None = None) -> dict[str, float]:
-    """The narrative's weight per behaviour. An explicitly set `config.behavior_weights` is the whole
-    intentional set (RecGPT's filter); the default one is extended by the common types' weights and the
-    dataset's declared ones, so a click/cart/purchase log narrates without any setting."""
-    if "behavior_weights" in config.model_fields_set:
+    """The narrative's weight per behaviour. A `config.behavior_weights` other than the default is the whole
+    intentional set (RecGPT's filter); the default one (also after a JSON round trip) is extended by the
+    common types' weights and the dataset's declared ones, so a click/cart/purchase log narrates as is."""
+    if config.behavior_weights != NarrativeConfig.model_fields["behavior_weights"].default_factory():
         return dict(config.behavior_weights)
     common = {n: s.weight for n, s in COMMON_BEHAVIORS.items() if s.kind == "item" and s.weight is not None}
     declared = {s.name: s.weight for s in (vocab.specs if vocab else ()) if s.kind == "item" and s.weight is not None}
