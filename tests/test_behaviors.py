@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from llmrec.cli import app
 from llmrec.cli.evaluate import quick_config
-from llmrec.config import EVAL_MODELS, EvaluateConfig, NarrativeConfig
+from llmrec.config import EVAL_MODELS, EvaluateConfig, NarrativeConfig, SASRecConfig, TowerConfig
 from llmrec.data import DataError, load_dataset_dir
 from llmrec.data.behaviors import (COMMON_BEHAVIORS, RATING_VOCAB, BehaviorSpec, BehaviorVocab, EventMeaning,
                                    narrative_weights, parse_behavior_types, vocab_for)
@@ -28,6 +28,8 @@ T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 CATS = ("shoes", "lamps", "books", "tea", "games", "tools")
 SHOP_MAP = "user_id=uid,item_id=pid,timestamp=ts,query=q,title=name,genres=cat,brand=maker"
 # Every non-LLM row of the evaluation (coldstart_none is only compared with the LLM cold-start rows).
+TINY_TOWERS = TowerConfig(encoder="hashed-bow", dim=8, hidden=16, epochs=1, patience=1, max_len=12, layers=1,
+                          heads=1, uniform_negatives=16, beta_grid=(0.5, 1.0), tag_batch_size=64)
 NON_LLM_ROWS = tuple(m for m in EVAL_MODELS if m not in LLM_TAG_ROWS and m not in LLM_CALLING_ROWS
                      and m != "coldstart_none")
 
@@ -255,22 +257,30 @@ def test_narrative_weights_extend_only_the_default_config():
 
 
 def test_multi_behaviour_narrative_shows_types_and_recent_queries(shop):
+    import re
+
     from llmrec.llm.tokens import load_narrative_tokenizer
 
     tok = load_narrative_tokenizer()
     split = split_leave_one_out(shop.events, targets=shop.behavior_vocab.target_names())
     as_of = split.as_of("test")
-    args = (split.history("test"), shop.items, as_of, NarrativeConfig(max_tokens=256), tok)
-    narratives = render_narratives(*args, behaviors=shop.behavior_vocab, queries=shop.queries)
-    without = {n.user_id: n for n in render_narratives(*args)}
-    for n in narratives:
-        lines = n.text.split("\n")
-        assert lines[-1].startswith('searched: "') and len(lines) == len(n.item_ids) + 1
-        assert n.item_ids == without[n.user_id].item_ids or n.n_tokens <= n.max_tokens
-        assert n.fits_budget and len(tok(n.text, add_special_tokens=False)["input_ids"]) == n.n_tokens
-        mine = shop.queries[(shop.queries["user_id"] == n.user_id)
-                            & (shop.queries["timestamp"] < as_of[n.user_id])]["query"]
-        assert lines[-1].count('"') // 2 <= min(MAX_QUERIES, mine.nunique())
+    history = split.history("test")
+    for budget in (1024, 64):
+        args = (history, shop.items, as_of, NarrativeConfig(max_tokens=budget), tok)
+        narratives = render_narratives(*args, behaviors=shop.behavior_vocab, queries=shop.queries)
+        without = {n.user_id: n for n in render_narratives(*args)}
+        for n in narratives:
+            lines = n.text.split("\n")
+            assert lines[-1].startswith('searched: "') and len(lines) == len(n.item_ids) + 1
+            assert n.fits_budget and len(tok(n.text, add_special_tokens=False)["input_ids"]) == n.n_tokens
+            if budget == 1024:  # room for all: the item lines are exactly those of a narrative without queries
+                assert "\n".join(lines[:-1]) == without[n.user_id].text
+            else:
+                assert len(n.item_ids) <= len(without[n.user_id].item_ids)
+            mine = shop.queries[(shop.queries["user_id"] == n.user_id) & (shop.queries["timestamp"] < as_of[n.user_id])]
+            shown = re.findall(r'"([^"]*)" \(', lines[-1])
+            assert shown and set(shown) <= set(mine["query"]) and len(shown) == len(set(shown)) <= MAX_QUERIES
+            assert shown[0] == mine.sort_values("timestamp")["query"].iloc[-1]  # newest first
     text = "\n".join(n.text for n in narratives)
     assert " view" in text and " cart" in text and " purchase" in text and "search |" not in text
 
@@ -281,14 +291,15 @@ def test_multi_behaviour_narrative_shows_types_and_recent_queries(shop):
 @pytest.mark.parametrize("name", ["shop", "plays"])
 def test_log_evaluates_every_non_llm_model_and_builds_a_recommender(name, request, tmp_path):
     from llmrec.build import build_recommender
-    from llmrec.config import RecommenderConfig, TowerConfig
+    from llmrec.config import RecommenderConfig
     from llmrec.eval.run import run_evaluation
     from llmrec.llm import FakeBackend
     from llmrec.pipeline import Recommender
 
     ds = request.getfixturevalue(name)
     config = quick_config(dataset=name, models=NON_LLM_ROWS, use_llm=False, cold_lengths=(0, 2), short_lengths=(2,),
-                          cold_user_share=0.2, k=5, knn_neighbors=5)
+                          cold_user_share=0.2, k=5, knn_neighbors=5, towers=TINY_TOWERS,
+                          sasrec=SASRecConfig(maxlen=20, hidden=16, blocks=1, epochs=1, eval_every=1, patience=1))
     run = run_evaluation(ds, config)
     targets = ["cart", "purchase"] if name == "shop" else ["play"]
     assert run.settings["target_behaviors"] == targets and run.settings["complete"]
@@ -300,9 +311,7 @@ def test_log_evaluates_every_non_llm_model_and_builds_a_recommender(name, reques
                                                                "models": ("popularity",)}))
         assert chosen.settings["target_behaviors"] == ["purchase"]
         assert chosen.settings["split_hash"] != run.settings["split_hash"]
-    towers = TowerConfig(encoder="hashed-bow", dim=16, hidden=32, epochs=2, patience=1, max_len=20,
-                         uniform_negatives=16, beta_grid=(0.5, 1.0))
-    build_recommender(ds, tmp_path / "rec", RecommenderConfig(towers=towers), backend=FakeBackend(), mine_users=6,
+    build_recommender(ds, tmp_path / "rec", RecommenderConfig(towers=TINY_TOWERS), backend=FakeBackend(), mine_users=6,
                       explain_users=2, k=5)
     rec = Recommender.load(tmp_path / "rec")
     user = sorted(ds.events["user_id"].unique())[0]
