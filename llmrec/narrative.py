@@ -27,6 +27,9 @@ Exact format, one line per item, lines joined by "\\n", no header and no trailin
 
 e.g. ``2d ago liked, Mar 1998 watched x2 | Star Wars (1977; Action, Adventure, Sci-Fi)``. Without a year
 the item reads ``Title (Genre, Genre)``, without genres ``Title (1977)``, with neither just ``Title``.
+A dataset with search events (`queries=`) gets one more line after the item lines,
+``searched: "<query>" (<bucket>), ...``, newest first, within at most a quarter of the budget
+(`llmrec.narrative_queries`); the item lines get what is left.
 
 Token counting is fast because the format only joins parts at pre-tokenizer boundaries: for byte-level BPE
 tokenizers with the GPT-2 split regex (SmolLM2's), tokens never span "<behaviour>", ", <pair>", " | <item>"

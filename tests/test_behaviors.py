@@ -314,7 +314,7 @@ def test_log_evaluates_every_non_llm_model_and_builds_a_recommender(name, reques
     build_recommender(ds, tmp_path / "rec", RecommenderConfig(towers=TINY_TOWERS), backend=FakeBackend(), mine_users=6,
                       explain_users=2, k=5)
     rec = Recommender.load(tmp_path / "rec")
-    user = sorted(ds.events["user_id"].unique())[0]
+    user = min(ds.events["user_id"].unique())
     got = rec.recommend(user, k=5)
     assert len(got) == 5 and all(r.item.item_id in set(ds.items["item_id"]) for r in got)
 

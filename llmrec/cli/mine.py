@@ -97,7 +97,8 @@ def register(app: typer.Typer) -> None:
         if backend not in ("vllm", "transformers"):
             raise typer.BadParameter(f"llm.backend must be vllm or transformers for mining, got {backend!r}")
         narratives = render_narratives(events, ds.items, as_of.loc[chosen], config.narrative,
-                                       load_narrative_tokenizer(model))
+                                       load_narrative_tokenizer(model), behaviors=ds.behavior_vocab,
+                                       queries=ds.queries)
         llm = make_backend(config.llm) if executor == "local" else None
         try:
             profiles, stats = mine_all(narratives, ds, out / "shards", config, llm, executor,

@@ -22,7 +22,8 @@ the leave-one-out protocol of the literature (and every ML-100K number reported 
 from __future__ import annotations
 
 import re
-from typing import Iterable, Literal
+from collections.abc import Iterable
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -172,7 +173,7 @@ def vocab_for(counts: dict[str, int], value_meaning: ValueMeaning, declared: dic
     unknown = {n: c for n, c in counts.items() if n not in declared and n not in COMMON_BEHAVIORS}
     if unknown:
         listed = ", ".join(f"{n!r} ({c} events)" for n, c in sorted(unknown.items()))
-        first = sorted(unknown)[0]
+        first = min(unknown)
         raise DataError(f"{where}: unknown behaviour type(s) {listed}; " + DECLARE_HINT.format(name=first))
     specs = {**{n: COMMON_BEHAVIORS[n] for n in counts if n in COMMON_BEHAVIORS}, **declared}
     return BehaviorVocab(value_meaning=value_meaning, specs=tuple(specs.values()))

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from llmrec.errors import DataError
 from llmrec.config import DataConfig
-from llmrec.data.behaviors import (QUERY_COLUMNS, RATING_VOCAB, BehaviorVocab, ratings_to_behaviors,  # noqa: F401
+from llmrec.data.behaviors import (QUERY_COLUMNS, RATING_VOCAB, BehaviorVocab, ratings_to_behaviors,
                                    vocab_from_events)
 from llmrec.schema import EVENTS_SCHEMA, ITEMS_SCHEMA, Domain, Event, Item, UserHistory
 

@@ -292,7 +292,7 @@ def _import_items(path: Path, df: pd.DataFrame, mapping, report, strict, genre_s
 
 
 def _import_events(path: Path, df: pd.DataFrame, mapping, report, strict, known_items: pd.Index,
-                   config: DataConfig, how: "EventMeaning") -> tuple[pd.DataFrame, pd.DataFrame, BehaviorVocab]:
+                   config: DataConfig, how: EventMeaning) -> tuple[pd.DataFrame, pd.DataFrame, BehaviorVocab]:
     """Item events, search queries and the behaviour vocabulary of one events table."""
     c = _pick(df, path, mapping, "events", ("user_id", "item_id", "timestamp"), ("behavior", "value", "query"))
     source = behavior_source(path, c, how, lambda name: _column_for(mapping, "events", name))

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Collection, Literal
+from collections.abc import Collection
+from typing import Literal
 
 import numpy as np
 import pandas as pd
