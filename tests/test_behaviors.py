@@ -158,6 +158,13 @@ def test_unknown_behaviour_is_reported_with_how_to_declare_it(tmp_path):
     res = cli_import(tmp_path / "e.csv", tmp_path / "i.csv", tmp_path / "ds", "--map",
                      "user_id=uid,item_id=pid,timestamp=ts,title=name", "--behavior-column", "action")
     assert res.exit_code == 2 and "--behavior-type" in res.output
+    args = ("--map", "user_id=uid,item_id=pid,timestamp=ts,title=name", "--behavior-column", "action")
+    ok = cli_import(tmp_path / "e.csv", tmp_path / "i.csv", tmp_path / "ds", *args, "--behavior-type",
+                    "wishlist=positive:1.5")
+    assert ok.exit_code == 0, ok.output
+    assert load_dataset_dir(tmp_path / "ds").behavior_vocab.spec("wishlist").weight == 1.5
+    bad = cli_import(tmp_path / "e.csv", tmp_path / "i.csv", tmp_path / "ds2", *args, "--value-meaning", "stars")
+    assert bad.exit_code == 2 and "--value-meaning must be rating, count or none" in bad.output
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -246,6 +253,22 @@ def test_targets_split_on_the_last_two_target_events_and_leaves_later_events_out
     assert split.report["events_after_valid_target"] == 2 and split.report["target_behaviors"] == ["cart", "purchase"]
     assert split.report["users_too_short"] == 1
     assert split.history("test")["timestamp"].max() < split.test["timestamp"].min()
+
+
+def test_cold_user_target_is_the_first_target_event_after_the_shown_ones():
+    from llmrec.data import ItemVocab
+    from llmrec.eval.protocol import cold_user_views
+
+    t = [T0 + timedelta(hours=h) for h in range(4)]
+    holdout = pd.DataFrame({"user_id": ["c"] * 4, "item_id": ["1", "2", "3", "4"],
+                            "timestamp": pd.to_datetime(t, utc=True).astype("datetime64[s, UTC]"),
+                            "behavior": ["view", "view", "view", "purchase"], "value": np.nan})
+    vocab = ItemVocab(ids=("1", "2", "3", "4"))
+    views = cold_user_views(holdout, (0, 1), vocab, ("purchase",))
+    assert [list(v.targets) for v in views.values()] == [[4], [4]]
+    assert [list(h) for h in views["cold_user_1"].histories] == [[1]]
+    plain = cold_user_views(holdout, (1,), vocab)
+    assert list(plain["cold_user_1"].targets) == [2]
 
 
 def test_narrative_weights_extend_only_the_default_config():
