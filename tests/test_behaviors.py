@@ -272,9 +272,11 @@ def test_cold_user_target_is_the_first_target_event_after_the_shown_ones():
 
 
 def test_narrative_weights_extend_only_the_default_config():
-    vocab = BehaviorVocab(value_meaning="none", specs=(BehaviorSpec(name="wishlist", polarity="positive", weight=1.5),))
+    vocab = BehaviorVocab(value_meaning="none", specs=(BehaviorSpec(name="wishlist", polarity="positive", weight=1.5),
+                                                       BehaviorSpec(name="tag", polarity="positive"),
+                                                       BehaviorSpec(name="cart", polarity="neutral")))
     default = narrative_weights(NarrativeConfig(), vocab)
-    assert default["wishlist"] == 1.5 and default["cart"] == 2.0 and default["liked"] == 3.0
+    assert default["wishlist"] == 1.5 and default["tag"] == 1.0 and default["cart"] == 2.0 and default["liked"] == 3.0
     assert narrative_weights(NarrativeConfig.model_validate_json(NarrativeConfig().model_dump_json()), vocab) == default
     assert narrative_weights(NarrativeConfig(behavior_weights={"liked": 1.0}), vocab) == {"liked": 1.0}
 

@@ -51,7 +51,8 @@ class BehaviorSpec(BaseModel):
     name: str
     polarity: Polarity
     kind: Literal["item", "search"] = "item"  # search: a query text, no item
-    weight: float | None = Field(default=None, gt=0)  # narrative weight, unless NarrativeConfig names the type
+    # Narrative weight (None: the common type's, else 1.0); NarrativeConfig.behavior_weights wins for types it names.
+    weight: float | None = Field(default=None, gt=0)
     target: bool | None = None  # an evaluation target; None: positive item types are
 
     @field_validator("name")
@@ -130,7 +131,6 @@ class BehaviorVocab(BaseModel):
         return chosen
 
 
-
 RATING_VOCAB = BehaviorVocab(value_meaning="rating", specs=tuple(COMMON_BEHAVIORS[n] for n in RATING_BEHAVIORS))
 
 
@@ -141,7 +141,8 @@ def narrative_weights(config: NarrativeConfig, vocab: BehaviorVocab | None = Non
     if config.behavior_weights != NarrativeConfig.model_fields["behavior_weights"].default_factory():
         return dict(config.behavior_weights)
     common = {n: s.weight for n, s in COMMON_BEHAVIORS.items() if s.kind == "item" and s.weight is not None}
-    declared = {s.name: s.weight for s in (vocab.specs if vocab else ()) if s.kind == "item" and s.weight is not None}
+    # A type declared without a weight counts like a play (1.0), unless it is a common one.
+    declared = {s.name: s.weight or common.get(s.name, 1.0) for s in (vocab.specs if vocab else ()) if s.kind == "item"}
     return {**common, **declared, **config.behavior_weights}
 
 
