@@ -227,6 +227,17 @@ def test_ml100k_keeps_the_rating_vocabulary_and_targets_every_rating(tiny):
     assert "target_behaviors" not in plain.report
 
 
+def test_movielens_narratives_are_unchanged_by_the_vocabulary(tiny):
+    from llmrec.llm.tokens import load_narrative_tokenizer
+
+    tok = load_narrative_tokenizer()
+    plain = render_narratives(tiny.events, tiny.items, None, NarrativeConfig(max_tokens=200), tok)
+    with_vocab = render_narratives(tiny.events, tiny.items, None, NarrativeConfig(max_tokens=200), tok,
+                                   behaviors=tiny.behavior_vocab, queries=tiny.queries)
+    assert [n.model_dump() for n in with_vocab] == [n.model_dump() for n in plain]
+    assert len(tiny.queries) == 0
+
+
 def test_common_types_and_code_built_datasets(tiny):
     assert COMMON_BEHAVIORS["view"].polarity == "neutral" and not COMMON_BEHAVIORS["view"].is_target
     assert COMMON_BEHAVIORS["purchase"].is_target and not COMMON_BEHAVIORS["search"].is_target
