@@ -12,7 +12,8 @@ Steps, all vectorised over every user at once (`render_narratives`):
    `d == 0` -> `today`; `d < recent_days` -> `{d}d ago`; `d < monthly_days` -> the event's calendar month,
    `Mar 1998`; older -> its year, `1997`.
 4. Reverse aggregation: one entry per item. Its events collapse into distinct (bucket, behaviour) pairs,
-   repeated pairs get a count (`clicked x3`); at most `max_pairs_per_item` pairs stay (the most informative),
+   repeated pairs get a count (`clicked x3`; in a count log, `value_meaning == "count"`, the sum of the
+   events' values: `play x7`); at most `max_pairs_per_item` pairs stay (the most informative),
    shown most recent first. The item is rendered by key attributes only: title, year, first `max_genres`
    genres.
 5. Budget: each event scores `weight(behaviour) * 0.5 ** (age_days / recency_half_life_days)`; an entry
@@ -185,7 +186,8 @@ def render_narratives(
     report = report if report is not None else NarrativeReport()
     if isinstance(items, Mapping):
         items = items_frame(items)
-    ev = _visible_events(events, items, as_of, config, report, narrative_weights(config, behaviors))
+    counted = behaviors is not None and behaviors.value_meaning == "count" and "value" in events
+    ev = _visible_events(events, items, as_of, config, report, narrative_weights(config, behaviors), counted)
     nl = int(counter.count(["\n"])[0])
     q_line, q_tok = query_lines(queries, ev.users, ev.cut_ns, config.max_tokens, counter,
                                 lambda ts, cut: _bucket_label_at(ts, cut, config))
@@ -263,6 +265,8 @@ def _group_pairs(ev: "_Visible", n_cat: int, config: NarrativeConfig, report: Na
     starts = _runs(pkey)  # (P,)
     p_entry, p_bucket, p_beh = entry[order][starts], b_uniq[b_idx[order][starts]], ev.beh[order][starts]
     p_n = np.diff(np.r_[starts, len(pkey)])
+    if ev.times is not None and len(starts):  # a count log: "play x7" says the user played it 7 times
+        p_n = np.add.reduceat(ev.times[order], starts)
     p_ts = np.maximum.reduceat(ev.ts[order], starts) if len(starts) else ev.ts[:0]
     p_score = np.maximum.reduceat(ev.score[order], starts) if len(starts) else ev.score[:0]
     pairs = _Pairs(p_entry, p_bucket, p_beh, p_n, p_ts, p_score)
@@ -313,11 +317,13 @@ class _Visible:
     beh_names: np.ndarray
     score: np.ndarray
     bucket: np.ndarray
+    times: np.ndarray | None = None  # (K,) how many times each event counts (a count log's value), None: once
 
 
 def _visible_events(events: pd.DataFrame, items: pd.DataFrame, as_of, config: NarrativeConfig,
-                    report: NarrativeReport, behavior_weights: dict[str, float]) -> _Visible:
-    """Leakage guard, intentional behaviours, known items; scores and time buckets per event."""
+                    report: NarrativeReport, behavior_weights: dict[str, float], counted: bool = False) -> _Visible:
+    """Leakage guard, intentional behaviours, known items; scores and time buckets per event (`counted`: the
+    value column is a count, so an event stands for that many)."""
     ts_s = _epoch_seconds(events["timestamp"])  # (E,)
     if isinstance(as_of, pd.Series):
         cut = as_of.copy()
@@ -360,11 +366,15 @@ def _visible_events(events: pd.DataFrame, items: pd.DataFrame, as_of, config: Na
     rows, cat = rows[known], cat[known]
     ku, kts = u[rows], ts_s[rows]
     age_days = (cut_ns[ku] // SECOND_NS - kts) // DAY_S  # (K,) >= 0
+    times = None
+    if counted:  # a missing or zero count still is one event
+        times = np.maximum(np.nan_to_num(np.rint(events["value"].to_numpy(dtype=np.float64)[rows]), nan=1.0), 1)
+        times = times.astype(np.int64)
     return _Visible(
         users=users, cut_ns=cut_ns, n_in=n_in, u=ku, cat=cat.astype(np.int64), ts=kts,
         beh=beh_codes[intentional][known].astype(np.int64), beh_names=np.asarray(beh_names, dtype=object),
         score=w[intentional][known] * 0.5 ** (age_days / config.recency_half_life_days),
-        bucket=_bucket_codes(kts, age_days, config),
+        bucket=_bucket_codes(kts, age_days, config), times=times,
     )
 
 

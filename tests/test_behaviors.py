@@ -282,6 +282,22 @@ def test_cold_user_target_is_the_first_target_event_after_the_shown_ones():
     assert list(plain["cold_user_1"].targets) == [2]
 
 
+def test_count_log_narrative_shows_the_counts(plays):
+    from llmrec.llm.tokens import load_narrative_tokenizer
+
+    tok = load_narrative_tokenizer()
+    user = min(plays.events["user_id"].unique())
+    mine = plays.events[plays.events["user_id"] == user]
+    counted = render_narratives(mine, plays.items, None, NarrativeConfig(), tok, behaviors=plays.behavior_vocab)[0]
+    once = render_narratives(mine, plays.items, None, NarrativeConfig(), tok)[0]
+    title = plays.items.set_index("item_id")["title"]
+    for r in mine.itertuples():
+        line = next(ln for ln in counted.text.split("\n") if f"| {title[r.item_id]} (" in ln)
+        assert line.split(" | ")[0].endswith(f" play x{int(r.value)}" if r.value > 1 else " play")
+    assert " play x" in counted.text and " play x" not in once.text  # without the vocabulary: one event, once
+    assert counted.n_tokens == len(tok(counted.text, add_special_tokens=False)["input_ids"])
+
+
 def test_narrative_weights_extend_only_the_default_config():
     vocab = BehaviorVocab(value_meaning="none", specs=(BehaviorSpec(name="wishlist", polarity="positive", weight=1.5),
                                                        BehaviorSpec(name="tag", polarity="positive"),
