@@ -33,7 +33,7 @@ _MASK = " \u00a7 "  # stands in for a fact phrase (a title, the brand), so its w
 _WORD = re.compile(r"[^\W\d_][\w'\u2019-]*")
 _SENTENCE_START = re.compile(r"(?:^|[.!?:;\"\u201c(])\s*$")
 _INNER_CAPITAL = re.compile(r"[a-z][A-Z]|-[A-Z]")
-_STOP = frozenset(["a", "an", "and", "the", "of", "for", "to", "in", "on", "is", "it", "its", "this", "that", "with", "your", "you", "from", "also", "as", "are", "be", "by", "like", "liked", "more", "another", "just", "movie", "film", "item"])
+_STOP = frozenset(["a", "an", "and", "the", "of", "for", "to", "in", "on", "is", "it", "its", "this", "that", "with", "your", "you", "from", "also", "as", "are", "be", "by", "like", "liked", "bought", "purchased", "viewed", "clicked", "searched", "more", "another", "just", "movie", "film", "item"])
 SENSITIVE: dict[str, str] = {
     "sexuality": r"lesbians?|gays?|bisexual\w*|homosexual\w*|heterosexual\w*|transgender\w*|queer\w*|sexuality",
     "ethnicity": r"blackness|whiteness|ethnic\w*|racial\w*|racis\w*|african[- ]americans?|hispanics?|latin[oa]s?|"

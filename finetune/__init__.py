@@ -37,7 +37,8 @@ def sft_split(dataset: Any, config: FinetuneConfig) -> Any:
     users with the default settings), whose events never reach the LLM's training data."""
     from llmrec.data.split import split_leave_one_out
 
-    return split_leave_one_out(dataset.events, holdout_share=config.holdout_share, holdout_seed=config.holdout_seed)
+    return split_leave_one_out(dataset.events, holdout_share=config.holdout_share, holdout_seed=config.holdout_seed,
+                               targets=dataset.behavior_vocab.target_names())
 
 
 def finetune_dataset(

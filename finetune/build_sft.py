@@ -44,8 +44,11 @@ from llmrec.schema import Item, Narrative
 from llmrec.tags import item_tags, tag_attributes
 from llmrec.vocab import AttributeVocab
 
-# How much an event says about taste; behaviours not listed (e.g. "disliked") say nothing positive.
-TASTE_WEIGHTS = {"liked": 2.0, "purchased": 2.0, "watched": 1.0, "clicked": 0.5}
+# How much an event says about taste; behaviours not listed (e.g. "disliked", a search, a view) say nothing
+# positive. The positive common types of llmrec.data.behaviors, on the rating words' scale.
+TASTE_WEIGHTS = {"liked": 2.0, "purchased": 2.0, "watched": 1.0, "clicked": 0.5,
+                 "purchase": 2.0, "buy": 2.0, "cart": 1.5, "add-to-cart": 1.5, "favorite": 1.5, "favourite": 1.5,
+                 "fav": 1.5, "play": 1.0, "played": 1.0, "click": 0.5}
 AFTER_DECAY = 0.9  # weight of the j-th after-event is TASTE_WEIGHT * AFTER_DECAY**j
 
 

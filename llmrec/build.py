@@ -185,12 +185,14 @@ def build_recommender(dataset: Dataset, out: str | Path, config: RecommenderConf
     work = out / "work"
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    split = split_leave_one_out(dataset.events, config.data.min_events_for_split)
+    split = split_leave_one_out(dataset.events, config.data.min_events_for_split,
+                                targets=dataset.behavior_vocab.target_names())
     as_of = split.as_of("test")
     # The mining prompt's budget (MiningConfig.narrative_tokens): prefill is half the cost of mining on CPU.
     narratives = render_narratives(split.history("test"), dataset.items, as_of,
                                    config.narrative.model_copy(update={"max_tokens": config.mining.narrative_tokens}),
-                                   load_narrative_tokenizer(config.llm.model))
+                                   load_narrative_tokenizer(config.llm.model), behaviors=dataset.behavior_vocab,
+                                   queries=dataset.queries)
     timings["narratives"] = time.perf_counter() - t
     log.info("[1/5] narratives: %d users in %.1fs", len(narratives), timings["narratives"])
 

@@ -497,6 +497,9 @@ class EvaluateConfig(StageConfig):
     coldstart: ColdStartConfig = Field(default_factory=ColdStartConfig)  # `fusion` is set per row
     coldstart_users: int = Field(default=100, ge=1)  # users whose cold histories the LLM augments
     coldstart_cache: str | None = None  # JSON cache of imagined histories (None: no cache)
+    # Behaviour types whose events are test/validation targets (None: the dataset's, its positive item types;
+    # every rating for rating-derived logs such as ML-100K). Stated in the settings as target_behaviors.
+    target_behaviors: tuple[str, ...] | None = None
 
     @model_validator(mode="after")
     def _evaluate(self) -> Self:

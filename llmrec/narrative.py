@@ -4,13 +4,16 @@ Steps, all vectorised over every user at once (`render_narratives`):
 
 1. Leakage guard: only events strictly before the user's `as_of` are read (`as_of=None`: one second after
    the user's last event, i.e. the whole history).
-2. Intentional behaviours only: events whose behaviour is not a key of `NarrativeConfig.behavior_weights`
-   are dropped and counted per behaviour in `NarrativeReport.dropped_behaviors`.
+2. Intentional behaviours only: events whose behaviour has no weight are dropped and counted per behaviour in
+   `NarrativeReport.dropped_behaviors`. Weights: an explicitly set `NarrativeConfig.behavior_weights` is the
+   whole intentional set; the default one is extended by the common types' weights and the dataset's
+   declared ones (`llmrec.data.behaviors.narrative_weights`).
 3. Time buckets relative to `as_of` (age in whole days, `d`):
    `d == 0` -> `today`; `d < recent_days` -> `{d}d ago`; `d < monthly_days` -> the event's calendar month,
    `Mar 1998`; older -> its year, `1997`.
 4. Reverse aggregation: one entry per item. Its events collapse into distinct (bucket, behaviour) pairs,
-   repeated pairs get a count (`clicked x3`); at most `max_pairs_per_item` pairs stay (the most informative),
+   repeated pairs get a count (`clicked x3`; in a count log, `value_meaning == "count"`, the sum of the
+   events' values: `play x7`); at most `max_pairs_per_item` pairs stay (the most informative),
    shown most recent first. The item is rendered by key attributes only: title, year, first `max_genres`
    genres.
 5. Budget: each event scores `weight(behaviour) * 0.5 ** (age_days / recency_half_life_days)`; an entry
@@ -25,6 +28,9 @@ Exact format, one line per item, lines joined by "\\n", no header and no trailin
 
 e.g. ``2d ago liked, Mar 1998 watched x2 | Star Wars (1977; Action, Adventure, Sci-Fi)``. Without a year
 the item reads ``Title (Genre, Genre)``, without genres ``Title (1977)``, with neither just ``Title``.
+A dataset with search events (`queries=`) gets one more line after the item lines,
+``searched: "<query>" (<bucket>), ...``, newest first, within at most a quarter of the budget
+(`llmrec.narrative_queries`); the item lines get what is left.
 
 Token counting is fast because the format only joins parts at pre-tokenizer boundaries: for byte-level BPE
 tokenizers with the GPT-2 split regex (SmolLM2's), tokens never span "<behaviour>", ", <pair>", " | <item>"
@@ -44,6 +50,8 @@ import numpy as np
 import pandas as pd
 
 from llmrec.config import NarrativeConfig
+from llmrec.data.behaviors import BehaviorVocab, narrative_weights
+from llmrec.narrative_queries import query_lines
 from llmrec.schema import Item, Narrative, UserHistory
 from llmrec.llm.tokens import TokenCounter, load_narrative_tokenizer, token_counter
 
@@ -91,6 +99,12 @@ def bucket_label(code: int) -> str:
         months = code - _MONTH_CODE
         return f"{_MONTH_NAMES[months % 12]} {1970 + months // 12}"
     return "today" if code == 0 else f"{code}d ago"
+
+
+def _bucket_label_at(ts_s: int, cut_s: int, config: NarrativeConfig) -> str:
+    """The bucket label of one time (epoch seconds) seen from `cut_s`, as the item lines label events."""
+    code = _bucket_codes(np.array([ts_s]), np.array([(cut_s - ts_s) // DAY_S]), config)[0]
+    return bucket_label(int(code))
 
 
 def _to_ns(values) -> np.ndarray:
@@ -150,6 +164,8 @@ def render_narratives(
     config: NarrativeConfig | None = None,
     tokenizer: Any = None,
     report: NarrativeReport | None = None,
+    behaviors: BehaviorVocab | None = None,
+    queries: pd.DataFrame | None = None,
 ) -> list[Narrative]:
     """One narrative per user, ordered by user id.
 
@@ -160,6 +176,8 @@ def render_narratives(
             empty narrative; events of users not in it are not read), or None (each user's whole history).
         tokenizer: the LLM's tokenizer (`load_narrative_tokenizer()`), or a `TokenCounter`.
         report: filled with what was left out (dropped behaviours, events after as_of, ...).
+        behaviors: the dataset's vocabulary (`Dataset.behavior_vocab`): weights of its declared types.
+        queries: the dataset's search events (`Dataset.queries`): a last line of recent queries.
     """
     config = config or NarrativeConfig()
     if tokenizer is None:
@@ -168,7 +186,13 @@ def render_narratives(
     report = report if report is not None else NarrativeReport()
     if isinstance(items, Mapping):
         items = items_frame(items)
-    ev = _visible_events(events, items, as_of, config, report)
+    counted = behaviors is not None and behaviors.value_meaning == "count" and "value" in events
+    ev = _visible_events(events, items, as_of, config, report, narrative_weights(config, behaviors), counted)
+    nl = int(counter.count(["\n"])[0])
+    q_line, q_tok = query_lines(queries, ev.users, ev.cut_ns, config.max_tokens, counter,
+                                lambda ts, cut: _bucket_label_at(ts, cut, config))
+    has_q = np.array([line is not None for line in q_line], dtype=bool)
+    budget = config.max_tokens - np.where(has_q, q_tok + nl, 0)  # (U,) tokens left for the item lines
     cat_ids = items["item_id"].astype(str).to_numpy()
     n_users, n_cat = len(ev.users), len(cat_ids)
 
@@ -186,12 +210,11 @@ def render_narratives(
     id_rank = id_rank[e_cat]  # item id order, for ties
     best = np.lexsort((id_rank, -e_ts, -e_score, e_u))
     e_tok = np.add.reduceat(p_tok, e_start) if len(e_start) else p_tok[:0]  # pairs only, items added below
-    nl = int(counter.count(["\n"])[0])
     # Budget: sum(tok + newline) - newline <= max_tokens over a prefix of the best-first order. An item part
     # has >= 1 token, so with additive counts only entries whose lower-bound running sum fits can be kept:
     # render and count items for those candidates only (a 37k-event user has thousands of entries).
     lower = _running_sum_per_user(e_tok[best] + 1 + nl, e_u[best])
-    cand = best[lower <= config.max_tokens + nl] if counter.additive else best
+    cand = best[lower <= budget[e_u[best]] + nl] if counter.additive else best
     item_text = np.empty(n_cat, dtype=object)
     item_tok = np.zeros(n_cat, dtype=np.int64)
     cat_used = np.unique(e_cat[cand])
@@ -200,12 +223,15 @@ def render_narratives(
     e_tok = e_tok + item_tok[e_cat]  # exact for candidates; the rest cannot fit anyway
     cum = _running_sum_per_user(e_tok[cand] + nl, e_u[cand])
     fits = np.zeros(len(e_u), dtype=bool)
-    fits[cand] = cum <= config.max_tokens + nl
+    fits[cand] = cum <= budget[e_u[cand]] + nl
     report.entries_over_budget += int((~fits).sum())
     parts = _Parts(pair_text, pair_code, e_start, e_len, item_text, e_u, e_cat, e_ts, e_score, e_tok, id_rank, nl)
     texts, n_tok, n_items, lines_of = _assemble(parts, np.flatnonzero(fits), n_users)
     if config.count_mode == "exact" or not counter.additive:
-        _trim_exact(parts, fits, counter, config, report, texts, n_tok, n_items, lines_of)
+        _trim_exact(parts, fits, counter, budget, report, texts, n_tok, n_items, lines_of)
+    for i in np.flatnonzero(has_q):  # after the item lines: their numbers stay the lines the LLM may cite
+        texts[i] = texts[i] + "\n" + q_line[i] if texts[i] else q_line[i]
+        n_tok[i] += q_tok[i] + (nl if n_items[i] else 0)
 
     as_of_dt = pd.to_datetime(ev.cut_ns, utc=True).to_pydatetime()
     return [
@@ -239,6 +265,8 @@ def _group_pairs(ev: "_Visible", n_cat: int, config: NarrativeConfig, report: Na
     starts = _runs(pkey)  # (P,)
     p_entry, p_bucket, p_beh = entry[order][starts], b_uniq[b_idx[order][starts]], ev.beh[order][starts]
     p_n = np.diff(np.r_[starts, len(pkey)])
+    if ev.times is not None and len(starts):  # a count log: "play x7" says the user played it 7 times
+        p_n = np.add.reduceat(ev.times[order], starts)
     p_ts = np.maximum.reduceat(ev.ts[order], starts) if len(starts) else ev.ts[:0]
     p_score = np.maximum.reduceat(ev.score[order], starts) if len(starts) else ev.score[:0]
     pairs = _Pairs(p_entry, p_bucket, p_beh, p_n, p_ts, p_score)
@@ -289,11 +317,13 @@ class _Visible:
     beh_names: np.ndarray
     score: np.ndarray
     bucket: np.ndarray
+    times: np.ndarray | None = None  # (K,) how many times each event counts (a count log's value), None: once
 
 
 def _visible_events(events: pd.DataFrame, items: pd.DataFrame, as_of, config: NarrativeConfig,
-                    report: NarrativeReport) -> _Visible:
-    """Leakage guard, intentional behaviours, known items; scores and time buckets per event."""
+                    report: NarrativeReport, behavior_weights: dict[str, float], counted: bool = False) -> _Visible:
+    """Leakage guard, intentional behaviours, known items; scores and time buckets per event (`counted`: the
+    value column is a count, so an event stands for that many)."""
     ts_s = _epoch_seconds(events["timestamp"])  # (E,)
     if isinstance(as_of, pd.Series):
         cut = as_of.copy()
@@ -321,7 +351,7 @@ def _visible_events(events: pd.DataFrame, items: pd.DataFrame, as_of, config: Na
 
     beh_codes, beh_names = pd.factorize(events["behavior"], sort=True)  # whole column: arrow's fast path
     beh_codes = beh_codes[keep]
-    weights = np.array([config.behavior_weights.get(b, np.nan) for b in beh_names], dtype=np.float64)
+    weights = np.array([behavior_weights.get(b, np.nan) for b in beh_names], dtype=np.float64)
     w = weights[beh_codes] if len(beh_names) else np.zeros(0)
     intentional = ~np.isnan(w)
     for b, n in zip(beh_names, np.bincount(beh_codes[~intentional], minlength=len(beh_names))):
@@ -336,11 +366,15 @@ def _visible_events(events: pd.DataFrame, items: pd.DataFrame, as_of, config: Na
     rows, cat = rows[known], cat[known]
     ku, kts = u[rows], ts_s[rows]
     age_days = (cut_ns[ku] // SECOND_NS - kts) // DAY_S  # (K,) >= 0
+    times = None
+    if counted:  # a missing or zero count still is one event
+        times = np.maximum(np.nan_to_num(np.rint(events["value"].to_numpy(dtype=np.float64)[rows]), nan=1.0), 1)
+        times = times.astype(np.int64)
     return _Visible(
         users=users, cut_ns=cut_ns, n_in=n_in, u=ku, cat=cat.astype(np.int64), ts=kts,
         beh=beh_codes[intentional][known].astype(np.int64), beh_names=np.asarray(beh_names, dtype=object),
         score=w[intentional][known] * 0.5 ** (age_days / config.recency_half_life_days),
-        bucket=_bucket_codes(kts, age_days, config),
+        bucket=_bucket_codes(kts, age_days, config), times=times,
     )
 
 
@@ -394,16 +428,16 @@ def _assemble(parts: _Parts, kept: np.ndarray, n_users: int
     return texts, n_tok, n_items, [cats[bounds[i]:bounds[i + 1]] for i in range(n_users)]
 
 
-def _trim_exact(parts: _Parts, fits: np.ndarray, counter: TokenCounter, config: NarrativeConfig,
+def _trim_exact(parts: _Parts, fits: np.ndarray, counter: TokenCounter, budget: np.ndarray,
                 report: NarrativeReport, texts: list[str], n_tok: np.ndarray, n_items: np.ndarray,
                 lines_of: list[np.ndarray]) -> None:
     """Exact mode: re-tokenize every text whole; drop the lowest-scored entry until it fits (in place)."""
     n_tok[:] = counter.encode_lengths(texts)
     p = parts
-    for i in np.flatnonzero(n_tok > config.max_tokens):
+    for i in np.flatnonzero(n_tok > budget):
         mine = np.flatnonzero(fits & (p.e_u == i))
         mine = mine[np.lexsort((p.id_rank[mine], -p.e_ts[mine], -p.e_score[mine]))]  # best first
-        while n_tok[i] > config.max_tokens and len(mine):
+        while n_tok[i] > budget[i] and len(mine):
             mine = mine[:-1]
             report.entries_over_budget += 1
             t, _, _, cats = _assemble(p, mine, len(n_tok))

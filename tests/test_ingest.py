@@ -9,7 +9,10 @@ from typer.testing import CliRunner
 from llmrec.cli import app
 from llmrec.config import DataConfig
 from llmrec.data import DataError, load_dataset_dir, resolve_dataset
+from llmrec.data.behaviors import EventMeaning
 from llmrec.data.ingest import import_tables, parse_mapping, parse_timestamps
+
+RATING = EventMeaning(value_meaning="rating")
 
 MAP = {"user_id": "uid", "item_id": "movie", "timestamp": "ts", "value": "rating", "title": "name",
        "genres": "cats", "year": "yr"}
@@ -25,7 +28,7 @@ def write(tmp_path, name, text, encoding="utf-8"):
 
 def load(tmp_path, events, items=ITEMS, strict=False, **kw):
     return import_tables(write(tmp_path, "events.csv", events), write(tmp_path, "items.csv", items),
-                         mapping=MAP, strict=strict, **kw)
+                         mapping=MAP, strict=strict, **{"how": RATING, **kw})
 
 
 def test_clean_import_maps_columns_times_and_behaviours(tmp_path):
@@ -98,7 +101,7 @@ def test_bad_year_keeps_item_without_year(tmp_path):
 
 def test_duplicate_and_empty_users_are_counted(tmp_path):
     users = write(tmp_path, "users.csv", "uid,age\nu1,24\nu1,25\n,30\nu2,40\n")
-    ds = import_tables(write(tmp_path, "events.csv", GOOD), write(tmp_path, "items.csv", ITEMS), users, MAP)
+    ds = import_tables(write(tmp_path, "events.csv", GOOD), write(tmp_path, "items.csv", ITEMS), users, MAP, how=RATING)
     assert ds.report.skipped == {"duplicate_user": 1, "empty_field": 1}
     assert ds.profile("u1") == {"age": "24"}
 
@@ -114,8 +117,12 @@ def test_missing_columns_name_file_and_column(tmp_path):
         load(tmp_path, "uid,movie,rating\nu1,1,5\n")
     with pytest.raises(DataError, match=r"items\.csv: missing column 'name'"):
         load(tmp_path, GOOD, "movie,cats\n1,Drama\n")
-    with pytest.raises(DataError, match=r"events\.csv: missing column 'behavior' or 'rating'"):
+    with pytest.raises(DataError, match=r"events\.csv: --value-meaning rating needs a value column, none named "
+                                        r"'rating'; map it with --map value=<column>"):
         load(tmp_path, "uid,movie,ts\nu1,1,874965478\n")
+    with pytest.raises(DataError, match=r"events\.csv: no behaviour for the events: .*--behavior-column COL.*"
+                                        r"--behavior NAME"):
+        load(tmp_path, "uid,movie,ts\nu1,1,874965478\n", how=EventMeaning())
 
 
 def test_wrong_encoding_names_file_and_byte_offset(tmp_path):
@@ -124,8 +131,8 @@ def test_wrong_encoding_names_file_and_byte_offset(tmp_path):
     epath = write(tmp_path, "events.csv", GOOD)
     offset = items.encode("latin-1").index("é".encode("latin-1"))
     with pytest.raises(DataError, match=rf"items\.csv: not valid utf-8 at byte offset {offset} \(line 5"):
-        import_tables(epath, ipath, mapping=MAP)
-    ds = import_tables(epath, ipath, mapping=MAP, encoding="latin-1")
+        import_tables(epath, ipath, mapping=MAP, how=RATING)
+    ds = import_tables(epath, ipath, mapping=MAP, encoding="latin-1", how=RATING)
     assert "Amélie" in set(ds.items["title"])
 
 
@@ -136,7 +143,7 @@ def test_parquet_inputs_with_native_types(tmp_path):
                           "yr": [1995, 1995]})
     pq.write_table(pa.Table.from_pandas(events), tmp_path / "e.parquet")
     pq.write_table(pa.Table.from_pandas(items), tmp_path / "i.parquet")
-    ds = import_tables(tmp_path / "e.parquet", tmp_path / "i.parquet", mapping=MAP)
+    ds = import_tables(tmp_path / "e.parquet", tmp_path / "i.parquet", mapping=MAP, how=RATING)
     assert list(ds.events["item_id"]) == ["1", "2"]
     assert ds.events["timestamp"].iloc[1] == pd.Timestamp("1998-01-02 11:30:15", tz="UTC")
     assert ds.items.set_index("item_id").loc["2", "genres"] == ["Action"]
@@ -164,7 +171,7 @@ def test_mapping_parser_rejects_unknown_names():
 def test_table_specific_mapping(tmp_path):
     items = ITEMS.replace("movie,", "movie_id,", 1)
     ds = import_tables(write(tmp_path, "e.csv", GOOD), write(tmp_path, "i.csv", items),
-                       mapping={**MAP, "items.item_id": "movie_id"})
+                       mapping={**MAP, "items.item_id": "movie_id"}, how=RATING)
     assert len(ds.events) == 3
 
 
@@ -174,7 +181,7 @@ def test_round_trip_of_ml100k_slice_through_csv(tiny, tmp_path):
     items = tiny.items.assign(genres=tiny.items["genres"].map("|".join))
     items.to_csv(tmp_path / "items.csv", index=False)
     tiny.users.to_csv(tmp_path / "users.csv", index=False)
-    ds = import_tables(tmp_path / "events.csv", tmp_path / "items.csv", tmp_path / "users.csv")
+    ds = import_tables(tmp_path / "events.csv", tmp_path / "items.csv", tmp_path / "users.csv", how=RATING)
     assert ds.report.total_skipped == 0
     pd.testing.assert_frame_equal(ds.events, tiny.events)
     back = load_dataset_dir(ds.save(tmp_path / "out"))
@@ -188,7 +195,8 @@ def test_import_cli_writes_a_dataset_folder_and_prints_the_report(tmp_path):
     e = write(tmp_path, "events.csv", GOOD + "u3,99,874965478,4\n")
     i = write(tmp_path, "items.csv", ITEMS)
     mapping = ",".join(f"{k}={v}" for k, v in MAP.items())
-    args = ["data", "import", "--events", str(e), "--items", str(i), "--map", mapping, "--out", str(tmp_path / "ds")]
+    args = ["data", "import", "--events", str(e), "--items", str(i), "--map", mapping, "--out", str(tmp_path / "ds"),
+            "--value-meaning", "rating"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
@@ -217,7 +225,7 @@ def test_json_lines_import_with_lists_brand_and_years_from_titles(tmp_path):
              {"movie": 3, "name": "Babylon 5", "cats": ["Sci-Fi"]}]
     write(tmp_path, "items.json", "\n".join(json.dumps(r) for r in items) + "\n\n")
     mapping = {k: v for k, v in MAP.items() if k != "year"} | {"brand": "publisher"}
-    ds = import_tables(tmp_path / "events.jsonl.gz", tmp_path / "items.json", mapping=mapping)
+    ds = import_tables(tmp_path / "events.jsonl.gz", tmp_path / "items.json", mapping=mapping, how=RATING)
     assert ds.report.total_skipped == 0 and len(ds.events) == 3
     it = ds.items.set_index("item_id")
     assert it.loc["1", "title"] == "Toy Story" and it.loc["1", "year"] == 1995  # detected: 2 of 3 titles
@@ -226,7 +234,7 @@ def test_json_lines_import_with_lists_brand_and_years_from_titles(tmp_path):
     assert it.loc["1", "brand"] == "Pixar" and it["brand"].isna().sum() == 2
     assert ds.item_index["1"].brand == "Pixar" and ds.item_index["2"].brand is None and ds.item_index["3"].brand is None
     kept = import_tables(tmp_path / "events.jsonl.gz", tmp_path / "items.json", mapping=mapping,
-                         year_from_title=False)
+                         year_from_title=False, how=RATING)
     assert kept.items.set_index("item_id").loc["1", "title"] == "Toy Story (1995)"
     assert kept.items["year"].isna().all()
 
@@ -244,10 +252,10 @@ def test_year_from_title_fills_only_missing_years_when_asked(tmp_path):
 def test_bad_json_lines_name_file_and_line(tmp_path):
     write(tmp_path, "items.jsonl", '{"movie": 1, "name": "A"}\n{"movie": 2,\n')
     with pytest.raises(DataError, match=r"items\.jsonl: line 2 is not JSON"):
-        import_tables(write(tmp_path, "events.csv", GOOD), tmp_path / "items.jsonl", mapping=MAP)
+        import_tables(write(tmp_path, "events.csv", GOOD), tmp_path / "items.jsonl", mapping=MAP, how=RATING)
     write(tmp_path, "items.jsonl", '[1, 2]\n')
     with pytest.raises(DataError, match=r"items\.jsonl: line 1 is a JSON list, expected an object"):
-        import_tables(write(tmp_path, "events.csv", GOOD), tmp_path / "items.jsonl", mapping=MAP)
+        import_tables(write(tmp_path, "events.csv", GOOD), tmp_path / "items.jsonl", mapping=MAP, how=RATING)
 
 
 def test_import_cli_reads_json_lines_and_year_flag(tmp_path):
@@ -255,7 +263,7 @@ def test_import_cli_reads_json_lines_and_year_flag(tmp_path):
     i = write(tmp_path, "items.jsonl", "\n".join(json.dumps({"movie": n, "name": f"M{n} (199{n})", "cats": "A,B"})
                                                   for n in (1, 2, 3)) + "\n")
     mapping = "user_id=uid,item_id=movie,timestamp=ts,value=rating,title=name,genres=cats"
-    args = ["data", "import", "--events", str(e), "--items", str(i), "--map", mapping, "--genre-sep", ","]
+    args = ["data", "import", "--events", str(e), "--items", str(i), "--map", mapping, "--genre-sep", ",", "--value-meaning", "rating"]
     res = CliRunner().invoke(app, args + ["--out", str(tmp_path / "a")])
     assert res.exit_code == 0, res.output
     a = load_dataset_dir(tmp_path / "a").items.set_index("item_id")

@@ -50,13 +50,38 @@ def register(app: typer.Typer) -> None:
                                                   "Default: automatic when no year column is mapped and most "
                                                   "titles end in a (yyyy) year."),
         name: str = typer.Option(None, help="Dataset name (default: the events file's stem)."),
+        value_meaning: str = typer.Option(None, help="What the events' value column means, required when it "
+                                          "has one: 'rating' (a star rating, thresholded into liked/watched/"
+                                          "disliked), 'count' (plays, visits: a strength, never a dislike) or "
+                                          "'none' (ignored)."),
+        behavior_column: str = typer.Option(None, help="Column holding each event's behaviour type (click, view, "
+                                            "play, favorite, cart, purchase, search, ...); same as --map "
+                                            "behavior=COL."),
+        behavior: str = typer.Option(None, help="One behaviour type for every event, for single-type logs "
+                                     "(e.g. play)."),
+        behavior_type: str = typer.Option("", help="Declare types beyond the common ones: NAME=POLARITY[:WEIGHT],"
+                                          "... with POLARITY positive, neutral, negative or search, WEIGHT the "
+                                          "narrative weight (e.g. wishlist=positive:2,skip=negative)."),
     ) -> None:
-        """Import your own logs into a dataset folder; print its summary and load report as JSON."""
+        """Import your own logs into a dataset folder; print its summary and load report as JSON.
+
+        Behaviour types: the common names (click, view, play, favorite, cart, purchase, search; Taobao's pv,
+        fav, buy; liked/watched/disliked) are known; any other name must be declared with --behavior-type.
+        Search events have a query (--map query=COL) and an empty item id.
+        """
+        from llmrec.data.behaviors import EventMeaning, parse_behavior_types
         from llmrec.data.ingest import import_tables, parse_mapping
 
         try:
-            ds = import_tables(events, items, users, parse_mapping(map), strict=strict, encoding=encoding,
-                               genre_sep=genre_sep, name=name, year_from_title=year_from_title)
+            mapping = parse_mapping(map)
+            if behavior_column:
+                mapping["behavior"] = behavior_column
+            if value_meaning not in (None, "rating", "count", "none"):
+                raise ValueError(f"--value-meaning must be rating, count or none, got {value_meaning!r}")
+            how = EventMeaning(value_meaning=value_meaning, behavior=behavior,
+                               declared=parse_behavior_types(behavior_type))
+            ds = import_tables(events, items, users, mapping, strict=strict, encoding=encoding,
+                               genre_sep=genre_sep, name=name, year_from_title=year_from_title, how=how)
         except (DataError, ValueError) as e:
             raise fail(e) from None
         ds.save(out)

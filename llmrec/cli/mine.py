@@ -73,7 +73,7 @@ def register(app: typer.Typer) -> None:
         if backend not in (None, "vllm", "transformers"):
             raise typer.BadParameter(f"--backend must be vllm or transformers, got {backend!r}")
         ds = resolve_dataset(dataset)
-        split = split_leave_one_out(ds.events)
+        split = split_leave_one_out(ds.events, targets=ds.behavior_vocab.target_names())
         as_of = split.as_of("test")
         chosen = sorted(as_of.index, key=lambda u: (len(u), u))[:users] if users else list(as_of.index)
         events = split.history("test")
@@ -97,7 +97,8 @@ def register(app: typer.Typer) -> None:
         if backend not in ("vllm", "transformers"):
             raise typer.BadParameter(f"llm.backend must be vllm or transformers for mining, got {backend!r}")
         narratives = render_narratives(events, ds.items, as_of.loc[chosen], config.narrative,
-                                       load_narrative_tokenizer(model))
+                                       load_narrative_tokenizer(model), behaviors=ds.behavior_vocab,
+                                       queries=ds.queries)
         llm = make_backend(config.llm) if executor == "local" else None
         try:
             profiles, stats = mine_all(narratives, ds, out / "shards", config, llm, executor,

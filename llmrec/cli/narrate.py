@@ -45,7 +45,8 @@ def register(app: typer.Typer) -> None:
         tokenizer = load_narrative_tokenizer(model)
         report = NarrativeReport()
         t0 = time.perf_counter()
-        narratives = render_narratives(ds.events, ds.items, cut, cfg, tokenizer, report)
+        narratives = render_narratives(ds.events, ds.items, cut, cfg, tokenizer, report, behaviors=ds.behavior_vocab,
+                                       queries=ds.queries)
         seconds = time.perf_counter() - t0
         table = pa.Table.from_pylist([n.model_dump() for n in narratives])
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -49,7 +49,8 @@ def register(app: typer.Typer) -> None:
                            mixed_negatives=False if no_mixed_negatives else None,
                            learnable_temperature=False if fixed_temperature else None)
         ds = resolve_dataset(dataset)
-        split = split_leave_one_out(ds.events, DataConfig().min_events_for_split)
+        split = split_leave_one_out(ds.events, DataConfig().min_events_for_split,
+                                    targets=ds.behavior_vocab.target_names())
         llm_tags, tags_info = read_tags_table(tags) if tags is not None else (None, None)
         result = train_towers(ds, split, tcfg, llm_tags=llm_tags, tags_info=tags_info,
                               progress=lambda rec: log.info(json.dumps(rec)))

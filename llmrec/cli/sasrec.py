@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
 
         cfg = load_config(SASRecConfig, config, loss=loss, seed=seed, epochs=epochs)
         ds = resolve_dataset(dataset)
-        split = split_leave_one_out(ds.events)
+        split = split_leave_one_out(ds.events, targets=ds.behavior_vocab.target_names())
         vocab = ItemVocab.from_items(ds.items)
         scorer, info = train_sasrec(split, vocab, cfg)  # per-epoch lines: INFO log on stderr
         result = {

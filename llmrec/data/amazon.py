@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from llmrec.config import DataConfig
+from llmrec.data.behaviors import RATING_VOCAB
 from llmrec.data.datasets import DataError, Dataset, LoadReport, llmrec_home, ratings_to_behaviors
 from llmrec.schema import Domain
 
@@ -226,7 +227,7 @@ def load_amazon(path: str | Path, config: DataConfig | None = None, check: bool 
     if check and expected is not None and got != expected:
         raise DataError(f"{root}: Amazon 2018 {category} should have {expected}, found {got}; damaged copy?")
     slug = key.replace("_", "-")
-    ds = Dataset(name=PREFIX + slug, events=events, items=items, users=users, report=report,
+    ds = Dataset(name=PREFIX + slug, events=events, items=items, users=users, report=report, behaviors=RATING_VOCAB,
                  domain=DOMAINS.get(key, GENERIC_DOMAIN))
     log.info("loaded %s: %s", ds.name, report.skipped)
     return ds

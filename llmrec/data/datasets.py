@@ -1,7 +1,8 @@
 """Raw events -> validated canonical tables (`Dataset`), and the dataset folder format.
 
-A dataset folder holds `events.parquet`, `items.parquet`, `users.parquet` (schemas in `llmrec.schema`)
-and `dataset.json` (name, counts, load report). Every command that takes `--dataset` accepts either a
+A dataset folder holds `events.parquet`, `items.parquet`, `users.parquet` (schemas in `llmrec.schema`),
+`queries.parquet` when the log has search events (user_id, timestamp, query: a search names no item), and
+`dataset.json` (name, counts, load report, the behaviour vocabulary of `llmrec.data.behaviors`). Every command that takes `--dataset` accepts either a
 built-in name (`ml-100k`) or such a folder; `resolve_dataset` does that lookup once.
 
 MovieLens ratings become behaviours by threshold (DataConfig): rating >= 4 "liked", rating <= 2
@@ -23,6 +24,8 @@ import pyarrow.parquet as pq
 
 from llmrec.errors import DataError
 from llmrec.config import DataConfig
+from llmrec.data.behaviors import (QUERY_COLUMNS, RATING_VOCAB, BehaviorVocab, ratings_to_behaviors,
+                                   vocab_from_events)
 from llmrec.schema import EVENTS_SCHEMA, ITEMS_SCHEMA, Domain, Event, Item, UserHistory
 
 ML100K_ENV = "LLMREC_ML100K_DIR"
@@ -67,9 +70,16 @@ class Dataset:
     users: pd.DataFrame
     report: LoadReport = field(default_factory=LoadReport)
     domain: Domain = field(default_factory=Domain)
+    # None: derived from the events' names, which must then all be common ones (`behaviors.COMMON_BEHAVIORS`)
+    behaviors: BehaviorVocab | None = None
+    queries: pd.DataFrame | None = None  # search events (QUERY_COLUMNS), never items nor targets
 
     def __post_init__(self) -> None:
         self.events = sort_events(self.events)
+        if self.queries is None:
+            self.queries = pd.DataFrame({c: pd.Series(dtype="datetime64[s, UTC]" if c == "timestamp" else object)
+                                         for c in QUERY_COLUMNS})
+        self.queries = sort_events(self.queries)
         if "brand" not in self.items.columns:  # folders written before the column existed
             self.items = self.items.assign(brand=None)
 
@@ -88,6 +98,13 @@ class Dataset:
                 for r in self.items.itertuples(index=False)
             }
         return self._item_index
+
+    @property
+    def behavior_vocab(self) -> BehaviorVocab:
+        """The dataset's behaviour types (saved, or derived from common names for code-built datasets)."""
+        if self.behaviors is None:
+            self.behaviors = vocab_from_events(self.events)
+        return self.behaviors
 
     def profile(self, user_id: str) -> dict[str, str]:
         if not hasattr(self, "_profiles"):
@@ -121,6 +138,8 @@ class Dataset:
             "domain": self.domain.model_dump(),
             "behaviors": {k: int(v) for k, v in self.events["behavior"].value_counts().sort_index().items()},
             "report": self.report.to_dict(),
+            **({"behavior_vocab": self.behaviors.model_dump(mode="json", exclude_none=True)} if self.behaviors else {}),
+            **({"queries": len(self.queries)} if len(self.queries) else {}),
         }
 
     def save(self, out: str | Path) -> Path:
@@ -133,6 +152,11 @@ class Dataset:
                                             preserve_index=False), out / "items.parquet")
         users = self.users.astype({c: "string" for c in self.users.columns})
         _write_parquet(pa.Table.from_pandas(users, preserve_index=False), out / "users.parquet")
+        if len(self.queries):
+            _write_parquet(pa.Table.from_pandas(self.queries[list(QUERY_COLUMNS)], preserve_index=False),
+                           out / "queries.parquet")
+        elif (out / "queries.parquet").is_file():  # overwriting a folder that had searches
+            (out / "queries.parquet").unlink()
         tmp = out / "dataset.json.tmp"
         tmp.write_text(json.dumps(self.summary(), indent=2) + "\n")
         tmp.replace(out / "dataset.json")
@@ -152,12 +176,6 @@ def _text_or_none(value: object) -> str | None:
 def sort_events(events: pd.DataFrame) -> pd.DataFrame:
     """Stable sort by user then time: ties keep their input order, so the order is reproducible."""
     return events.sort_values(["user_id", "timestamp"], kind="mergesort").reset_index(drop=True)
-
-
-def ratings_to_behaviors(ratings: np.ndarray, config: DataConfig) -> np.ndarray:
-    return np.where(
-        ratings >= config.like_threshold, "liked", np.where(ratings <= config.dislike_threshold, "disliked", "watched")
-    )
 
 
 # --- Built-in datasets ----------------------------------------------------------------------------
@@ -207,7 +225,7 @@ def load_ml100k(path: str | Path | None = None, config: DataConfig | None = None
     if unknown.any():
         raise DataError(f"{root / 'u.data'}: {int(unknown.sum())} events name items missing from u.item, "
                         f"first at row {int(np.flatnonzero(unknown)[0]) + 1}")
-    ds = Dataset(name="ml-100k", events=events, items=items, users=users, report=report,
+    ds = Dataset(name="ml-100k", events=events, items=items, users=users, report=report, behaviors=RATING_VOCAB,
                  domain=Domain(item="movie", items="movies", user="viewer"))
     got = {"users": ds.events["user_id"].nunique(), "items": len(items), "events": len(events)}
     if expected is not None and got != expected:
@@ -276,8 +294,13 @@ def load_dataset_dir(path: str | Path) -> Dataset:
     meta = json.loads((root / "dataset.json").read_text()) if (root / "dataset.json").is_file() else {}
     report = LoadReport(**{k: meta.get("report", {}).get(k, {}) for k in ("skipped", "examples")})
     domain = Domain(**meta["domain"]) if "domain" in meta else Domain()
+    behaviors = BehaviorVocab.model_validate(meta["behavior_vocab"]) if "behavior_vocab" in meta else None
+    queries = None
+    if (root / "queries.parquet").is_file():
+        queries = pq.read_table(root / "queries.parquet").to_pandas()
+        queries["timestamp"] = pd.to_datetime(queries["timestamp"], utc=True).astype("datetime64[s, UTC]")
     return Dataset(name=meta.get("name", root.name), events=events, items=items, users=users, report=report,
-                   domain=domain)
+                   domain=domain, behaviors=behaviors, queries=queries)
 
 
 BUILTIN_NAMES = ("ml-100k", "ml-1m", "ml-latest-small", "ml-20m", "ml-25m", "amazon-2018-<category>")

@@ -6,8 +6,12 @@ counted.
 renames columns; `items.item_id=movie_id` style keys apply to one table only. Unmapped canonical names are
 looked up under their own name.
 
-Canonical columns: events need user_id, item_id, timestamp and either behavior or value (a rating turned
-into liked/watched/disliked with DataConfig thresholds); items need item_id and title, and may have genres
+Canonical columns: events need user_id, item_id, timestamp and a behaviour: a behavior column, one constant
+type for all (`EventMeaning.behavior`), or a value declared as a rating (turned into liked/watched/disliked with
+DataConfig thresholds). A value column must have a declared meaning (rating, count: a strength kept in
+`value`, never a dislike; none: ignored); behaviour names must be common ones or declared
+(`llmrec.data.behaviors`). Search events (a search-kind behaviour) carry a `query` and no item_id; they go to
+`Dataset.queries`, never to the item events. Items need item_id and title, and may have genres
 (split on `genre_sep`, or a JSON list), year, text and brand; users need user_id, every other column becomes
 profile text. Titles in the MovieLens form "Toy Story (1995)" give the year and lose the suffix: always with
 `year_from_title=True`, never with False, and by default (None) when no year column is mapped and most
@@ -38,13 +42,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from llmrec.config import DataConfig
-from llmrec.data.datasets import YEAR_SUFFIX, DataError, Dataset, LoadReport, ratings_to_behaviors
+from llmrec.data.behaviors import (QUERY_COLUMNS, BehaviorVocab, EventMeaning, behavior_source, check_search_rows,
+                                   ratings_to_behaviors, vocab_for)
+from llmrec.data.datasets import YEAR_SUFFIX, DataError, Dataset, LoadReport
 
 log = logging.getLogger(__name__)
 JSON_SUFFIXES = (".json", ".jsonl", ".ndjson")
 
 TABLE_COLUMNS = {
-    "events": ("user_id", "item_id", "timestamp", "behavior", "value"),
+    "events": ("user_id", "item_id", "timestamp", "behavior", "value", "query"),
     "items": ("item_id", "title", "genres", "year", "text", "brand"),
     "users": ("user_id",),
 }
@@ -286,33 +292,51 @@ def _import_items(path: Path, df: pd.DataFrame, mapping, report, strict, genre_s
 
 
 def _import_events(path: Path, df: pd.DataFrame, mapping, report, strict, known_items: pd.Index,
-                   config: DataConfig) -> pd.DataFrame:
-    c = _pick(df, path, mapping, "events", ("user_id", "item_id", "timestamp"), ("behavior", "value"))
-    if "behavior" not in c and "value" not in c:
-        raise DataError(f"{path}: missing column {_column_for(mapping, 'events', 'behavior')!r} or "
-                        f"{_column_for(mapping, 'events', 'value')!r} (canonical events field 'behavior', or "
-                        f"'value' as a rating to derive it from); map one with --map behavior=<column>")
+                   config: DataConfig, how: EventMeaning) -> tuple[pd.DataFrame, pd.DataFrame, BehaviorVocab]:
+    """Item events, search queries and the behaviour vocabulary of one events table."""
+    c = _pick(df, path, mapping, "events", ("user_id", "item_id", "timestamp"), ("behavior", "value", "query"))
+    source = behavior_source(path, c, how, lambda name: _column_for(mapping, "events", name))
     rows = _Rows(path, len(df), report, strict)
-    for name in ("user_id", "item_id", "timestamp") + (("behavior",) if "behavior" in c else ("value",)):
+    for name in ("user_id", "timestamp") + (("behavior",) if source == "column" else ()):  # item_id: per kind
         rows.reject(_empty(c[name]), "empty_field", name)
+    if source == "rating":
+        rows.reject(_empty(c["value"]), "empty_field", "value")
     ts = parse_timestamps(c["timestamp"])
     rows.reject(ts.isna().to_numpy(), "bad_timestamp", "timestamp", c["timestamp"])
     value = pd.Series(np.nan, index=df.index)
-    if "value" in c:
+    if "value" in c and how.value_meaning != "none":
         value = to_numbers(c["value"])
-        rows.reject(value.isna().to_numpy() & ~_empty(c["value"]), "bad_value", "value", c["value"])
-    users, items = _ids(c["user_id"]), _ids(c["item_id"])
-    rows.reject(~items.isin(known_items).to_numpy(), "unknown_item", "item_id", items)
-    if "behavior" in c:
+        bad = value.isna().to_numpy() & ~_empty(c["value"])
+        if how.value_meaning == "count":  # a strength: a negative count is as bad as a non-number
+            bad |= (value < 0).to_numpy()
+        rows.reject(bad, "bad_value", "value", c["value"])
+    if source == "column":
         behavior = c["behavior"].astype(str).str.strip()
+    elif source == "constant":
+        behavior = pd.Series(how.behavior, index=df.index)
     else:
         behavior = pd.Series(ratings_to_behaviors(value.fillna(0).to_numpy(), config), index=df.index)
+    counts = behavior[rows.alive].value_counts().to_dict()
+    vocab = vocab_for(counts, how.value_meaning or "none", how.declared, where=str(path))
+    search = behavior.isin([s.name for s in vocab.specs if s.kind == "search"]).to_numpy()
+    users, items = _ids(c["user_id"]), _ids(c["item_id"])
+    no_item = _empty(c["item_id"])
+    if search.any():
+        query = check_search_rows(path, c, search)
+        rows.reject(search & ~no_item, "search_with_item", "item_id", items)
+        rows.reject(search & _empty(query), "empty_field", "query")
+    rows.reject(~search & no_item, "empty_field", "item_id")
+    rows.reject(~search & ~items.isin(known_items).to_numpy(), "unknown_item", "item_id", items)
     frame = pd.DataFrame({"user_id": users, "item_id": items, "timestamp": ts, "behavior": behavior,
                           "value": value.astype("float64")})
+    if search.any():
+        frame["item_id"] = frame["item_id"].where(~search, query.astype(str).str.strip())  # dedupe by query text
     dup = frame[rows.alive].duplicated(["user_id", "item_id", "timestamp", "behavior"])
     rows.reject(dup.reindex(frame.index, fill_value=False).to_numpy(), "duplicate_event", "timestamp",
                 c["timestamp"])
-    return frame[rows.alive].reset_index(drop=True)
+    kept = frame[rows.alive & ~search].reset_index(drop=True)
+    queries = frame[rows.alive & search].rename(columns={"item_id": "query"})[list(QUERY_COLUMNS)]
+    return kept, queries.reset_index(drop=True), vocab
 
 
 def _import_users(path: Path, df: pd.DataFrame, mapping, report, strict) -> pd.DataFrame:
@@ -336,9 +360,15 @@ def import_tables(
     config: DataConfig | None = None,
     name: str | None = None,
     year_from_title: bool | None = None,
+    how: EventMeaning | None = None,
 ) -> Dataset:
-    """Read the user's tables into a canonical `Dataset` (see the module docstring for the rules)."""
+    """Read the user's tables into a canonical `Dataset` (see the module docstring for the rules).
+
+    `how` says what the events' behaviour and value mean (`llmrec.data.behaviors.EventMeaning`): a value
+    column without a declared meaning, or a behaviour type that is neither common nor declared, is an error.
+    """
     mapping = dict(mapping or {})
+    how = how or EventMeaning()
     _check_mapping(mapping)
     config = config or DataConfig()
     try:
@@ -349,11 +379,12 @@ def import_tables(
     ipath, epath = Path(items), Path(events)
     item_table = _import_items(ipath, read_table(ipath, encoding), mapping, report, strict, genre_sep,
                                year_from_title)
-    event_table = _import_events(epath, read_table(epath, encoding), mapping, report, strict,
-                                 pd.Index(item_table["item_id"]), config)
+    event_table, queries, behaviors = _import_events(epath, read_table(epath, encoding), mapping, report, strict,
+                                                     pd.Index(item_table["item_id"]), config, how)
     if users is not None:
         upath = Path(users)
         user_table = _import_users(upath, read_table(upath, encoding), mapping, report, strict)
     else:
         user_table = pd.DataFrame({"user_id": np.sort(event_table["user_id"].unique())})
-    return Dataset(name=name or epath.stem, events=event_table, items=item_table, users=user_table, report=report)
+    return Dataset(name=name or epath.stem, events=event_table, items=item_table, users=user_table, report=report,
+                   behaviors=behaviors, queries=queries)

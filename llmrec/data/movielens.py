@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from llmrec.config import DataConfig
+from llmrec.data.behaviors import RATING_VOCAB
 from llmrec.data.datasets import YEAR_SUFFIX, DataError, Dataset, LoadReport, llmrec_home, ratings_to_behaviors
 from llmrec.schema import Domain
 
@@ -162,4 +163,5 @@ def load_movielens(name: str, path: str | Path | None = None, config: DataConfig
     expected = EXPECTED.get(name)
     if check and expected is not None and got != expected:
         raise DataError(f"{root}: {name} should have {expected}, found {got}; damaged copy?")
-    return Dataset(name=name, events=events, items=items, users=users, report=LoadReport(), domain=MOVIE_DOMAIN)
+    return Dataset(name=name, events=events, items=items, users=users, report=LoadReport(), domain=MOVIE_DOMAIN,
+                   behaviors=RATING_VOCAB)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from collections.abc import Collection
 from typing import Literal
 
 import numpy as np
@@ -85,10 +86,14 @@ def holdout_user_ids(user_ids, share: float, seed: int) -> set[str]:
 
 
 def split_leave_one_out(events: pd.DataFrame, min_events: int = 3, holdout_share: float = 0.0,
-                        holdout_seed: int = 0) -> Split:
+                        holdout_seed: int = 0, targets: Collection[str] | None = None) -> Split:
     """Last event per user -> test, second-to-last -> valid, the rest -> train.
 
     holdout_share > 0: that share of the users is first taken out whole into `Split.holdout`.
+    targets: the behaviour types that may be a target (`BehaviorVocab.target_names`); None or every event's
+    type: the plain split. Otherwise a user's last two *target* events are test and valid, train is what came
+    before the valid one (views, carts, ... included), and the user's other events after the valid target are
+    left out (counted in the report as events_after_valid_target): seen by no model, so nothing leaks.
     """
     ev = sort_events(events)
     holdout = None
@@ -96,24 +101,52 @@ def split_leave_one_out(events: pd.DataFrame, min_events: int = 3, holdout_share
         held = holdout_user_ids(ev["user_id"], holdout_share, holdout_seed)
         out = ev["user_id"].astype(str).isin(held).to_numpy()
         holdout, ev = ev[out].reset_index(drop=True), ev[~out].reset_index(drop=True)
-    counts = ev.groupby("user_id", sort=False)["user_id"].transform("size").to_numpy()
-    # Position from the end within each user: 0 = last event.
-    from_end = ev.groupby("user_id", sort=False).cumcount(ascending=False).to_numpy()
-    eligible = counts >= min_events
-    is_test = eligible & (from_end == 0)
-    is_valid = eligible & (from_end == 1)
-    train = ev[~(is_test | is_valid)].reset_index(drop=True)
+    is_target = np.ones(len(ev), dtype=bool) if targets is None else ev["behavior"].isin(list(targets)).to_numpy()
+    if is_target.all():
+        counts = ev.groupby("user_id", sort=False)["user_id"].transform("size").to_numpy()
+        # Position from the end within each user: 0 = last event.
+        from_end = ev.groupby("user_id", sort=False).cumcount(ascending=False).to_numpy()
+        eligible = counts >= min_events
+        is_test = eligible & (from_end == 0)
+        is_valid = eligible & (from_end == 1)
+        after = np.zeros(len(ev), dtype=bool)
+    else:
+        is_test, is_valid, after, eligible = _target_positions(ev, is_target, min_events)
+    train = ev[~(is_test | is_valid | after)].reset_index(drop=True)
     report = {
         "users": int(ev["user_id"].nunique()),
         "users_with_targets": int(is_test.sum()),
         "users_too_short": int(ev.loc[~eligible, "user_id"].nunique()),
         "min_events": min_events,
     }
+    if not is_target.all():
+        report.update(target_behaviors=sorted(set(targets)), events_after_valid_target=int(after.sum()))
     if holdout is not None:
         report.update(holdout_users=int(holdout["user_id"].nunique()), holdout_share=holdout_share,
                       holdout_seed=holdout_seed)
     return Split(train=train, valid=ev[is_valid].reset_index(drop=True), test=ev[is_test].reset_index(drop=True),
                  report=report, holdout=holdout)
+
+
+def _target_positions(ev: pd.DataFrame, is_target: np.ndarray, min_events: int):
+    """(E,) masks: test and valid targets (a user's last two target events), the events after the valid
+    target that are not the test one, and the rows of users with targets (>= 2 target events and at least
+    `min_events` events up to the test target)."""
+    n = len(ev)
+    users = ev["user_id"].to_numpy()
+    rows = np.arange(n)
+    t_from_end = np.full(n, -1)
+    t_from_end[is_target] = ev[is_target].groupby("user_id", sort=False).cumcount(ascending=False).to_numpy()
+    by_user = pd.Series(rows, index=users).groupby(level=0, sort=False)
+    test_row = pd.Series(np.where(t_from_end == 0, rows, -1), index=users).groupby(level=0, sort=False).transform("max")
+    valid_row = pd.Series(np.where(t_from_end == 1, rows, -1), index=users).groupby(level=0, sort=False).transform("max")
+    first_row = by_user.transform("min").to_numpy()
+    test_row, valid_row = test_row.to_numpy(), valid_row.to_numpy()
+    eligible = (valid_row >= 0) & (test_row - first_row + 1 >= min_events)
+    is_test = eligible & (rows == test_row)
+    is_valid = eligible & (rows == valid_row)
+    after = eligible & (rows > valid_row) & ~is_test
+    return is_test, is_valid, after, eligible
 
 
 def truncate_history(events: pd.DataFrame, n_last: int) -> pd.DataFrame:

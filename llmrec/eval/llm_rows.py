@@ -86,7 +86,8 @@ def rerank_row(dataset, proto: Protocol, config: EvaluateConfig, base, tags, bac
     users = sample_users(view.users, config.rerank_users, config.sample_seed)
     sub = view.subset(users)
     narratives = {n.user_id: n for n in render_narratives(sub.events, dataset.items, sub.as_of,
-                                                          config.narrative, load_narrative_tokenizer(config.llm.model))}
+                                                          config.narrative, load_narrative_tokenizer(config.llm.model),
+                                                          behaviors=dataset.behavior_vocab, queries=dataset.queries)}
     profiles = None
     if config.llm_tags is not None:
         profiles = {p.user_id: p for p in profiles_from_table(pq.read_table(tags_parquet(config.llm_tags)))}
@@ -169,7 +170,8 @@ def ranker_row(dataset, proto: Protocol, config: EvaluateConfig, row: str, base_
 
     def texts(view) -> dict[str, str]:
         return {n.user_id: n.text for n in render_narratives(view.events, dataset.items, view.as_of, config.narrative,
-                                                              tokenizer)}
+                                                              tokenizer, behaviors=dataset.behavior_vocab,
+                                                              queries=dataset.queries)}
 
     t0 = time.perf_counter()
     has_valid = set(proto.slices["valid"].users)

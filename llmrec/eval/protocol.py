@@ -117,10 +117,15 @@ def tags_parquet(path: str | Path) -> Path:
     return path / "profiles.parquet" if path.is_dir() else path
 
 
+def target_behaviors(dataset: Dataset, config: EvaluateConfig) -> tuple[str, ...]:
+    """The behaviour types that count as targets: `config.target_behaviors`, else the dataset's."""
+    return dataset.behavior_vocab.target_names(config.target_behaviors)
+
+
 def split_for(dataset: Dataset, config: EvaluateConfig) -> Split:
-    """The evaluation split: leave-one-out plus the seeded cold-user holdout of `config`."""
+    """The evaluation split: leave-one-out on the target behaviours plus the seeded cold-user holdout."""
     return split_leave_one_out(dataset.events, holdout_share=config.cold_user_share,
-                               holdout_seed=config.cold_user_seed)
+                               holdout_seed=config.cold_user_seed, targets=target_behaviors(dataset, config))
 
 
 def make_view(name: str, events: pd.DataFrame, users: list[str], targets: pd.DataFrame,
@@ -134,16 +139,20 @@ def make_view(name: str, events: pd.DataFrame, users: list[str], targets: pd.Dat
                      pd.Series(t.loc[users, "timestamp"].to_numpy(), index=users, name="as_of"))
 
 
-def cold_user_views(holdout: pd.DataFrame | None, lengths: Sequence[int], vocab: ItemVocab) -> dict[str, SliceView]:
-    """`cold_user_N`: each held-out user with more than N events, shown the first N, predicting event N+1."""
+def cold_user_views(holdout: pd.DataFrame | None, lengths: Sequence[int], vocab: ItemVocab,
+                    target_types: Sequence[str] | None = None) -> dict[str, SliceView]:
+    """`cold_user_N`: each held-out user with more than N events, shown the first N, predicting event N+1
+    (with `target_types`: the first event from N+1 on whose behaviour is a target)."""
     if holdout is None or holdout.empty:
         return {}
     ev = sort_events(holdout)
     ev = ev.assign(user_id=ev["user_id"].astype(str))
     position = ev.groupby("user_id", sort=False).cumcount().to_numpy()  # 0 = first event
+    is_target = np.ones(len(ev), dtype=bool) if target_types is None else ev["behavior"].isin(target_types).to_numpy()
     out = {}
     for n in lengths:
-        targets = ev[position == n]
+        later = ev[is_target & (position >= n)]
+        targets = later[~later["user_id"].duplicated()]  # each user's first target from position n on
         users = sorted(targets["user_id"].unique(), key=_user_key)
         out[f"cold_user_{n}"] = make_view(f"cold_user_{n}", ev[(position < n) & ev["user_id"].isin(set(users))
                                                                ].reset_index(drop=True), users, targets, vocab)
@@ -169,7 +178,7 @@ def build_protocol(dataset: Dataset, config: EvaluateConfig, split: Split | None
                                 users, split.targets("valid"), vocab)
     for n in config.short_lengths:
         slices[f"short_{n}"] = make_view(f"short_{n}", truncate_history(visible, n), users, test, vocab)
-    slices.update(cold_user_views(split.holdout, config.cold_lengths, vocab))
+    slices.update(cold_user_views(split.holdout, config.cold_lengths, vocab, target_behaviors(dataset, config)))
     tail_set = set(tail.tolist())
     targets = dict(zip(slices["all"].users, slices["all"].targets.tolist()))
     slices["long_tail"] = make_view("long_tail", visible, [u for u in users if targets[u] in tail_set], test, vocab)

@@ -25,6 +25,7 @@ from llmrec.data import Dataset
 from llmrec.eval.llm_rows import coldstart_rows, imagine_cold_histories, ranker_row, rerank_row
 from llmrec.eval.protocol import (Protocol, SliceView, build_protocol, long_tail_by_mass, sample_users, score_slice,
                                   score_view, tags_parquet)
+from llmrec.eval.protocol import target_behaviors
 from llmrec.eval.rows import (ABLATIONS, BASE_TOWER_ROWS, BASELINE_ROWS, COLDSTART_ROWS, ID_TOWER_ROWS,
                               LLM_TAG_ROWS,
                               RANKER_ROWS, REFERENCE_ROW, SASREC_ROWS, TowerScorer, absent_rows, planned_pairs,
@@ -129,6 +130,7 @@ class Evaluation:
             "dataset": {"name": dataset.name, "users": int(dataset.events["user_id"].nunique()),
                         "items": len(dataset.items), "events": len(dataset.events)},
             "split_hash": proto.split.hash, "split_report": proto.split.report,
+            "target_behaviors": list(target_behaviors(dataset, config)),
             "slices": {s: len(v.users) for s, v in proto.slices.items()},
             "long_tail": {"items": int(proto.long_tail.size), "catalogue": proto.vocab.size - 1,
                           "head_mass": config.long_tail_mass},
