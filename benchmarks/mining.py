@@ -15,7 +15,7 @@ prompt_tokens_per_user, output_tokens_per_user, output_tokens_per_s, then tag_nd
 novel_hit/legacy_tag_hr per row.
 
     python benchmarks/mining.py [--adapter adapters/ml-100k-lora] [--dataset ml-100k] [--users N]
-                                [--shard-size 256] [--out reports/bench/mining.json]
+                                [--shard-size 256] [--config CONFIG.json] [--out reports/bench/mining.json]
 """
 
 from __future__ import annotations
@@ -59,9 +59,11 @@ def ensure_adapter(adapter: Path, dataset: str, log) -> float | None:
     return time.perf_counter() - t
 
 
-def run_mining(adapter: Path, dataset: str, out: Path, users: int | None, shard_size: int | None) -> float:
+def run_mining(adapter: Path, dataset: str, out: Path, users: int | None, shard_size: int | None,
+               config: str | None = None) -> float:
     """`llmrec mine-interests` in a child process over a fresh output folder; its wall time in seconds."""
     cmd = [*LLMREC, "mine-interests", "--dataset", dataset, "--out", str(out), "--adapter", str(adapter)]
+    cmd += ["--config", config] if config else []
     cmd += ["--users", str(users)] if users else []
     cmd += ["--shard-size", str(shard_size)] if shard_size else []
     t = time.perf_counter()
@@ -119,6 +121,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="ml-100k", help="Built-in name or dataset folder.")
     parser.add_argument("--users", type=int, default=None, help="Mine only the first N users (default: all).")
     parser.add_argument("--shard-size", type=int, default=None, help="Users per shard (default JobConfig's).")
+    parser.add_argument("--config", default=None, help="RecommenderConfig JSON for mine-interests (e.g. llm.block_size).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the random_tags sanity row.")
     parser.add_argument("--keep", default=None, help="Keep the mined folder here (default: a temp folder).")
     parser.add_argument("--out", default=None, help="JSON path; default reports/bench/mining.json.")
@@ -131,11 +134,12 @@ def main() -> None:
     if (work / "shards").exists():  # a resumed job would time only the unfinished shards
         shutil.rmtree(work / "shards")
     try:
-        seconds = run_mining(adapter, args.dataset, work, args.users, args.shard_size)
+        seconds = run_mining(adapter, args.dataset, work, args.users, args.shard_size, args.config)
         manifest = json.loads((work / "manifest.json").read_text())
         stats, n = manifest["stats"], manifest["n_users"]
-        shard = json.loads((work / "config.json").read_text())["jobs"]["shard_size"]
-        ctx = {"model": "lora", "adapter": str(adapter), "shard_size": shard, "n": n}
+        used = json.loads((work / "config.json").read_text())
+        ctx = {"model": "lora", "adapter": str(adapter), "shard_size": used["jobs"]["shard_size"],
+               "block_size": used["llm"].get("block_size"), "n": n}
         records = mining_records(stats, seconds, n, ctx)
         if finetune_s is not None:
             records.append(record(BENCH, "finetune_seconds", finetune_s, "s", model="lora", adapter=str(adapter)))
