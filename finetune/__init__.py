@@ -67,7 +67,7 @@ def finetune_dataset(
     from llmrec.vocab import vocabulary_of
 
     examples, report = build_sft_examples(train, dataset.item_index, dataset.items, config, tokenizer, mining,
-                                          vocabulary_of(dataset))
+                                          vocabulary_of(dataset), dataset.behavior_vocab, dataset.queries)
     log.info("SFT: %s examples from %s cuts of %s users; skipped %s", report.to_dict()["examples"], report.cuts,
              report.users, report.skipped)
     if not examples:
@@ -129,7 +129,8 @@ def finetune_ranker(
     train = first_users(split.train, max_users)
     tokenizer = load_tokenizer(resolve_model(model))
     examples, report = build_ranker_examples(train, dataset.item_index, dataset.items, vocab, scorer, listwise,
-                                             tokenizer, domain=getattr(dataset, "domain", None))
+                                             tokenizer, domain=getattr(dataset, "domain", None),
+                                             behaviors=dataset.behavior_vocab, queries=dataset.queries)
     log.info("ranker SFT: %s examples from %s users; skipped %s", report.examples, report.users, report.skipped)
     if not examples:
         raise ValueError(f"no ranker example could be built from {dataset.name}: {report.to_dict()}")

@@ -1,0 +1,133 @@
+"""Every stage reads the dataset's behaviour vocabulary (issue 15): SFT narratives and taste weights, negative
+feedback kept out of retrieval training, cold-start wording, explanations' verbs and evidence."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from finetune.build_sft import TASTE_WEIGHTS, build_cut_examples, build_sft_examples, taste_weights
+from llmrec.config import FinetuneConfig, MiningConfig
+from llmrec.data import Dataset
+from llmrec.data.behaviors import COMMON_BEHAVIORS, RATING_VOCAB, BehaviorSpec, BehaviorVocab
+from llmrec.data.split import split_leave_one_out
+
+T0 = datetime(2024, 3, 1, tzinfo=timezone.utc)
+CATS = ("shoes", "lamps", "books", "tea")
+# A store log with a declared custom type (wishlist) and a negative one (skip) next to common ones.
+STORE_VOCAB = BehaviorVocab(value_meaning="none", specs=(
+    BehaviorSpec(name="wishlist", polarity="positive", weight=1.5), COMMON_BEHAVIORS["view"],
+    COMMON_BEHAVIORS["purchase"], COMMON_BEHAVIORS["skip"], COMMON_BEHAVIORS["search"]))
+
+
+def store_dataset(n_users: int = 16, n_items: int = 36, seed: int = 0) -> Dataset:
+    """Per user and day: a search, a view, a wishlist or purchase of a favourite-category item, and a skipped
+    item of another category; the skipped items are never bought by anyone."""
+    rng = np.random.default_rng(seed)
+    items = pd.DataFrame({"item_id": [f"P{i:02d}" for i in range(n_items)],
+                          "title": [f"{CATS[i % len(CATS)].title()} no. {i}" for i in range(n_items)],
+                          "genres": [[CATS[i % len(CATS)]] for i in range(n_items)],
+                          "year": pd.array([2015 + i % 6 for i in range(n_items)], dtype="Int32"),
+                          "text": None, "brand": None})
+    skipped = [i for i in range(n_items) if i % 9 == 8]
+    rows, queries = [], []
+    for u in range(n_users):
+        own = [i for i in range(u % len(CATS), n_items, len(CATS)) if i not in skipped]
+        for d in range(8):
+            t = T0 + timedelta(days=d, hours=u)
+            queries.append((f"u{u:02d}", t, f"{CATS[u % len(CATS)]} day {d}"))
+            i = int(rng.choice(own))
+            rows += [(f"u{u:02d}", f"P{i:02d}", t + timedelta(minutes=1), "view"),
+                     (f"u{u:02d}", f"P{i:02d}", t + timedelta(minutes=2), "purchase" if d % 2 else "wishlist"),
+                     (f"u{u:02d}", f"P{skipped[(u + d) % len(skipped)]:02d}", t + timedelta(minutes=3), "skip")]
+    events = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "behavior"]).assign(value=np.nan)
+    events["timestamp"] = pd.to_datetime(events["timestamp"], utc=True).astype("datetime64[s, UTC]")
+    q = pd.DataFrame(queries, columns=["user_id", "timestamp", "query"])
+    q["timestamp"] = pd.to_datetime(q["timestamp"], utc=True).astype("datetime64[s, UTC]")
+    users = pd.DataFrame({"user_id": sorted(events["user_id"].unique())})
+    return Dataset(name="store", events=events, items=items, users=users, behaviors=STORE_VOCAB, queries=q)
+
+
+@pytest.fixture(scope="module")
+def store() -> Dataset:
+    return store_dataset()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from llmrec.llm.model import load_tokenizer
+
+    return load_tokenizer()
+
+
+# --- 1. SFT narratives and taste weights ---------------------------------------------------------------------
+
+
+def test_taste_weights_follow_the_vocabulary():
+    assert taste_weights(None) == TASTE_WEIGHTS
+    assert taste_weights(RATING_VOCAB) == {"liked": 2.0, "watched": 1.0}  # the rating words' old table entries
+    store = taste_weights(STORE_VOCAB)
+    assert store == {"wishlist": 1.5, "purchase": TASTE_WEIGHTS["purchase"]}  # never view, skip or search
+    redeclared = BehaviorVocab(specs=(BehaviorSpec(name="click", polarity="negative"),
+                                      BehaviorSpec(name="tag", polarity="positive")))
+    assert taste_weights(redeclared) == {"tag": 1.0}  # a common name re-declared negative no longer votes
+
+
+def test_ml100k_sft_examples_are_unchanged_by_the_vocabulary(tiny, tokenizer):
+    split = split_leave_one_out(tiny.events)
+    config = FinetuneConfig(cut_fractions=(0.5, 0.8), narrative_max_tokens=200, n_tags=8, tag_horizon=6)
+    old, old_report = build_sft_examples(split.train, tiny.item_index, tiny.items, config, tokenizer)
+    new, new_report = build_sft_examples(split.train, tiny.item_index, tiny.items, config, tokenizer,
+                                         behaviors=tiny.behavior_vocab, queries=tiny.queries)
+    assert tiny.behavior_vocab == RATING_VOCAB and len(old) > 20
+    assert [e.messages for e in new] == [e.messages for e in old] and new_report.to_dict() == old_report.to_dict()
+
+
+def test_sft_narratives_show_declared_types_and_only_earlier_queries(store, tokenizer):
+    split = split_leave_one_out(store.events, targets=store.behavior_vocab.target_names())
+    config = FinetuneConfig(cut_fractions=(0.4, 0.7), narrative_max_tokens=400, n_tags=2, tag_horizon=6,
+                            n_interests=1)
+    mining = MiningConfig(min_interests=1, max_interests=1)
+    built, report = build_cut_examples(split.train, store.item_index, store.items, config, tokenizer, mining,
+                                       behaviors=store.behavior_vocab, queries=store.queries)
+    bare, _ = build_cut_examples(split.train, store.item_index, store.items, config, tokenizer, mining)
+    assert len(built) > 10, report.to_dict()
+    for b in built:
+        text = b.narrative.text
+        assert " wishlist" in text and " purchase" in text and " skip" in text
+        line = text.split("\n")[-1]
+        assert line.startswith('searched: "')
+        mine = store.queries[store.queries["user_id"] == b.cut.user_id]
+        before = set(mine.loc[mine["timestamp"] < b.cut.t, "query"])
+        later = set(mine.loc[mine["timestamp"] >= b.cut.t, "query"])
+        shown = {q.split('" (')[0] for q in line.removeprefix('searched: "').split(', "')}
+        assert shown and shown <= before and not shown & later
+        assert b.example.messages[1]["content"].count("searched:") == 1  # the prompt carries it
+    # Without the vocabulary the declared type is not intentional (dropped) and no query line appears.
+    assert all(" wishlist" not in b.narrative.text and "searched:" not in b.narrative.text for b in bare)
+
+
+def test_ranker_narratives_show_declared_types_and_only_queries_before_the_target(store, tokenizer):
+    import re
+
+    from finetune.build_ranker import build_ranker_examples, last_train_cuts
+    from llmrec.config import ListwiseConfig
+    from llmrec.data import ItemVocab
+    from retrieval.baselines import PopularityScorer
+
+    split = split_leave_one_out(store.events, targets=store.behavior_vocab.target_names())
+    vocab = ItemVocab.from_items(store.items)
+    examples, report = build_ranker_examples(split.train, store.item_index, store.items, vocab,
+                                             PopularityScorer.fit(split.train, vocab), ListwiseConfig(candidates=5),
+                                             tokenizer, behaviors=store.behavior_vocab, queries=store.queries)
+    cut = last_train_cuts(split.train, 3).set_index("user_id")["timestamp"]
+    assert len(examples) == len(cut) > 10, report.to_dict()
+    for ex in examples:
+        prompt = "\n".join(m["content"] for m in ex.messages[:-1])
+        assert " wishlist" in prompt
+        shown = set(re.findall(r'"(\w+ day \d+)"', prompt))
+        mine = store.queries[store.queries["user_id"] == ex.user_id]
+        assert shown and shown <= set(mine.loc[mine["timestamp"] < cut[ex.user_id], "query"])
