@@ -117,15 +117,19 @@ def finetune_ranker(
         raise ValueError(f"retriever must be one of {RANKER_RETRIEVERS}, got {retriever!r}")
     listwise = listwise or ListwiseConfig()
     split = sft_split(dataset, config)
+    from llmrec.data.behaviors import training_events
+
     vocab = ItemVocab.from_items(dataset.items)
+    positives = training_events(split.train, dataset.behavior_vocab)  # negative feedback is no positive
     if retriever == "sasrec":
         from retrieval.sasrec import train_sasrec
 
-        scorer, _ = train_sasrec(split, vocab, SASRecConfig(loss="ce", seed=config.seed))
+        scorer, _ = train_sasrec(split, vocab, SASRecConfig(loss="ce", seed=config.seed),
+                                 behaviors=dataset.behavior_vocab)
     elif retriever == "item_knn":
-        scorer = ItemKNNScorer.fit(split.train, vocab)
+        scorer = ItemKNNScorer.fit(positives, vocab)
     else:
-        scorer = PopularityScorer.fit(split.train, vocab)
+        scorer = PopularityScorer.fit(positives, vocab)
     train = first_users(split.train, max_users)
     tokenizer = load_tokenizer(resolve_model(model))
     examples, report = build_ranker_examples(train, dataset.item_index, dataset.items, vocab, scorer, listwise,

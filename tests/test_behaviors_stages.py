@@ -131,3 +131,55 @@ def test_ranker_narratives_show_declared_types_and_only_queries_before_the_targe
         shown = set(re.findall(r'"(\w+ day \d+)"', prompt))
         mine = store.queries[store.queries["user_id"] == ex.user_id]
         assert shown and shown <= set(mine.loc[mine["timestamp"] < cut[ex.user_id], "query"])
+
+
+# --- 2. Negative feedback is never a training positive ---------------------------------------------------------
+
+
+def test_training_events_drop_negative_types_and_keep_rating_logs_as_they_are(store, tiny):
+    from llmrec.data.behaviors import training_events
+
+    split = split_leave_one_out(store.events, targets=store.behavior_vocab.target_names())
+    kept = training_events(split.train, store.behavior_vocab)
+    assert (split.train["behavior"] == "skip").sum() > 20 and "skip" not in set(kept["behavior"])
+    assert len(kept) == (split.train["behavior"] != "skip").sum()
+    ml = split_leave_one_out(tiny.events, targets=tiny.behavior_vocab.target_names())
+    assert training_events(ml.train, tiny.behavior_vocab) is ml.train  # ML-100K: the very same training pairs
+    assert "disliked" in set(ml.train["behavior"])  # a rating's dislike is a target, so it stays
+
+
+def _recorded_sequences(monkeypatch, module) -> list[pd.DataFrame]:
+    """The event tables `module` turns into item sequences, in call order (the first: training)."""
+    seen: list[pd.DataFrame] = []
+    real = module.user_sequences
+
+    def record(events, vocab):
+        seen.append(events)
+        return real(events, vocab)
+
+    monkeypatch.setattr(module, "user_sequences", record)
+    return seen
+
+
+def test_sasrec_and_towers_never_train_on_skips(store, tiny, monkeypatch):
+    import retrieval.sasrec as sasrec
+    import retrieval.train as towers
+    from llmrec.config import SASRecConfig, TowerConfig
+    from llmrec.data import ItemVocab
+
+    tiny_towers = TowerConfig(encoder="hashed-bow", dim=8, hidden=16, epochs=1, patience=1, max_len=12, layers=1,
+                              heads=1, uniform_negatives=16, beta_grid=(0.5, 1.0), tag_batch_size=64)
+    small = SASRecConfig(maxlen=20, hidden=16, blocks=1, epochs=1, eval_every=1, patience=1)
+    for ds, negatives in ((store, 1), (tiny, 0)):
+        split = split_leave_one_out(ds.events, targets=ds.behavior_vocab.target_names())
+        vocab = ItemVocab.from_items(ds.items)
+        seen = _recorded_sequences(monkeypatch, sasrec)
+        sasrec.train_sasrec(split, vocab, small, behaviors=ds.behavior_vocab)
+        seen_towers = _recorded_sequences(monkeypatch, towers)
+        towers.fit_towers(ds, split, tiny_towers)
+        for train in (seen[0], seen_towers[0]):
+            assert "skip" not in set(train["behavior"])
+            if negatives:
+                assert len(train) == (split.train["behavior"] != "skip").sum() < len(split.train)
+            else:  # ML-100K: every training event, in order (its training pairs are unchanged)
+                assert train is split.train

@@ -146,6 +146,19 @@ def narrative_weights(config: NarrativeConfig, vocab: BehaviorVocab | None = Non
     return {**common, **declared, **config.behavior_weights}
 
 
+def training_events(events: pd.DataFrame, vocab: BehaviorVocab | None) -> pd.DataFrame:
+    """The events retrieval may train on as positives: all but those of negative types that are no target
+    (skip, return, dislike: a sequence model would learn to recommend what the user turned down). A rating's
+    "disliked" is a target (see the module docstring) and stays, so a rating log's events come back as they
+    are (the same frame). Narratives still show the negative events: the LLM learns what a user avoids."""
+    if vocab is None:
+        return events
+    negative = [s.name for s in vocab.specs if s.kind == "item" and s.polarity == "negative" and not s.is_target]
+    if not negative:
+        return events
+    return events[~events["behavior"].isin(negative).to_numpy()].reset_index(drop=True)
+
+
 def parse_behavior_types(spec: str | None) -> dict[str, BehaviorSpec]:
     """`wishlist=positive:2,skip=negative` -> declared specs (`search` as polarity declares a search type)."""
     out: dict[str, BehaviorSpec] = {}
