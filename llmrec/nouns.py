@@ -19,6 +19,25 @@ MOVIE_NOUNS = {
 }  # fmt: skip
 
 
+# The prompts' verbs (take / takes / taken) for behaviour types that name an act better than "watch" or "pick"
+# (cold start asks which items a new user "buys first" in a shop log). The rating words have none: a rating
+# dataset keeps its domain's words, so MovieLens prompts render as they always did.
+BEHAVIOR_VERBS: dict[str, tuple[str, str, str]] = {
+    **dict.fromkeys(("purchase", "purchased", "buy"), ("buy", "buys", "bought")),
+    **dict.fromkeys(("play", "played"), ("play", "plays", "played")),
+    **dict.fromkeys(("click", "clicked"), ("click", "clicks", "clicked")),
+    **dict.fromkeys(("view", "viewed", "pv"), ("view", "views", "viewed")),
+    **dict.fromkeys(("cart", "add-to-cart"), ("add to the cart", "adds to the cart", "added to the cart")),
+    **dict.fromkeys(("favorite", "favourite", "fav"), ("save", "saves", "saved")),
+}
+
+
+def behavior_verbs(behavior: str | None) -> dict[str, str]:
+    """take / takes / taken for a behaviour type with its own verbs ({} for the rating words and others)."""
+    verbs = BEHAVIOR_VERBS.get(behavior or "")
+    return dict(zip(("take", "takes", "taken"), verbs)) if verbs else {}
+
+
 def _a(noun: str) -> str:
     """"an item", "a user": a vowel letter takes "an" unless it sounds like "you" (user, unit, utility)."""
     low = noun.lower()
@@ -30,18 +49,20 @@ def _examples(tags: list[str], fallback: str) -> str:
     return " or ".join(f'"{t}"' for t in tags[:2]) if len(tags) >= 2 else fallback
 
 
-def prompt_nouns(vocab: AttributeVocab | None = None, domain: Domain | None = None) -> dict[str, str]:
+def prompt_nouns(vocab: AttributeVocab | None = None, domain: Domain | None = None,
+                 behavior: str | None = None) -> dict[str, str]:
     """Template variables naming the domain: item/items/user, a_user, a_item, take/takes/taken, traits,
-    interest_examples, tag_examples. None (or a movie domain) gives the MovieLens words."""
+    interest_examples, tag_examples. None (or a movie domain) gives the MovieLens words; `behavior` (the act
+    the prompt asks about, e.g. cold start's imagined type) replaces take/takes/taken where it has verbs."""
     domain = domain or (vocab.domain if vocab is not None else None)
     if domain is None or is_movie_domain(domain):
-        return dict(MOVIE_NOUNS)
+        return {**MOVIE_NOUNS, **behavior_verbs(behavior)}
     examples = list(vocab.example_tags) if vocab is not None else []
     user = domain.user if domain.item == "item" else f"{domain.item} {domain.user}"
     traits = "categories and its release year" if vocab is not None and vocab.decades else "categories"
     return {
         "item": domain.item, "items": domain.items, "user": domain.user, "a_user": _a(user), "a_item": _a(domain.item),
-        "take": "pick", "takes": "picks", "taken": "picked", "traits": traits,
+        "take": "pick", "takes": "picks", "taken": "picked", **behavior_verbs(behavior), "traits": traits,
         "interest_examples": _examples(examples[:2], f'"a favourite kind of {domain.items}"'),
         "tag_examples": _examples(examples[2:4] or examples[:2], f'"a kind of {domain.item}"'),
     }  # fmt: skip

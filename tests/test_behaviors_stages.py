@@ -183,3 +183,70 @@ def test_sasrec_and_towers_never_train_on_skips(store, tiny, monkeypatch):
                 assert len(train) == (split.train["behavior"] != "skip").sum() < len(split.train)
             else:  # ML-100K: every training event, in order (its training pairs are unchanged)
                 assert train is split.train
+
+
+# --- 3. Cold start imagines the dataset's main positive type ----------------------------------------------------
+
+
+def test_main_positive_type_per_vocabulary():
+    from llmrec.data.behaviors import main_positive
+    from llmrec.errors import DataError
+
+    assert main_positive(RATING_VOCAB) == main_positive(None) == "liked"
+    assert main_positive(STORE_VOCAB) == "purchase"  # weight 3 beats the declared wishlist's 1.5
+    assert main_positive(BehaviorVocab(value_meaning="count", specs=(COMMON_BEHAVIORS["play"],))) == "play"
+    only_views = BehaviorVocab(specs=(BehaviorSpec(name="view", polarity="neutral", target=True),))
+    assert main_positive(only_views) == "view"
+    with pytest.raises(DataError, match="no positive or target"):
+        main_positive(BehaviorVocab(specs=(COMMON_BEHAVIORS["skip"],)))
+
+
+def _cold_world(ds: Dataset):
+    from llmrec.coldstart import Catalogue, ExamplePool
+    from retrieval.encoder import encode_hashed_bow
+
+    profiles = {u: ds.profile(u) for u in ds.users["user_id"]}
+    pool = ExamplePool.from_events(ds.events, profiles, ds.item_index, n_items=3)
+    return Catalogue(list(ds.item_index.values()), encode_hashed_bow), pool
+
+
+def test_cold_start_imagines_and_words_the_main_positive_type(store, tiny):
+    import json
+
+    from llmrec.coldstart import imagine_histories
+    from llmrec.coldstart_fusion import early_fusion
+    from llmrec.config import ColdStartConfig
+    from llmrec.errors import DataError
+    from llmrec.llm import FakeBackend
+    from llmrec.vocab import vocabulary_of
+
+    config = ColdStartConfig(n_imagined=2, n_examples=2, example_items=3, sim_threshold=0.5)
+    history = store.history("u01").model_copy(update={"events": store.history("u01").events[:2]})
+    store_item = next(i for i in store.item_index.values() if i.item_id not in {e.item_id for e in history.events})
+    shop_answer = json.dumps({"m": [{"t": store_item.title, "g": list(store_item.genres), "y": store_item.year}]})
+    catalogue, pool = _cold_world(store)
+    asked: list = []
+    backend = FakeBackend(lambda m, s: asked.append(m) or shop_answer)
+    out, _ = imagine_histories([("u01", {}, history.events)], backend, config, catalogue, pool,
+                               attrs=vocabulary_of(store), behaviors=store.behavior_vocab)
+    prompt = "\n".join(m["content"] for m in asked[0])
+    assert "buys first" in prompt and "They have bought:" in prompt and "will likely buy first" in prompt
+    fused = early_fusion(history, out[0], config, behaviors=store.behavior_vocab)
+    assert [e.behavior for e in fused.events[:-2]] == ["purchase"] and fused.events[0].item_id == store_item.item_id
+    with pytest.raises(DataError, match="imagined_behavior='liked'"):
+        early_fusion(history, out[0], config.model_copy(update={"imagined_behavior": "liked"}),
+                     behaviors=store.behavior_vocab)
+
+    # Ratings: "liked" events and the MovieLens prompt, byte for byte what it was without a vocabulary.
+    catalogue, pool = _cold_world(tiny)
+    real = tiny.history("1").model_copy(update={"events": tiny.history("1").events[:2]})
+    movie = next(i for i in tiny.item_index.values() if i.item_id not in {e.item_id for e in real.events})
+    toy = json.dumps({"m": [{"t": movie.title, "g": list(movie.genres[:3]), "y": movie.year}]})
+    with_vocab, without = [], []
+    out, _ = imagine_histories([("1", real.profile, real.events)], FakeBackend(lambda m, s: with_vocab.append(m) or toy),
+                               config, catalogue, pool, behaviors=tiny.behavior_vocab)
+    imagine_histories([("1", real.profile, real.events)], FakeBackend(lambda m, s: without.append(m) or toy), config,
+                      catalogue, pool)
+    assert with_vocab == without and "watches first" in with_vocab[0][0]["content"]
+    imagined = early_fusion(real, out[0], config, behaviors=tiny.behavior_vocab).events[:-2]
+    assert [(e.item_id, e.behavior) for e in imagined] == [(movie.item_id, "liked")]

@@ -146,6 +146,24 @@ def narrative_weights(config: NarrativeConfig, vocab: BehaviorVocab | None = Non
     return {**common, **declared, **config.behavior_weights}
 
 
+def main_positive(vocab: BehaviorVocab | None) -> str:
+    """The dataset's main positive item type: the positive one with the largest weight (ties: name), e.g.
+    "liked" for ratings, "purchase" for a view/cart/purchase log, "play" for a play-count log. None: the rating
+    vocabulary (a dataset or folder from before vocabularies). A log without a positive type has its first
+    target type, else none at all: an error."""
+    vocab = vocab or RATING_VOCAB
+    positive = [s for s in vocab.specs if s.kind == "item" and s.polarity == "positive"]
+    if positive:
+        weight = {s.name: s.weight or (COMMON_BEHAVIORS[s.name].weight if s.name in COMMON_BEHAVIORS else None) or 1.0
+                  for s in positive}
+        return min(positive, key=lambda s: (-weight[s.name], s.name)).name
+    targets = vocab.target_names()
+    if not targets:
+        raise DataError(f"the behaviour vocabulary {list(vocab.names)} has no positive or target item type; "
+                        + DECLARE_HINT.format(name="NAME"))
+    return targets[0]
+
+
 def training_events(events: pd.DataFrame, vocab: BehaviorVocab | None) -> pd.DataFrame:
     """The events retrieval may train on as positives: all but those of negative types that are no target
     (skip, return, dislike: a sequence model would learn to recommend what the user turned down). A rating's

@@ -355,7 +355,8 @@ class Evaluation:
         self.close_backend()  # every LLM call is done after the first seed
         due = [m for m in COLDSTART_ROWS if self.due(m, seed)]
         if due and self.imagined is not None:
-            coldstart_rows(self.proto, self.config, model, self.imagined, due, self.add, seed)
+            coldstart_rows(self.proto, self.config, model, self.imagined, due, self.add, seed,
+                           self.train_dataset.behavior_vocab)
             for m in due:
                 self.finish(m, seed)
 
