@@ -8,6 +8,7 @@ other domain the nouns come from `Domain` and the example interests/tags from th
 
 from __future__ import annotations
 
+from llmrec.data.behaviors import BEHAVIOR_VERBS
 from llmrec.schema import Domain
 from llmrec.vocab import AttributeVocab, is_movie_domain
 
@@ -19,23 +20,10 @@ MOVIE_NOUNS = {
 }  # fmt: skip
 
 
-# The prompts' verbs (take / takes / taken) for behaviour types that name an act better than "watch" or "pick"
-# (cold start asks which items a new user "buys first" in a shop log). The rating words have none: a rating
-# dataset keeps its domain's words, so MovieLens prompts render as they always did.
-BEHAVIOR_VERBS: dict[str, tuple[str, str, str]] = {
-    **dict.fromkeys(("purchase", "purchased", "buy"), ("buy", "buys", "bought")),
-    **dict.fromkeys(("play", "played"), ("play", "plays", "played")),
-    **dict.fromkeys(("click", "clicked"), ("click", "clicks", "clicked")),
-    **dict.fromkeys(("view", "viewed", "pv"), ("view", "views", "viewed")),
-    **dict.fromkeys(("cart", "add-to-cart"), ("add to the cart", "adds to the cart", "added to the cart")),
-    **dict.fromkeys(("favorite", "favourite", "fav"), ("save", "saves", "saved")),
-}
-
-
 def behavior_verbs(behavior: str | None) -> dict[str, str]:
     """take / takes / taken for a behaviour type with its own verbs ({} for the rating words and others)."""
     verbs = BEHAVIOR_VERBS.get(behavior or "")
-    return dict(zip(("take", "takes", "taken"), verbs)) if verbs else {}
+    return dict(zip(("take", "takes", "taken"), verbs[:3])) if verbs else {}
 
 
 def _a(noun: str) -> str:

@@ -250,3 +250,96 @@ def test_cold_start_imagines_and_words_the_main_positive_type(store, tiny):
     assert with_vocab == without and "watches first" in with_vocab[0][0]["content"]
     imagined = early_fusion(real, out[0], config, behaviors=tiny.behavior_vocab).events[:-2]
     assert [(e.item_id, e.behavior) for e in imagined] == [(movie.item_id, "liked")]
+
+
+# --- 4. Explanations cite positive events and name the behaviour ------------------------------------------------
+
+
+def test_citable_history_prefers_positive_events_and_never_cites_negative_ones(tiny):
+    from explain.facts import citable_history
+
+    ids = ["A", "B", "B", "C", "D", "E"]
+    acts = ["view", "wishlist", "purchase", "skip", None, "view"]
+    assert citable_history(ids, acts, STORE_VOCAB) == (["B", "B", "D"], {"B": "purchase"})  # purchase over wishlist
+    assert citable_history(["A", "C", "E"], ["view", "skip", "view"], STORE_VOCAB) == (["A", "E"], {"A": "view",
+                                                                                                     "E": "view"})
+    assert citable_history(["C"], ["skip"], STORE_VOCAB) == ([], {})
+    # Ratings: every rated item stays citable (disliked included), in order, as before the vocabulary.
+    user = tiny.events[tiny.events["user_id"] == "1"]
+    got, _ = citable_history(user["item_id"].tolist(), user["behavior"].tolist(), tiny.behavior_vocab)
+    assert got == user["item_id"].tolist() and "disliked" in set(user["behavior"])
+
+
+def test_explanations_name_the_behaviour_and_pass_the_closed_world_check(tiny):
+    from explain.check import check_explanation
+    from explain.explain import template_text
+    from explain.facts import build_facts
+    from llmrec.config import ExplainConfig
+
+    items = list(tiny.item_index.values())
+    target = next(i for i in items if i.genres)
+    history = [i for i in items if i.item_id != target.item_id and set(i.genres) & set(target.genres)][:2]
+    config = ExplainConfig()
+    shop = build_facts(target, None, history, 2, tiny.domain, {history[0].item_id: "purchase",
+                                                                history[1].item_id: "cart"})
+    text = template_text(shop, config)
+    assert sorted(shop.acts) == ["added {} to your cart", "bought {}"]
+    assert text.startswith("You bought ") and " to your cart; " in text, text
+    assert check_explanation(text, shop, max_chars=400) is None
+    played = build_facts(target, None, history, 2, tiny.domain, {i.item_id: "play" for i in history})
+    assert template_text(played, config).startswith("You played ")
+    # Rating words: no acts, the very MovieLens sentence ("You liked ...") of facts built without behaviours.
+    rated = build_facts(target, None, history, 2, tiny.domain, {history[0].item_id: "liked",
+                                                                 history[1].item_id: "disliked"})
+    plain = build_facts(target, None, history, 2, tiny.domain)
+    assert rated == plain and rated.acts == () and template_text(rated, config).startswith("You liked ")
+
+
+def test_recommender_cites_no_skipped_item_and_saves_its_behaviours(store, tmp_path):
+    import json
+
+    from explain.explain import template_text
+    from llmrec.build import build_recommender
+    from llmrec.config import RecommenderConfig, TowerConfig
+    from llmrec.llm import FakeBackend
+    from llmrec.pipeline import Recommender
+
+    towers = TowerConfig(encoder="hashed-bow", dim=8, hidden=16, epochs=1, patience=1, max_len=12, layers=1,
+                         heads=1, uniform_negatives=16, beta_grid=(0.5, 1.0), tag_batch_size=64)
+    config = RecommenderConfig(towers=towers)
+    build_recommender(store, tmp_path / "rec", config, backend=FakeBackend(), mine_users=4, explain_users=2, k=5)
+    rec = Recommender.load(tmp_path / "rec")
+    assert rec.behaviors == STORE_VOCAB
+    ev = store.events
+    cited = bought = 0
+    for user in sorted(ev["user_id"].unique())[:6]:
+        mine = ev[ev["user_id"] == user]
+        taken = set(mine.loc[mine["behavior"].isin(["purchase", "wishlist"]), "item_id"])
+        for _, facts in rec.served_facts(user, 5):
+            assert set(facts.evidence_ids) <= taken  # never an item the user only skipped or viewed
+            cited += len(facts.evidence)
+            if "bought {}" in facts.acts:
+                assert "bought " in template_text(facts, config.explain)
+                bought += 1
+    assert cited > 0 and bought > 0
+    # A folder from before behaviour vocabularies reads as ratings.
+    (tmp_path / "rec" / "behaviors.json").unlink()
+    meta = json.loads((tmp_path / "rec" / "dataset" / "dataset.json").read_text())
+    meta.pop("behavior_vocab")
+    (tmp_path / "rec" / "dataset" / "dataset.json").write_text(json.dumps(meta))
+    assert Recommender.load(tmp_path / "rec").behaviors == RATING_VOCAB
+
+
+def test_explain_prompt_says_what_the_user_did_only_with_behaviours(tiny):
+    from explain.explain import explain_messages
+    from explain.facts import build_facts
+    from llmrec.config import ExplainConfig
+
+    items = list(tiny.item_index.values())
+    target = next(i for i in items if i.genres)
+    history = [i for i in items if i.item_id != target.item_id and set(i.genres) & set(target.genres)][:2]
+    shop = build_facts(target, None, history, 2, tiny.domain, {history[0].item_id: "purchase"})
+    prompt = explain_messages(shop, ExplainConfig())[-1]["content"]
+    assert "(bought it)" in prompt and "(liked it)" in prompt
+    plain = explain_messages(build_facts(target, None, history, 2, tiny.domain), ExplainConfig())[-1]["content"]
+    assert "(bought it)" not in plain and "(liked it)" not in plain

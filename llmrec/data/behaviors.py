@@ -146,6 +146,27 @@ def narrative_weights(config: NarrativeConfig, vocab: BehaviorVocab | None = Non
     return {**common, **declared, **config.behavior_weights}
 
 
+# The words for what a user did, per behaviour type that names an act better than the domain's "watch" / "pick":
+# the prompts' take / takes / taken (cold start asks which items a new user "buys first") and the explanations'
+# clause ("You bought {items}"). The rating words have none: rating datasets keep their words ("You liked").
+BEHAVIOR_VERBS: dict[str, tuple[str, str, str, str]] = {
+    **dict.fromkeys(("purchase", "purchased", "buy"), ("buy", "buys", "bought", "bought {}")),
+    **dict.fromkeys(("play", "played"), ("play", "plays", "played", "played {}")),
+    **dict.fromkeys(("click", "clicked"), ("click", "clicks", "clicked", "clicked {}")),
+    **dict.fromkeys(("view", "viewed", "pv"), ("view", "views", "viewed", "viewed {}")),
+    **dict.fromkeys(("cart", "add-to-cart"), ("add to the cart", "adds to the cart", "added to the cart",
+                                             "added {} to your cart")),
+    **dict.fromkeys(("favorite", "favourite", "fav"), ("save", "saves", "saved", "saved {}")),
+}
+LIKED_CLAUSE = "liked {}"  # types without verbs (the rating words, declared custom types)
+
+
+def explain_clause(behavior: str | None) -> str:
+    """"bought {}" for a purchase, "liked {}" for the rating words and types without verbs (a format string)."""
+    verbs = BEHAVIOR_VERBS.get(behavior or "")
+    return verbs[3] if verbs else LIKED_CLAUSE
+
+
 def main_positive(vocab: BehaviorVocab | None) -> str:
     """The dataset's main positive item type: the positive one with the largest weight (ties: name), e.g.
     "liked" for ratings, "purchase" for a view/cart/purchase log, "play" for a play-count log. None: the rating
