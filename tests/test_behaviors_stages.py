@@ -343,3 +343,16 @@ def test_explain_prompt_says_what_the_user_did_only_with_behaviours(tiny):
     assert "(bought it)" in prompt and "(liked it)" in prompt
     plain = explain_messages(build_facts(target, None, history, 2, tiny.domain), ExplainConfig())[-1]["content"]
     assert "(bought it)" not in plain and "(liked it)" not in plain
+
+
+def test_self_training_rewards_follow_the_taste_weights(store):
+    from finetune.self_train import reward_targets
+    from llmrec.data import ItemVocab
+
+    vocab = ItemVocab.from_items(store.items)
+    after = store.events[store.events["user_id"] == "u03"].head(9)  # view, wishlist/purchase, skip per day
+    got = vocab.decode(reward_targets(after, 9, vocab, taste_weights(STORE_VOCAB)))
+    taken = after.loc[after["behavior"].isin(["wishlist", "purchase"]), "item_id"]
+    assert got == list(dict.fromkeys(taken)) and not set(got) & set(after.loc[after["behavior"] == "skip", "item_id"])
+    assert vocab.decode(reward_targets(after, 9, vocab)) == list(dict.fromkeys(after.loc[after["behavior"] == "purchase",
+                                                                                          "item_id"]))
