@@ -4,8 +4,8 @@ Imagined events have the type `llmrec.coldstart.imagined_behavior` names (the da
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Sequence
 
 import numpy as np
 

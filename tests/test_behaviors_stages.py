@@ -3,19 +3,29 @@ feedback kept out of retrieval training, cold-start wording, explanations' verbs
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from finetune.build_sft import TASTE_WEIGHTS, build_cut_examples, build_sft_examples, taste_weights
+from finetune.build_sft import (
+    TASTE_WEIGHTS,
+    build_cut_examples,
+    build_sft_examples,
+    taste_weights,
+)
 from llmrec.config import FinetuneConfig, MiningConfig
 from llmrec.data import Dataset
-from llmrec.data.behaviors import COMMON_BEHAVIORS, RATING_VOCAB, BehaviorSpec, BehaviorVocab
+from llmrec.data.behaviors import (
+    COMMON_BEHAVIORS,
+    RATING_VOCAB,
+    BehaviorSpec,
+    BehaviorVocab,
+)
 from llmrec.data.split import split_leave_one_out
 
-T0 = datetime(2024, 3, 1, tzinfo=timezone.utc)
+T0 = datetime(2024, 3, 1, tzinfo=UTC)
 CATS = ("shoes", "lamps", "books", "tea")
 # A store log with a declared custom type (wishlist) and a negative one (skip) next to common ones.
 STORE_VOCAB = BehaviorVocab(value_meaning="none", specs=(
@@ -162,10 +172,10 @@ def _recorded_sequences(monkeypatch, module) -> list[pd.DataFrame]:
 
 
 def test_sasrec_and_towers_never_train_on_skips(store, tiny, monkeypatch):
-    import retrieval.sasrec as sasrec
     import retrieval.train as towers
     from llmrec.config import SASRecConfig, TowerConfig
     from llmrec.data import ItemVocab
+    from retrieval import sasrec
 
     tiny_towers = TowerConfig(encoder="hashed-bow", dim=8, hidden=16, epochs=1, patience=1, max_len=12, layers=1,
                               heads=1, uniform_negatives=16, beta_grid=(0.5, 1.0), tag_batch_size=64)
