@@ -251,7 +251,7 @@ def main() -> None:
     by_user = {u: g["item_id"].tolist() for u, g in visible.groupby("user_id")}
     seen = [vocab.encode(by_user.get(u, [])) for u in users]
     narratives = render_narratives(visible[visible["user_id"].isin(set(users))], ds.items, as_of.loc[users], ncfg,
-                                   load_tokenizer(args.model))
+                                   load_tokenizer(args.model), behaviors=ds.behavior_vocab, queries=ds.queries)
     log(f"{len(users)} held-out users; narrative budget {ncfg.max_tokens}; adapter {adapter}")
 
     records: list[dict] = []

@@ -26,6 +26,7 @@ from explain.facts import (
     parse_decade,
     title_forms,
 )
+from llmrec.data.behaviors import BEHAVIOR_VERBS
 
 MIN_WORDS = 6  # fewer words is a label, not an explanation
 MAX_REPEATS = 2  # a content word named three times is padding
@@ -33,7 +34,9 @@ _MASK = " \u00a7 "  # stands in for a fact phrase (a title, the brand), so its w
 _WORD = re.compile(r"[^\W\d_][\w'\u2019-]*")
 _SENTENCE_START = re.compile(r"(?:^|[.!?:;\"\u201c(])\s*$")
 _INNER_CAPITAL = re.compile(r"[a-z][A-Z]|-[A-Z]")
-_STOP = frozenset(["a", "an", "and", "the", "of", "for", "to", "in", "on", "is", "it", "its", "this", "that", "with", "your", "you", "from", "also", "as", "are", "be", "by", "like", "liked", "bought", "purchased", "viewed", "clicked", "searched", "more", "another", "just", "movie", "film", "item"])
+_STOP = frozenset(["a", "an", "and", "the", "of", "for", "to", "in", "on", "is", "it", "its", "this", "that", "with", "your", "you", "from", "also", "as", "are", "be", "by", "like", "liked", "bought", "purchased", "viewed", "clicked", "searched", "more", "another", "just", "movie", "film", "item"]).union(
+    # The explanations' behaviour verbs ("You bought ...", "added ... to your cart") are function words here.
+    w for verbs in BEHAVIOR_VERBS.values() for form in verbs for w in form.replace("{}", " ").split())
 SENSITIVE: dict[str, str] = {
     "sexuality": r"lesbians?|gays?|bisexual\w*|homosexual\w*|heterosexual\w*|transgender\w*|queer\w*|sexuality",
     "ethnicity": r"blackness|whiteness|ethnic\w*|racial\w*|racis\w*|african[- ]americans?|hispanics?|latin[oa]s?|"

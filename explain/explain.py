@@ -37,6 +37,7 @@ from explain.facts import (
 )
 from explain.table import PROMPT, TABLE_SCHEMA
 from llmrec.config import ExplainConfig
+from llmrec.data.behaviors import LIKED_CLAUSE
 from llmrec.jobs import SHARD_STATS
 from llmrec.llm import LLMBackend, Messages
 from llmrec.llm.prompts import render_prompt
@@ -69,6 +70,23 @@ def _and(words: Sequence[str]) -> str:
     return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
 
 
+def did_phrase(facts: ExplainFacts) -> str:
+    """What the user did with the evidence items, e.g. "liked A and B" or "bought A and added B to your cart"
+    (one clause per behaviour, in the evidence's order)."""
+    acts = facts.acts or (LIKED_CLAUSE,) * len(facts.evidence)
+    grouped: dict[str, list[str]] = {}
+    for act, e in zip(acts, facts.evidence):
+        grouped.setdefault(act, []).append(_named(e))
+    return _and([act.format(_and(names)) for act, names in grouped.items()])
+
+
+def _evidence_list(facts: ExplainFacts) -> str:
+    """The prompt's evidence: "A (1977), B (1980)"; with behaviours, each says what the user did ("A (bought it)")."""
+    if not facts.acts:
+        return ", ".join(_named(e) for e in facts.evidence)
+    return ", ".join(f"{_named(e)} ({act.format('it')})" for e, act in zip(facts.evidence, facts.acts))
+
+
 def shared_phrase(facts: ExplainFacts) -> str:
     """What the item shares with the evidence / interest, e.g. "sci-fi, action, 1990s" ("none" if nothing)."""
     decade = facts.shared_decade()
@@ -90,7 +108,7 @@ def explain_messages(facts: ExplainFacts, config: ExplainConfig) -> Messages:
     about = " ".join((item.text or "").split()[:ABOUT_WORDS])
     return render_prompt(PROMPT, item=facts.domain.item, user=facts.domain.user, title=natural_title(item.title),
                          year=item.year or "", genres=", ".join(_prompt_genres(facts, config.max_genres)) or "not given",
-                         brand=item.brand or "", about=about, liked=", ".join(_named(e) for e in facts.evidence),
+                         brand=item.brand or "", about=about, liked=_evidence_list(facts),
                          interest=facts.interest or "", shared=shared_phrase(facts))
 
 
@@ -102,7 +120,7 @@ def template_text(facts: ExplainFacts, config: ExplainConfig) -> str:
         shared = [g for g in _genre_labels(item, len(item.genres)) if g in theirs][: config.max_genres]
         brand = item.brand if any(e.brand == item.brand for e in facts.evidence) and item.brand else None
         what = f"also {_and(shared)}" if shared else f"also from {brand}" if brand else f"another {noun}"
-        return f"You liked {_and([_named(e) for e in facts.evidence])}; {_named(item)} is {what}."
+        return f"You {did_phrase(facts)}; {_named(item)} is {what}."
     genres = _genre_labels(item, config.max_genres)
     kind = f"{_and(genres)} {noun}" if genres else noun
     article = "an" if kind[0] in "aeiou" else "a"

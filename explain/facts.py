@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from llmrec.data.behaviors import COMMON_BEHAVIORS, LIKED_CLAUSE, BehaviorVocab, explain_clause
 from llmrec.schema import Domain, Item
 
 # Surface forms of common genre / category words -> one canonical label. The check uses it to find category
@@ -146,6 +147,9 @@ class ExplainFacts:
     interest: str | None = None
     evidence: tuple[Item, ...] = ()
     domain: Domain = GENERIC
+    # Per evidence item, what the user did as a clause ("bought {}", `explain_clause`); () when every one is
+    # "liked {}" (the rating words, and every MovieLens explanation as it always was).
+    acts: tuple[str, ...] = ()
 
     @property
     def evidence_ids(self) -> tuple[str, ...]:
@@ -191,11 +195,53 @@ def interest_matches(interest: str, item: Item, evidence: Sequence[Item] = ()) -
 
 
 def build_facts(item: Item, interest: str | None, history: Sequence[Item], max_evidence: int,
-                domain: Domain = GENERIC) -> ExplainFacts:
-    """The facts for one served (user, item): evidence from the user's history, the interest only if it matches."""
+                domain: Domain = GENERIC, behavior_of: Mapping[str, str] | None = None) -> ExplainFacts:
+    """The facts for one served (user, item): evidence from the user's history, the interest only if it matches.
+
+    `behavior_of`: history item id -> the behaviour type it is cited for (its verb: "You bought ..."); None or a
+    missing item: "liked"."""
     evidence = select_evidence(item, history, max_evidence)
     keep = interest if interest and interest_matches(interest, item, evidence) else None
-    return ExplainFacts(item=item, interest=keep, evidence=evidence, domain=domain)
+    acts = tuple(explain_clause((behavior_of or {}).get(e.item_id)) for e in evidence)
+    acts = () if all(a == LIKED_CLAUSE for a in acts) else acts
+    return ExplainFacts(item=item, interest=keep, evidence=evidence, domain=domain, acts=acts)
+
+
+def _evidence_tier(behavior: str | None, vocab: BehaviorVocab) -> int:
+    """0: citable first (positive or target types; an item given without a behaviour), 1: only when the user
+    has no such event (neutral types such as views, unknown names), 2: never (negative non-target types)."""
+    if behavior is None:
+        return 0
+    if behavior not in vocab.names:
+        return 1
+    spec = vocab.spec(behavior)
+    if spec.kind != "item" or (spec.polarity == "negative" and not spec.is_target):
+        return 2
+    return 0 if spec.polarity == "positive" or spec.is_target else 1
+
+
+def citable_history(item_ids: Sequence[str], behaviors: Sequence[str | None],
+                    vocab: BehaviorVocab) -> tuple[list[str], dict[str, str]]:
+    """The history items an explanation may cite as evidence (oldest first), and the behaviour each is cited for.
+
+    Positive events are preferred: a shop user's carts and purchases, their views only when they have neither;
+    skips, returns and dislikes never. An item takes its strongest cited behaviour (purchase over cart). A
+    rating log's types are all targets, so every rated item stays citable, as it always was.
+    """
+    tiers = [_evidence_tier(b, vocab) for b in behaviors]
+    best = min((t for t in tiers if t < 2), default=2)
+    chosen = [(i, b) for i, b, t in zip(item_ids, behaviors, tiers) if t == best and t < 2]
+
+    def weight(b: str | None) -> float:
+        spec = vocab.spec(b) if b in vocab.names else None
+        common = COMMON_BEHAVIORS.get(b or "")
+        return (spec and spec.weight) or (common and common.weight) or (1.0 if b else 0.0)
+
+    behavior_of: dict[str, str] = {}
+    for i, b in chosen:
+        if b is not None and (i not in behavior_of or weight(b) > weight(behavior_of[i])):
+            behavior_of[i] = b
+    return [i for i, _ in chosen], behavior_of
 
 
 def normalize_interest(interest: str | None) -> str:

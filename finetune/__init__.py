@@ -67,7 +67,7 @@ def finetune_dataset(
     from llmrec.vocab import vocabulary_of
 
     examples, report = build_sft_examples(train, dataset.item_index, dataset.items, config, tokenizer, mining,
-                                          vocabulary_of(dataset))
+                                          vocabulary_of(dataset), dataset.behavior_vocab, dataset.queries)
     log.info("SFT: %s examples from %s cuts of %s users; skipped %s", report.to_dict()["examples"], report.cuts,
              report.users, report.skipped)
     if not examples:
@@ -117,19 +117,24 @@ def finetune_ranker(
         raise ValueError(f"retriever must be one of {RANKER_RETRIEVERS}, got {retriever!r}")
     listwise = listwise or ListwiseConfig()
     split = sft_split(dataset, config)
+    from llmrec.data.behaviors import training_events
+
     vocab = ItemVocab.from_items(dataset.items)
+    positives = training_events(split.train, dataset.behavior_vocab)  # negative feedback is no positive
     if retriever == "sasrec":
         from retrieval.sasrec import train_sasrec
 
-        scorer, _ = train_sasrec(split, vocab, SASRecConfig(loss="ce", seed=config.seed))
+        scorer, _ = train_sasrec(split, vocab, SASRecConfig(loss="ce", seed=config.seed),
+                                 behaviors=dataset.behavior_vocab)
     elif retriever == "item_knn":
-        scorer = ItemKNNScorer.fit(split.train, vocab)
+        scorer = ItemKNNScorer.fit(positives, vocab)
     else:
-        scorer = PopularityScorer.fit(split.train, vocab)
+        scorer = PopularityScorer.fit(positives, vocab)
     train = first_users(split.train, max_users)
     tokenizer = load_tokenizer(resolve_model(model))
     examples, report = build_ranker_examples(train, dataset.item_index, dataset.items, vocab, scorer, listwise,
-                                             tokenizer, domain=getattr(dataset, "domain", None))
+                                             tokenizer, domain=getattr(dataset, "domain", None),
+                                             behaviors=dataset.behavior_vocab, queries=dataset.queries)
     log.info("ranker SFT: %s examples from %s users; skipped %s", report.examples, report.users, report.skipped)
     if not examples:
         raise ValueError(f"no ranker example could be built from {dataset.name}: {report.to_dict()}")

@@ -18,6 +18,7 @@ import pandas as pd
 from finetune.train_lora import SFTExample
 from llmrec.config import ListwiseConfig, NarrativeConfig
 from llmrec.data import ItemVocab
+from llmrec.data.behaviors import BehaviorVocab
 from llmrec.listwise import LETTERS, listwise_messages
 from llmrec.metrics import topk
 from llmrec.narrative import render_narratives
@@ -59,10 +60,14 @@ def build_ranker_examples(
     narrative: NarrativeConfig | None = None,
     domain: Domain | None = None,
     min_history: int = 3,
+    behaviors: BehaviorVocab | None = None,
+    queries: pd.DataFrame | None = None,
 ) -> tuple[list[SFTExample], RankerSFTReport]:
     """One listwise example per train user: (narrative before t, K shuffled candidates) -> target's letter.
 
-    retriever: a `retrieval.base.SequenceScorer` trained on `train_events` only.
+    retriever: a `retrieval.base.SequenceScorer` trained on `train_events` only. behaviors / queries: the
+    dataset's behaviour vocabulary and search events, rendered into the narrative as at inference (only
+    queries strictly before the target's time are read).
     """
     report = RankerSFTReport(users=int(train_events["user_id"].nunique()))
     cuts = last_train_cuts(train_events, min_history)
@@ -71,8 +76,12 @@ def build_ranker_examples(
     before = train_events.merge(cuts[["user_id", "timestamp"]].rename(columns={"timestamp": "t"}), on="user_id")
     before = before[before["timestamp"] < before["t"]].drop(columns="t")
     as_of = pd.Series(cuts["timestamp"].to_numpy(), index=cuts["user_id"].to_numpy())
+    if queries is not None and len(queries):  # the renderer reads only queries before as_of; cut here too
+        cut = queries["user_id"].astype(str).map(pd.Series(as_of.to_numpy(), index=as_of.index.astype(str)))
+        queries = queries[cut.notna().to_numpy() & (queries["timestamp"] < cut).to_numpy()]
     texts = {n.user_id: n.text for n in render_narratives(before, items_table, as_of,
-                                                          narrative or NarrativeConfig(max_tokens=384), tokenizer)}
+                                                          narrative or NarrativeConfig(max_tokens=384), tokenizer,
+                                                          behaviors=behaviors, queries=queries)}
     users = cuts["user_id"].tolist()
     seqs = before.groupby("user_id", sort=False)["item_id"].agg(list)
     hist = [vocab.encode(seqs.get(u, [])) for u in users]

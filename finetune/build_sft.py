@@ -8,12 +8,15 @@ never read) and per cut fraction f in `FinetuneConfig.cut_fractions`:
    *after* = events with time >= t. Cuts with fewer than `min_events_before_cut` events before, or no
    after-event with a positive taste weight, give no example and are counted in `SFTReport.skipped`.
 2. Input. The narrative (`llmrec.narrative.render_narratives`, budget `narrative_max_tokens`, by default
-   the mining prompt's `MiningConfig.narrative_tokens`) of the before-events only, as of t: the renderer is given no after-event at all, and itself reads only events
-   strictly before `as_of`. So no event at or after t can enter the input.
+   the mining prompt's `MiningConfig.narrative_tokens`) of the before-events only, as of t: the renderer is
+   given no after-event at all, and itself reads only events strictly before `as_of`. So no event at or after
+   t can enter the input. It is rendered with the dataset's behaviour vocabulary (its declared types and
+   weights) and its search queries strictly before t (`cut_queries`), as inference renders it.
 3. Interest target (interest-mining task). Every before-event votes for the "modifier + core" tags of its
    item (`llmrec.tags.item_tags` under the dataset's attribute vocabulary, `attrs`: for MovieLens decade +
-   genre, genre pair; elsewhere also brand and keyword tags) with its taste weight (liked 2, watched 1,
-   purchased 2, clicked 0.5, disliked and others 0). The `n_interests` best-voted combinations that have an
+   genre, genre pair; elsewhere also brand and keyword tags) with its taste weight (`taste_weights`: liked 2,
+   watched 1, purchased 2, clicked 0.5, disliked and others 0; a dataset's declared types by their polarity and
+   weight). The `n_interests` best-voted combinations that have an
    item visible in the narrative become the interests; their evidence is up to `n_evidence` such visible
    items (best weight, then most recent), cited by their narrative line number.
 4. Tag target (RecGPT's tag pre-alignment). The first `tag_horizon` after-events vote for their items' tags
@@ -38,6 +41,7 @@ import pandas as pd
 
 from finetune.train_lora import SFTExample
 from llmrec.config import FinetuneConfig, MiningConfig, NarrativeConfig
+from llmrec.data.behaviors import COMMON_BEHAVIORS, BehaviorVocab
 from llmrec.interests import interest_messages, interests_wire
 from llmrec.narrative import NarrativeReport, render_narratives
 from llmrec.schema import Item, Narrative
@@ -50,6 +54,40 @@ TASTE_WEIGHTS = {"liked": 2.0, "purchased": 2.0, "watched": 1.0, "clicked": 0.5,
                  "purchase": 2.0, "buy": 2.0, "cart": 1.5, "add-to-cart": 1.5, "favorite": 1.5, "favourite": 1.5,
                  "fav": 1.5, "play": 1.0, "played": 1.0, "click": 0.5}
 AFTER_DECAY = 0.9  # weight of the j-th after-event is TASTE_WEIGHT * AFTER_DECAY**j
+
+
+def taste_weights(behaviors: BehaviorVocab | None = None) -> dict[str, float]:
+    """Taste weight per behaviour of a dataset (None: the common table `TASTE_WEIGHTS`).
+
+    A type as the common vocabulary defines it keeps its `TASTE_WEIGHTS` entry (so the rating words, and with
+    them every MovieLens example, are unchanged). A type the dataset declares itself (a new name, or a common
+    one re-declared) says something about taste only when positive, with its declared narrative weight
+    (1.0 when none, as a play): a negative type (skip, return, dislike) or a neutral one (view) never votes.
+    """
+    if behaviors is None:
+        return dict(TASTE_WEIGHTS)
+    out = {}
+    for spec in behaviors.specs:
+        if spec.kind != "item":
+            continue
+        if COMMON_BEHAVIORS.get(spec.name) == spec:
+            weight = TASTE_WEIGHTS.get(spec.name, 0.0)
+        else:
+            weight = (spec.weight or 1.0) if spec.polarity == "positive" else 0.0
+        if weight > 0:
+            out[spec.name] = weight
+    return out
+
+
+def cut_queries(queries: pd.DataFrame | None, cuts: Sequence["Cut"]) -> pd.DataFrame | None:
+    """The search events of each cut's user strictly before its time t, keyed by the cut (the narrative key)."""
+    if queries is None or not len(queries) or not cuts:
+        return None
+    keys = pd.DataFrame({"user_id": [c.user_id for c in cuts], "key": [c.key for c in cuts],
+                         "t": pd.to_datetime([c.t for c in cuts], utc=True)})
+    q = queries.assign(user_id=queries["user_id"].astype(str)).merge(keys, on="user_id")
+    q = q[pd.to_datetime(q["timestamp"], utc=True) < q["t"]]
+    return q.assign(user_id=q["key"]).drop(columns=["key", "t"]).reset_index(drop=True)
 
 
 @dataclass
@@ -120,16 +158,19 @@ def cut_histories(train_events: pd.DataFrame, config: FinetuneConfig, report: SF
 
 
 def interest_target(before: pd.DataFrame, visible: Sequence[str], items: dict[str, Item],
-                    config: FinetuneConfig, attrs: AttributeVocab | None = None) -> list[dict[str, Any]]:
+                    config: FinetuneConfig, attrs: AttributeVocab | None = None,
+                    taste: dict[str, float] | None = None) -> list[dict[str, Any]]:
     """Dominant attribute combinations of the history before t, with evidence line numbers (step 3).
 
-    `visible`: the item of each narrative line, in line order (`Narrative.item_ids`).
+    `visible`: the item of each narrative line, in line order (`Narrative.item_ids`); `taste`: the taste
+    weight per behaviour (`taste_weights`; None: `TASTE_WEIGHTS`).
     """
+    taste = TASTE_WEIGHTS if taste is None else taste
     votes: dict[str, float] = defaultdict(float)
     weight_of: dict[str, float] = {}
     recency: dict[str, int] = {}
     for pos, row in enumerate(before.itertuples(index=False)):
-        w = TASTE_WEIGHTS.get(row.behavior, 0.0)
+        w = taste.get(row.behavior, 0.0)
         weight_of[row.item_id], recency[row.item_id] = w, pos
         if w > 0:
             for tag in item_tags(items[row.item_id], attrs):
@@ -148,13 +189,14 @@ def interest_target(before: pd.DataFrame, visible: Sequence[str], items: dict[st
 
 
 def tag_target(after: pd.DataFrame, interest_names: Sequence[str], items: dict[str, Item],
-               config: FinetuneConfig, per_interest: int,
-               attrs: AttributeVocab | None = None) -> tuple[list[list[str]], int]:
+               config: FinetuneConfig, per_interest: int, attrs: AttributeVocab | None = None,
+               taste: dict[str, float] | None = None) -> tuple[list[list[str]], int]:
     """Tags of the items taken right after t, best first, grouped under their closest interest with room
     (step 4); also how many found no room."""
+    taste = TASTE_WEIGHTS if taste is None else taste
     votes: dict[str, float] = defaultdict(float)
     for pos, row in enumerate(after.head(config.tag_horizon).itertuples(index=False)):
-        w = TASTE_WEIGHTS.get(row.behavior, 0.0) * AFTER_DECAY**pos
+        w = taste.get(row.behavior, 0.0) * AFTER_DECAY**pos
         if w > 0:
             for tag in item_tags(items[row.item_id], attrs):
                 votes[tag] += w
@@ -194,12 +236,15 @@ def build_sft_examples(
     tokenizer: Any,
     mining: MiningConfig | None = None,
     attrs: AttributeVocab | None = None,
+    behaviors: BehaviorVocab | None = None,
+    queries: pd.DataFrame | None = None,
 ) -> tuple[list[SFTExample], SFTReport]:
     """Interest and tag SFT examples for every cut of every user in `train_events` (the train split).
 
     The examples of `build_cut_examples`, without their cuts and narratives.
     """
-    built, report = build_cut_examples(train_events, items, items_table, config, tokenizer, mining, attrs)
+    built, report = build_cut_examples(train_events, items, items_table, config, tokenizer, mining, attrs,
+                                       behaviors, queries)
     return [b.example for b in built], report
 
 
@@ -211,6 +256,8 @@ def build_cut_examples(
     tokenizer: Any,
     mining: MiningConfig | None = None,
     attrs: AttributeVocab | None = None,
+    behaviors: BehaviorVocab | None = None,
+    queries: pd.DataFrame | None = None,
 ) -> tuple[list[CutExample], SFTReport]:
     """Interest and tag SFT examples for every cut of every user in `train_events` (the train split).
 
@@ -220,6 +267,9 @@ def build_cut_examples(
         tokenizer: the LLM's tokenizer (narrative budgets are counted in its tokens).
         attrs: the dataset's attribute vocabulary (`llmrec.vocab.vocabulary_of`; None: MovieLens), which
             gives the tags and the prompt's domain words.
+        behaviors: the dataset's behaviour vocabulary (`Dataset.behavior_vocab`): narrative weights of its
+            types and the taste weights of the targets (None: the common tables).
+        queries: the dataset's search events (`Dataset.queries`); each cut reads only those before its t.
     """
     mining = mining or MiningConfig()
     check_configs(config, mining)
@@ -233,20 +283,22 @@ def build_cut_examples(
     as_of = pd.Series([c.t for c in cuts], index=[c.key for c in cuts])
     narr_report = NarrativeReport()
     budget = config.narrative_max_tokens or mining.narrative_tokens
-    narratives = render_narratives(before, items_table, as_of, NarrativeConfig(max_tokens=budget), tokenizer, narr_report)
+    narratives = render_narratives(before, items_table, as_of, NarrativeConfig(max_tokens=budget), tokenizer,
+                                   narr_report, behaviors=behaviors, queries=cut_queries(queries, cuts))
     report.narrative = narr_report.to_dict()
     by_key = {n.user_id: n for n in narratives}
 
     wire = interests_wire(mining)
+    taste = taste_weights(behaviors)
     examples: list[CutExample] = []
     for cut in cuts:
         narrative = by_key[cut.key]
-        interests = interest_target(cut.before, narrative.item_ids, items, config, attrs)
+        interests = interest_target(cut.before, narrative.item_ids, items, config, attrs, taste)
         if len(interests) < config.n_interests:
             report.skip("too_few_interests_with_visible_evidence")
             continue
         groups, no_room = tag_target(cut.after, [x["n"] for x in interests], items, config, mining.tags_per_interest,
-                                     attrs)
+                                     attrs, taste)
         if not any(groups):
             report.skip("no_taste_after_cut")
             continue

@@ -45,6 +45,7 @@ import pandas as pd
 
 from finetune.build_sft import (
     TASTE_WEIGHTS,
+    taste_weights,
     CutExample,
     build_cut_examples,
     dump_answer,
@@ -101,10 +102,13 @@ class Case:
         return [dict(m) for m in self.built.example.messages[:-1]]
 
 
-def reward_targets(after: pd.DataFrame, horizon: int, vocab: ItemVocab) -> np.ndarray:
-    """[T] the items of the first `horizon` after-cut events with a positive taste weight, first take only."""
+def reward_targets(after: pd.DataFrame, horizon: int, vocab: ItemVocab,
+                   taste: dict[str, float] | None = None) -> np.ndarray:
+    """[T] the items of the first `horizon` after-cut events with a positive taste weight (`taste`, from
+    `build_sft.taste_weights`; None: `TASTE_WEIGHTS`), first take only."""
+    taste = TASTE_WEIGHTS if taste is None else taste
     head = after.head(horizon)
-    liked = head[[TASTE_WEIGHTS.get(b, 0.0) > 0 for b in head["behavior"]]]
+    liked = head[[taste.get(b, 0.0) > 0 for b in head["behavior"]]]
     return vocab.encode(list(dict.fromkeys(liked["item_id"])))
 
 
@@ -115,12 +119,13 @@ def answer_tags(answer: str, wire: Any, k: int) -> list[str]:
 
 
 def build_cases(built: Sequence[CutExample], items: dict[str, Item], vocab: ItemVocab, horizon: int,
-                mining: MiningConfig, attrs: AttributeVocab | None = None) -> tuple[list[Case], dict[str, int]]:
+                mining: MiningConfig, attrs: AttributeVocab | None = None,
+                taste: dict[str, float] | None = None) -> tuple[list[Case], dict[str, int]]:
     """A `Case` per SFT example; cuts with no reward target are skipped and counted."""
     wire = interests_wire(mining)
     cases, skipped = [], {}
     for b in built:
-        targets = reward_targets(b.cut.after, horizon, vocab)
+        targets = reward_targets(b.cut.after, horizon, vocab, taste)
         if targets.size == 0:
             skipped["no_reward_target"] = skipped.get("no_reward_target", 0) + 1
             continue
@@ -311,9 +316,12 @@ def prepare_cases(dataset: Any, config: SelfTrainConfig, tokenizer: Any, mining:
     split = sft_split(dataset, ft)
     train = first_users(split.train, config.max_users)  # TRAIN events only: valid/test are never passed on
     attrs = vocabulary_of(dataset)
-    built, report = build_cut_examples(train, dataset.item_index, dataset.items, ft, tokenizer, mining, attrs)
+    behaviors = dataset.behavior_vocab
+    built, report = build_cut_examples(train, dataset.item_index, dataset.items, ft, tokenizer, mining, attrs,
+                                       behaviors, dataset.queries)
     vocab = ItemVocab.from_items(dataset.items)
-    cases, skipped = build_cases(built, dataset.item_index, vocab, ft.tag_horizon, mining, attrs)
+    cases, skipped = build_cases(built, dataset.item_index, vocab, ft.tag_horizon, mining, attrs,
+                                 taste_weights(behaviors))
     if not cases:
         raise DataError(f"no self-training cut could be built from {dataset.name}: {report.to_dict()}, {skipped}")
     manifest = {

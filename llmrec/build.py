@@ -156,7 +156,8 @@ def imagine_segments(dataset: Dataset, split: Split, config: RecommenderConfig, 
     users = [(f"segment:{seg}", {k: v for k, v in p.items() if k in ("age", "gender", "occupation")}, [])
              for seg, p in sorted(segments.items())]
     imagined, stats = imagine_histories(users, backend, config.coldstart, catalogue, pool, cache_path=cache,
-                                        adapter=adapter, attrs=vocabulary_of(dataset, config.vocab))
+                                        adapter=adapter, attrs=vocabulary_of(dataset, config.vocab),
+                                        behaviors=dataset.behavior_vocab)
     out = {h.user_id.removeprefix("segment:"): [i.item_id for i in h.items if i.item_id is not None] for h in imagined}
     return {k: v for k, v in out.items() if v}, stats.to_dict()
 

@@ -16,7 +16,8 @@ The result rejoins the normal path as a `UserHistory`:
 - early fusion: imagined events placed before the real ones, `spacing_hours` apart, ending before the
   first real event (or `anchor` for a user without events): one sequence;
 - late fusion: one sequence per imagined item (that item, then the real events); the retriever encodes
-  each and averages the user vectors.
+  each and averages the user vectors (`llmrec.coldstart_fusion`). Imagined events have the dataset's main
+  positive type (`imagined_behavior`), and the prompt's verbs follow it.
 Results are cached per user in a JSON file, keyed by a sha256 of profile + history + generation config +
 prompt hash, so a changed profile or history is regenerated and nothing else is.
 """
@@ -28,7 +29,6 @@ import json
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Callable, Literal, Sequence
@@ -39,11 +39,13 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from llmrec.config import ColdStartConfig
 from llmrec.data import strip_year
+from llmrec.data.behaviors import BehaviorVocab, main_positive
+from llmrec.errors import DataError
 from llmrec.llm import LLMBackend, Messages
 from llmrec.llm.prompts import prompt_hash, render_prompt
 from llmrec.llm.structured import GenerationSettings, generate_validated, repair_unconstrained
 from llmrec.nouns import prompt_nouns
-from llmrec.schema import Event, Item, Record, UserHistory
+from llmrec.schema import Event, Item, Record
 from llmrec.vocab import AttributeVocab
 
 PROMPT = "imagine_history"
@@ -216,14 +218,27 @@ def format_sample(examples: Sequence[ExampleUser]) -> str:
     return json.dumps(entry, separators=(",", ":"), ensure_ascii=False)
 
 
+def imagined_behavior(config: ColdStartConfig, behaviors: BehaviorVocab | None = None) -> str:
+    """The behaviour of imagined events: `config.imagined_behavior`, else the dataset's main positive type
+    (None: the rating vocabulary's "liked"). A configured one must be a type of the dataset."""
+    if config.imagined_behavior is None:
+        return main_positive(behaviors)
+    if behaviors is not None and config.imagined_behavior not in behaviors.names:
+        raise DataError(f"ColdStartConfig.imagined_behavior={config.imagined_behavior!r} is not a behaviour of the "
+                        f"dataset; choose one of {list(behaviors.names)} or leave it unset (the main positive type)")
+    return config.imagined_behavior
+
+
 def imagine_messages(profile: dict[str, str], history_items: Sequence[Item], examples: Sequence[ExampleUser],
-                     config: ColdStartConfig, attrs: AttributeVocab | None = None) -> Messages:
-    """The cold-start chat; `attrs` names the domain (None: MovieLens words)."""
+                     config: ColdStartConfig, attrs: AttributeVocab | None = None, behavior: str | None = None) -> Messages:
+    """The cold-start chat; `attrs` names the domain (None: MovieLens words), `behavior` (the imagined type)
+    its verbs ("buys first" for purchases; the rating words keep the domain's)."""
     return render_prompt(
         PROMPT, profile=render_profile(profile), history=[render_item(i) for i in history_items],
         examples=[{"profile": render_profile(e.profile), "titles": [render_item(i) for i in e.items[: config.example_items]]}
                   for e in examples],
-        k=config.n_imagined, max_genres=MAX_GENRES, sample=format_sample(examples), **prompt_nouns(attrs),
+        k=config.n_imagined, max_genres=MAX_GENRES, sample=format_sample(examples),
+        **prompt_nouns(attrs, behavior=behavior),
     )
 
 
@@ -263,11 +278,14 @@ def imagine_histories(
     cache_path: str | Path | None = None,
     adapter: str | None = None,
     attrs: AttributeVocab | None = None,
+    behaviors: BehaviorVocab | None = None,
 ) -> tuple[list[ImaginedHistory], ColdStartStats]:
     """Imagined histories for the cold users among `users` (user_id, profile, events), cached per user.
 
-    Users with more than `config.max_events` events are skipped and counted (`stats.not_cold`).
+    Users with more than `config.max_events` events are skipped and counted (`stats.not_cold`). `behaviors`:
+    the dataset's vocabulary, whose imagined type (`imagined_behavior`) the prompt's verbs follow.
     """
+    behavior = imagined_behavior(config, behaviors)
     t0 = time.perf_counter()
     stats = ColdStartStats(n_users=len(users))
     cache = _read_cache(cache_path)
@@ -286,7 +304,7 @@ def imagine_histories(
             continue
         todo.append((user_id, key, profile, events, examples.similar(user_id, profile, config.n_examples)))
     prompts = [imagine_messages(profile, [items_by_id[e.item_id] for e in events if e.item_id in items_by_id], exs,
-                                config, attrs) for _, _, profile, events, exs in todo]
+                                config, attrs, behavior) for _, _, profile, events, exs in todo]
     # Prose around the JSON is cut (unconstrained backends add it); a budget-truncated answer is closed.
     outcomes, gen = generate_validated(backend, prompts, schema=imagine_wire(config.n_imagined),
                                        check=_refuse_placeholders, fallback=lambda i: None,
@@ -359,56 +377,3 @@ def _write_cache(path: str | Path, cache: dict[str, ImaginedHistory]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps({u: h.model_dump(mode="json") for u, h in sorted(cache.items())}, indent=1) + "\n")
     tmp.replace(path)
-
-
-# --- Fusion -------------------------------------------------------------------------------------
-
-
-def _imagined_events(user_id: str, imagined: ImaginedHistory, real: Sequence[Event], config: ColdStartConfig,
-                     anchor: datetime | None) -> list[Event]:
-    """Matched imagined items as events, `spacing_hours` apart, the last one before the first real event."""
-    if real:
-        anchor = min(e.timestamp for e in real)
-    elif anchor is None:
-        raise ValueError(f"user {user_id}: no real events, so an `anchor` time is needed to place imagined ones")
-    seen, ids = {e.item_id for e in real}, []
-    for i in imagined.items:  # unmatched items have no event; repeats of real or imagined items are dropped
-        if i.item_id is not None and i.item_id not in seen:
-            seen.add(i.item_id)
-            ids.append(i.item_id)
-    step = timedelta(hours=config.spacing_hours)
-    return [Event(user_id=user_id, item_id=item_id, timestamp=anchor - step * (len(ids) - n), behavior=config.imagined_behavior)
-            for n, item_id in enumerate(ids)]
-
-
-def early_fusion(history: UserHistory, imagined: ImaginedHistory, config: ColdStartConfig,
-                 anchor: datetime | None = None) -> UserHistory:
-    """One sequence: imagined events (matched items) before the real ones."""
-    events = _imagined_events(history.user_id, imagined, history.events, config, anchor)
-    return history.model_copy(update={"events": tuple(events) + tuple(history.events)})
-
-
-def late_fusion_sequences(history: UserHistory, imagined: ImaginedHistory, config: ColdStartConfig,
-                          anchor: datetime | None = None) -> list[UserHistory]:
-    """One sequence per matched imagined item: that item, then the real events (vectors averaged later)."""
-    events = _imagined_events(history.user_id, imagined, history.events, config, anchor)
-    return [history.model_copy(update={"events": (e.model_copy(update={"timestamp": events[-1].timestamp}),) + tuple(history.events)})
-            for e in events]
-
-
-def fuse(history: UserHistory, imagined: ImaginedHistory, config: ColdStartConfig,
-         anchor: datetime | None = None) -> list[UserHistory]:
-    """`config.fusion`: "early" -> [one sequence], "late" -> one sequence per imagined item."""
-    if config.fusion == "early":
-        return [early_fusion(history, imagined, config, anchor)]
-    return late_fusion_sequences(history, imagined, config, anchor)
-
-
-def imagined_vectors(imagined: ImaginedHistory, catalogue: Catalogue) -> np.ndarray:
-    """[k, D]: the matched item's catalogue vector, or the imagined item's own content vector."""
-    if not imagined.items:
-        return np.zeros((0, catalogue.vectors.shape[1]), np.float32)
-    own = catalogue.encode([content_text(i.title, i.year, i.genres) for i in imagined.items])
-    rows = [catalogue.vectors[catalogue.index[i.item_id]] if i.item_id in catalogue.index else own[n]
-            for n, i in enumerate(imagined.items)]
-    return np.stack(rows).astype(np.float32)

@@ -138,7 +138,9 @@ class ColdStartConfig(StageConfig):
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     retries: int = Field(default=1, ge=0, le=3)  # re-asks after invalid JSON before the flagged fallback
     retry_temperature: float = Field(default=0.7, ge=0.0, le=2.0)  # re-asks sample: a greedy one repeats the answer
-    imagined_behavior: str = Field(default="liked", min_length=1)  # behaviour of imagined events
+    # Behaviour of imagined events; None: the dataset's main positive type (`behaviors.main_positive`: "liked"
+    # for ratings, "purchase" for a shop log), which the prompt's verbs also follow.
+    imagined_behavior: str | None = Field(default=None, min_length=1)
     spacing_hours: float = Field(default=24.0, gt=0.0)  # time between imagined events, ending before the first real one
     fusion: Literal["early", "late"] = "early"
 

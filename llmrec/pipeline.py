@@ -8,6 +8,8 @@ A recommender folder (written by `llmrec.build.build_recommender`, read by `Reco
     towers/                three-tower model + FAISS index (retrieval.towers)
     interests.parquet      mined interests and tags per user (llmrec.interests)
     vocab.json             the dataset's attribute vocabulary (llmrec.vocab): tags of users without mined ones
+    behaviors.json         the dataset's behaviour vocabulary (llmrec.data.behaviors): which events explanations
+                           cite and their verbs ("You bought ..."); a folder without it reads as ratings
     explanations/          (interest, item, evidence ids) -> explanation lookup table (explain.table)
     coldstart.parquet      imagined early histories per profile segment (llmrec.coldstart), optional
 
@@ -33,11 +35,12 @@ import torch
 import torch.nn.functional as F
 
 from explain.explain import template_explanation
-from explain.facts import ExplainFacts, build_facts
+from explain.facts import ExplainFacts, build_facts, citable_history
 from explain.table import ExplanationTable
 from llmrec.errors import RecommendError, UnknownItemError, UnknownUserError  # noqa: F401 (re-exported)
 from llmrec.config import RecommenderConfig
 from llmrec.data import Dataset, DataError, ItemVocab, load_dataset_dir, user_sequences
+from llmrec.data.behaviors import RATING_VOCAB, BehaviorVocab
 from llmrec.interests import profiles_from_table
 from llmrec.schema import Event, InterestProfile, Item, Recommendation
 from llmrec.tags import history_tags
@@ -72,9 +75,10 @@ class Recommender:
     def __init__(self, config: RecommenderConfig, dataset: Dataset, towers: ThreeTowerModel,
                  profiles: Iterable[InterestProfile] = (), explanations: ExplanationTable | None = None,
                  imagined: Mapping[str, Sequence[str]] | None = None, manifest: Mapping[str, Any] | None = None,
-                 attrs: AttributeVocab | None = None):
+                 attrs: AttributeVocab | None = None, behaviors: BehaviorVocab | None = None):
         self.config, self.dataset, self.towers = config, dataset, towers
         self.attrs = attrs or vocabulary_of(dataset, config.vocab)
+        self.behaviors = behaviors or dataset.behavior_vocab
         self.vocab: ItemVocab = towers.vocab
         self.items: dict[str, Item] = dataset.item_index
         self.profiles = {p.user_id: p for p in profiles}
@@ -82,6 +86,7 @@ class Recommender:
         self.imagined = {k: list(v) for k, v in (imagined or {}).items()}
         self.manifest = dict(manifest or {})
         self._sequences = user_sequences(dataset.events, self.vocab)
+        self._behaviors = _user_behaviors(dataset.events)  # aligned with _sequences: which events are evidence
         self._lock = threading.Lock()  # guards the tag-vector memo (the text encoder is not thread-safe)
         self._tag_vecs: dict[str, np.ndarray] = {}
         towers.eval()
@@ -114,6 +119,7 @@ class Recommender:
         self.towers.save_pretrained(out / "towers", manifest=self.manifest)
         pq.write_table(profiles_to_table(list(self.profiles.values())), out / "interests.parquet")
         save_vocabulary(self.attrs, out)
+        (out / "behaviors.json").write_text(self.behaviors.model_dump_json(indent=1, exclude_none=True) + "\n")
         self.explanations.save(out / "explanations", self.config.explain)
         imagined = pd.DataFrame({"segment": list(self.imagined), "item_ids": list(self.imagined.values())})
         imagined.to_parquet(out / "coldstart.parquet", index=False)
@@ -137,8 +143,11 @@ class Recommender:
         dataset = load_dataset_dir(root / "dataset")
         # Folders written before vocabularies existed rebuild it from the dataset (what they were built with).
         attrs = load_vocabulary(root) if (root / "vocab.json").is_file() else None
+        # Folders written before behaviour vocabularies: their dataset's, else the rating one they were built for.
+        behaviors = (BehaviorVocab.model_validate_json((root / "behaviors.json").read_text())
+                     if (root / "behaviors.json").is_file() else dataset.behaviors or RATING_VOCAB)
         return cls(config, dataset, ThreeTowerModel.from_pretrained(root / "towers"), profiles, explanations,
-                   imagined, manifest, attrs)
+                   imagined, manifest, attrs, behaviors)
 
     from_pretrained = load
 
@@ -160,14 +169,14 @@ class Recommender:
             user_id = str(user_id)
             if user_id not in self._sequences:
                 raise UnknownUserError(f"unknown user_id {user_id!r}; pass history=[...] for a user we have not seen")
-            seq = self._sequences[user_id]
+            seq, acts = self._sequences[user_id], self._behaviors[user_id]
             profile = self.dataset.profile(user_id) if profile is None else dict(profile)
             mined = self.profiles.get(user_id)
         else:
-            seq = self._encode_history(history or [])
+            seq, acts = self._encode_history(history or []), _history_behaviors(history or [])
             profile = dict(profile or {})
             mined = None
-        return self._recommend(seq, profile, mined, k)
+        return self._recommend(seq, profile, mined, k, acts)
 
     def _encode_history(self, history: Sequence[Event | Mapping | str]) -> np.ndarray:
         ids = []
@@ -186,9 +195,9 @@ class Recommender:
         return self.vocab.encode(ids)
 
     def _recommend(self, seq: np.ndarray, profile: dict[str, str], mined: InterestProfile | None,
-                   k: int) -> list[Recommendation]:
+                   k: int, acts: Sequence[str | None]) -> list[Recommendation]:
         seen = set(seq.tolist())
-        own = self._history_items(seq)  # the user's own events only: imagined ones are never cited as evidence
+        own = self._history_items(seq, acts)  # the user's own events only: imagined ones are never cited as evidence
         source = "user_tower"
         if len(seq) <= self.config.coldstart.max_events:
             imagined = self.imagined.get(profile_segment(profile)) if profile else None
@@ -237,7 +246,7 @@ class Recommender:
         return np.stack([self._tag_vecs[t] for t in texts])
 
     def _describe(self, index: int, s_user: float, s_tag: float, beta: float, tag: str | None,
-                  interest: str | None, source: str, own: Sequence[Item]) -> Recommendation:
+                  interest: str | None, source: str, own: tuple[list[Item], dict[str, str]]) -> Recommendation:
         if source == "user_tower" and (1.0 - beta) * s_tag > beta * s_user:
             source = "tag_tower"
         item = self.items[self.vocab.ids[index - 1]]
@@ -248,19 +257,25 @@ class Recommender:
 
     # --- explanation facts (the batch job and the request path build them the same way) -------------
 
-    def _history_items(self, seq: np.ndarray) -> list[Item]:
-        """The user's own last EVIDENCE_WINDOW items, oldest first: evidence is recent, and this bounds request cost."""
-        return [self.items[i] for i in self.vocab.decode(seq[-EVIDENCE_WINDOW:])]
+    def _history_items(self, seq: np.ndarray, acts: Sequence[str | None]) -> tuple[list[Item], dict[str, str]]:
+        """The user's citable items among their last EVIDENCE_WINDOW events, oldest first, and the behaviour each
+        is cited for (`explain.facts.citable_history`): evidence is recent, and this bounds request cost."""
+        ids, behavior_of = citable_history(self.vocab.decode(seq[-EVIDENCE_WINDOW:]),
+                                           list(acts)[-EVIDENCE_WINDOW:] if len(seq) else [], self.behaviors)
+        return [self.items[i] for i in ids], behavior_of
 
-    def explanation_facts(self, item: Item, interest: str | None, history: Sequence[Item]) -> ExplainFacts:
-        """What the explanation of `item` may name, given the matched interest and the user's own history."""
-        return build_facts(item, interest, history, self.config.explain.max_evidence, self.dataset.domain)
+    def explanation_facts(self, item: Item, interest: str | None,
+                          history: Sequence[Item] | tuple[list[Item], dict[str, str]]) -> ExplainFacts:
+        """What the explanation of `item` may name, given the matched interest and the user's own history (items,
+        or `_history_items`' items and the behaviour each is cited for)."""
+        items, behavior_of = history if isinstance(history, tuple) else (history, None)
+        return build_facts(item, interest, items, self.config.explain.max_evidence, self.dataset.domain, behavior_of)
 
     def served_facts(self, user_id: str, k: int) -> list[tuple[Recommendation, ExplainFacts]]:
         """A known user's top k with the facts their explanations were looked up by (for the batch job and the
         explanation benchmark); popularity answers, which have no facts, are left out."""
         recs = self.recommend(user_id=user_id, k=k)
-        own = self._history_items(self._sequences[str(user_id)])
+        own = self._history_items(self._sequences[str(user_id)], self._behaviors[str(user_id)])
         return [(r, self.explanation_facts(r.item, r.interest, own)) for r in recs if r.source != "popularity"]
 
     def _popular_items(self, k: int, seen: set[int]) -> list[Recommendation]:
@@ -268,6 +283,22 @@ class Recommender:
         return [Recommendation(item=self.items[self.vocab.ids[i - 1]], score=float(-rank), source="popularity",
                                explanation=f"Popular with other {self.dataset.domain.user}s.", explanation_flagged=True)
                 for rank, i in enumerate(chosen)]
+
+
+def _user_behaviors(events: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Per user, the behaviour of each event in `user_sequences`' order (events sorted as `Dataset.events`)."""
+    users, behaviors = events["user_id"].to_numpy(), events["behavior"].to_numpy()
+    if len(users) == 0:
+        return {}
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    ends = np.r_[starts[1:], len(users)]
+    return {users[s]: behaviors[s:e] for s, e in zip(starts, ends)}
+
+
+def _history_behaviors(history: Sequence[Event | Mapping | str]) -> list[str | None]:
+    """A request history's behaviours (None for a bare item id or a mapping without one)."""
+    return [ev.behavior if isinstance(ev, Event) else ev.get("behavior") if isinstance(ev, Mapping) else None
+            for ev in history]
 
 
 __all__ = ["Recommender", "RecommendError", "UnknownUserError", "UnknownItemError", "profile_segment", "DataError",

@@ -53,6 +53,7 @@ from llmrec.config import SASRecConfig
 from llmrec.errors import ModelError
 from llmrec.io import package_version
 from llmrec.data import ItemVocab, user_sequences
+from llmrec.data.behaviors import BehaviorVocab, training_events
 from llmrec.metrics import hr_at_k, mrr, ndcg_at_k
 from llmrec.progress import progress_bar
 from llmrec.data.split import Split
@@ -218,17 +219,21 @@ def item_content_matrix(text: np.ndarray, genres: np.ndarray, year: np.ndarray, 
 
 
 def train_sasrec(split: Split, vocab: ItemVocab, config: SASRecConfig,
-                 item_features: np.ndarray | None = None) -> tuple["SASRecScorer", dict]:
+                 item_features: np.ndarray | None = None,
+                 behaviors: BehaviorVocab | None = None) -> tuple["SASRecScorer", dict]:
     """Train on the split's training sequences; early-stop on validation NDCG@10; return the best model.
 
     Each evaluated epoch is logged at INFO as one JSON line (loss, seconds, validation metrics).
 
     item_features: (V, F) content rows (`item_content_matrix`), required when `config.content_features`.
+    behaviors: the dataset's vocabulary (`Dataset.behavior_vocab`): events of its negative non-target types
+        are left out of the training sequences (`llmrec.data.behaviors.training_events`).
     """
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
     gen = torch.Generator().manual_seed(config.seed)
-    seqs = [s for s in user_sequences(split.train, vocab).values() if len(s) >= 2]
+    # Negative feedback (skips, returns: `behaviors`' negative non-target types) is never a next-item target.
+    seqs = [s for s in user_sequences(training_events(split.train, behaviors), vocab).values() if len(s) >= 2]
     inputs = pad_left([s[:-1] for s in seqs], config.maxlen)  # (U, L)
     targets = pad_left([s[1:] for s in seqs], config.maxlen)  # (U, L): next item at every position
     seen = torch.zeros(len(seqs), vocab.size, dtype=torch.bool)  # (U, V) for negative sampling

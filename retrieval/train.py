@@ -37,6 +37,7 @@ import torch
 
 from llmrec.config import TowerConfig
 from llmrec.data import DataError, Dataset, ItemVocab, user_sequences
+from llmrec.data.behaviors import training_events
 from llmrec.eval.tag_metrics import SOURCES, profile_shares
 from llmrec.metrics import hr_at_k, ndcg_at_k, target_ranks
 from llmrec.data.split import Split
@@ -208,7 +209,8 @@ def fit_towers(dataset: Dataset, split: Split, config: TowerConfig,
         profiles = {u: dataset.profile(u) for u in dataset.users["user_id"].astype(str)}
         model = ThreeTowerModel(config, vocab, features, profiles)
         init_id_embeddings(model, config, item_embeddings)
-        train_seqs = user_sequences(split.train, vocab)
+        # Negative feedback (skips, returns) is never a positive: not in the sequences nor the tag pairs.
+        train_seqs = user_sequences(training_events(split.train, dataset.behavior_vocab), vocab)
         tag_texts, pair_tag, pair_item = tag_item_pairs(dataset, vocab, train_seqs, llm_tags, attrs)
         tag_feats = torch.from_numpy(model.text_encoder.encode(tag_texts, cache=True))  # [T, 384]
         t_features = time.perf_counter() - t0

@@ -13,12 +13,9 @@ from llmrec.coldstart import (
     Catalogue,
     ExamplePool,
     age_bucket,
-    early_fusion,
-    fuse,
     imagine_histories,
-    imagined_vectors,
-    late_fusion_sequences,
 )
+from llmrec.coldstart_fusion import early_fusion, fuse, imagined_vectors, late_fusion_sequences
 from llmrec.config import ColdStartConfig
 from llmrec.llm import FakeBackend
 from llmrec.schema import UserHistory

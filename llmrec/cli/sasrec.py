@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
         ds = resolve_dataset(dataset)
         split = split_leave_one_out(ds.events, targets=ds.behavior_vocab.target_names())
         vocab = ItemVocab.from_items(ds.items)
-        scorer, info = train_sasrec(split, vocab, cfg)  # per-epoch lines: INFO log on stderr
+        scorer, info = train_sasrec(split, vocab, cfg, behaviors=ds.behavior_vocab)  # per-epoch lines: INFO log on stderr
         result = {
             "model": scorer.name,
             "dataset": ds.name,

@@ -146,6 +146,58 @@ def narrative_weights(config: NarrativeConfig, vocab: BehaviorVocab | None = Non
     return {**common, **declared, **config.behavior_weights}
 
 
+# The words for what a user did, per behaviour type that names an act better than the domain's "watch" / "pick":
+# the prompts' take / takes / taken (cold start asks which items a new user "buys first") and the explanations'
+# clause ("You bought {items}"). The rating words have none: rating datasets keep their words ("You liked").
+BEHAVIOR_VERBS: dict[str, tuple[str, str, str, str]] = {
+    **dict.fromkeys(("purchase", "purchased", "buy"), ("buy", "buys", "bought", "bought {}")),
+    **dict.fromkeys(("play", "played"), ("play", "plays", "played", "played {}")),
+    **dict.fromkeys(("click", "clicked"), ("click", "clicks", "clicked", "clicked {}")),
+    **dict.fromkeys(("view", "viewed", "pv"), ("view", "views", "viewed", "viewed {}")),
+    **dict.fromkeys(("cart", "add-to-cart"), ("add to the cart", "adds to the cart", "added to the cart",
+                                             "added {} to your cart")),
+    **dict.fromkeys(("favorite", "favourite", "fav"), ("save", "saves", "saved", "saved {}")),
+}
+LIKED_CLAUSE = "liked {}"  # types without verbs (the rating words, declared custom types)
+
+
+def explain_clause(behavior: str | None) -> str:
+    """"bought {}" for a purchase, "liked {}" for the rating words and types without verbs (a format string)."""
+    verbs = BEHAVIOR_VERBS.get(behavior or "")
+    return verbs[3] if verbs else LIKED_CLAUSE
+
+
+def main_positive(vocab: BehaviorVocab | None) -> str:
+    """The dataset's main positive item type: the positive one with the largest weight (ties: name), e.g.
+    "liked" for ratings, "purchase" for a view/cart/purchase log, "play" for a play-count log. None: the rating
+    vocabulary (a dataset or folder from before vocabularies). A log without a positive type has its first
+    target type, else none at all: an error."""
+    vocab = vocab or RATING_VOCAB
+    positive = [s for s in vocab.specs if s.kind == "item" and s.polarity == "positive"]
+    if positive:
+        weight = {s.name: s.weight or (COMMON_BEHAVIORS[s.name].weight if s.name in COMMON_BEHAVIORS else None) or 1.0
+                  for s in positive}
+        return min(positive, key=lambda s: (-weight[s.name], s.name)).name
+    targets = vocab.target_names()
+    if not targets:
+        raise DataError(f"the behaviour vocabulary {list(vocab.names)} has no positive or target item type; "
+                        + DECLARE_HINT.format(name="NAME"))
+    return targets[0]
+
+
+def training_events(events: pd.DataFrame, vocab: BehaviorVocab | None) -> pd.DataFrame:
+    """The events retrieval may train on as positives: all but those of negative types that are no target
+    (skip, return, dislike: a sequence model would learn to recommend what the user turned down). A rating's
+    "disliked" is a target (see the module docstring) and stays, so a rating log's events come back as they
+    are (the same frame). Narratives still show the negative events: the LLM learns what a user avoids."""
+    if vocab is None:
+        return events
+    negative = [s.name for s in vocab.specs if s.kind == "item" and s.polarity == "negative" and not s.is_target]
+    if not negative:
+        return events
+    return events[~events["behavior"].isin(negative).to_numpy()].reset_index(drop=True)
+
+
 def parse_behavior_types(spec: str | None) -> dict[str, BehaviorSpec]:
     """`wishlist=positive:2,skip=negative` -> declared specs (`search` as polarity declares a search type)."""
     out: dict[str, BehaviorSpec] = {}

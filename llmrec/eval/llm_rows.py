@@ -123,7 +123,8 @@ def imagine_cold_histories(dataset, proto: Protocol, config: EvaluateConfig, bac
         events = proto.slices[s].events
         histories = {u: dataset.history(u, events) for u in users}
         result, st = imagine_histories([(u, profiles.get(u, {}), histories[u].events) for u in users], backend,
-                                       config.coldstart, catalogue, pool, cache_path=slice_cache(config.coldstart_cache, s))
+                                       config.coldstart, catalogue, pool, cache_path=slice_cache(config.coldstart_cache, s),
+                                       behaviors=dataset.behavior_vocab)
         out[s] = ({h.user_id: h for h in result}, histories)
         stats[s] = {k: v for k, v in st.to_dict().items() if k != "errors"} | {"errors": st.errors[:3]}
     return out, stats
@@ -135,9 +136,11 @@ def slice_cache(path: str | None, slice_name: str) -> Path | None:
     return None if path is None else Path(path).with_suffix(f".{slice_name}{Path(path).suffix or '.json'}")
 
 
-def coldstart_rows(proto: Protocol, config: EvaluateConfig, model, imagined, rows, add, seed) -> None:
-    """coldstart_none / early / late fusion on each cold slice, user tower alone (beta = 1)."""
-    from llmrec.coldstart import fuse
+def coldstart_rows(proto: Protocol, config: EvaluateConfig, model, imagined, rows, add, seed,
+                   behaviors=None) -> None:
+    """coldstart_none / early / late fusion on each cold slice, user tower alone (beta = 1); `behaviors`: the
+    dataset's vocabulary (the imagined events' type)."""
+    from llmrec.coldstart_fusion import fuse
 
     for s, (by_user, histories) in imagined.items():
         users = list(histories)
@@ -149,7 +152,7 @@ def coldstart_rows(proto: Protocol, config: EvaluateConfig, model, imagined, row
             if fusion is not None:
                 cfg = config.coldstart.model_copy(update={"fusion": fusion})
                 for u in users:
-                    seqs = fuse(histories[u], by_user[u], cfg, as_of[u].to_pydatetime()) if u in by_user else []
+                    seqs = fuse(histories[u], by_user[u], cfg, as_of[u].to_pydatetime(), behaviors) if u in by_user else []
                     fused[u] = [proto.vocab.encode([e.item_id for e in h.events]) for h in seqs]
             add(row, seed, ColdStartScorer(row, model, fused), [s], {s: sub})
 

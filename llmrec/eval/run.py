@@ -234,7 +234,10 @@ class Evaluation:
         """Deterministic baselines, fitted on the training events and scored once for every seed."""
         from retrieval.baselines import ItemKNNScorer, PopularityScorer
 
-        seed, train, vocab = self.config.seeds[0], self.proto.split.train, self.proto.vocab
+        from llmrec.data.behaviors import training_events
+
+        seed, vocab = self.config.seeds[0], self.proto.vocab
+        train = training_events(self.proto.split.train, self.train_dataset.behavior_vocab)  # no skip is a positive
         fit = {"popularity": lambda: PopularityScorer.fit(train, vocab),
                "item_knn": lambda: ItemKNNScorer.fit(train, vocab, self.config.knn_neighbors, self.config.knn_shrink)}
         for name in BASELINE_ROWS:
@@ -253,7 +256,8 @@ class Evaluation:
             cfg = self.config.sasrec.model_copy(update={**switch, "seed": seed})
             log.info("[evaluate] %s seed=%d training", row, seed)
             scorer, rep = train_sasrec(self.proto.split, self.proto.vocab, cfg,
-                                       item_features=self.content_matrix() if cfg.content_features else None)
+                                       item_features=self.content_matrix() if cfg.content_features else None,
+                                       behaviors=self.train_dataset.behavior_vocab)
             self.reports.setdefault(row, []).append({"seed": seed, **{k: v for k, v in rep.items() if k != "curve"}})
             log.info("[evaluate] %s seed=%d trained in %.0fs (best epoch %d)", row, seed, time.perf_counter() - t0,
                      rep["best_epoch"])
@@ -351,7 +355,8 @@ class Evaluation:
         self.close_backend()  # every LLM call is done after the first seed
         due = [m for m in COLDSTART_ROWS if self.due(m, seed)]
         if due and self.imagined is not None:
-            coldstart_rows(self.proto, self.config, model, self.imagined, due, self.add, seed)
+            coldstart_rows(self.proto, self.config, model, self.imagined, due, self.add, seed,
+                           self.train_dataset.behavior_vocab)
             for m in due:
                 self.finish(m, seed)
 
