@@ -49,7 +49,7 @@ import random
 import re
 import time
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -89,6 +89,30 @@ def held_out_users(adapter: Path, candidates: set[str], n: int) -> list[str]:
 def visible_events(split: Split) -> pd.DataFrame:
     """The events every method may see for the test target: strictly before its timestamp (as the narrative)."""
     return events_before(split.history("test"), split.as_of("test"))
+
+
+class TagSetup(NamedTuple):
+    """What every tag row of `users` is scored against: the catalogue (items in vocabulary order), the users'
+    test items as targets, and the visible items each user has seen (excluded from the ranking). A NamedTuple:
+    tests load this file by path, outside sys.modules, where a dataclass cannot resolve its annotations."""
+
+    vocab: ItemVocab
+    catalogue_items: list[Item]
+    catalogue: TagCatalogue
+    targets: list[int]
+    by_user: dict[str, list[str]]
+    seen: list[np.ndarray]
+
+
+def tag_setup(ds, split: Split, visible: pd.DataFrame, users: Sequence[str]) -> TagSetup:
+    vocab = ItemVocab.from_items(ds.items)
+    catalogue_items = [ds.item_index[i] for i in vocab.ids]
+    by_user = {u: g["item_id"].tolist() for u, g in visible.groupby("user_id")}
+    return TagSetup(
+        vocab=vocab, catalogue_items=catalogue_items,
+        catalogue=TagCatalogue.build(catalogue_items, item_attributes, tag_attributes),
+        targets=[int(t) for t in vocab.encode(split.test.set_index("user_id").loc[users, "item_id"])],
+        by_user=by_user, seen=[vocab.encode(by_user.get(u, [])) for u in users])
 
 
 def heuristic_rows(seen: Mapping[str, Sequence[Item]], users: Sequence[str], catalogue: Sequence[Item], k: int,
@@ -243,13 +267,10 @@ def main() -> None:
     visible = visible_events(split)  # what the narrative AND the heuristics see
     as_of = split.as_of("test")
     users = held_out_users(adapter, set(as_of.index), args.users)
-    vocab = ItemVocab.from_items(ds.items)
-    catalogue_items = [ds.item_index[i] for i in vocab.ids]
-    catalogue = TagCatalogue.build(catalogue_items, item_attributes, tag_attributes)
+    t = tag_setup(ds, split, visible, users)
+    vocab, catalogue_items, catalogue, targets, by_user, seen = (t.vocab, t.catalogue_items, t.catalogue, t.targets,
+                                                                 t.by_user, t.seen)
     tower = load_tag_tower(args.towers, vocab) if args.towers else None
-    targets = [int(t) for t in vocab.encode(split.test.set_index("user_id").loc[users, "item_id"])]
-    by_user = {u: g["item_id"].tolist() for u, g in visible.groupby("user_id")}
-    seen = [vocab.encode(by_user.get(u, [])) for u in users]
     narratives = render_narratives(visible[visible["user_id"].isin(set(users))], ds.items, as_of.loc[users], ncfg,
                                    load_tokenizer(args.model), behaviors=ds.behavior_vocab, queries=ds.queries)
     log(f"{len(users)} held-out users; narrative budget {ncfg.max_tokens}; adapter {adapter}")

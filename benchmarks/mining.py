@@ -37,13 +37,11 @@ sys.path.insert(0, str(_HERE.parent))
 
 import pyarrow.parquet as pq  # noqa: E402
 
-from benchmarks.llm_stages import K, heuristic_rows, tag_records, visible_events  # noqa: E402
+from benchmarks.llm_stages import K, heuristic_rows, tag_records, tag_setup, visible_events  # noqa: E402
 from llmrec.bench import record, write_records  # noqa: E402
-from llmrec.data import ItemVocab, resolve_dataset  # noqa: E402
+from llmrec.data import resolve_dataset  # noqa: E402
 from llmrec.data.split import split_leave_one_out  # noqa: E402
-from llmrec.eval.tag_metrics import TagCatalogue  # noqa: E402
 from llmrec.interests import profiles_from_table  # noqa: E402
-from llmrec.tags import item_attributes, tag_attributes  # noqa: E402
 
 BENCH = "mining"
 LLMREC = [sys.executable, "-m", "llmrec"]
@@ -97,20 +95,16 @@ def tag_rows(dataset: str, profiles_path: Path, seed: int) -> list[dict]:
     split = split_leave_one_out(ds.events)
     profiles = profiles_from_table(pq.read_table(profiles_path))
     users = [p.user_id for p in profiles]
-    vocab = ItemVocab.from_items(ds.items)
-    catalogue_items = [ds.item_index[i] for i in vocab.ids]
-    catalogue = TagCatalogue.build(catalogue_items, item_attributes, tag_attributes)
-    targets = [int(t) for t in vocab.encode(split.test.set_index("user_id").loc[users, "item_id"])]
-    by_user = {u: g["item_id"].tolist() for u, g in visible_events(split).groupby("user_id")}
-    seen = [vocab.encode(by_user.get(u, [])) for u in users]
+    t = tag_setup(ds, split, visible_events(split), users)
+    catalogue, targets, seen = t.catalogue, t.targets, t.seen
     tags = [[t.text for t in p.tags] for p in profiles]
     recs = tag_records(tags, targets, seen, catalogue, model="lora", n=len(users))
     own = [i for i, p in enumerate(profiles) if p.source == "llm"]  # fallbacks are history tags: shown apart
     if own:
         recs += tag_records([tags[i] for i in own], [targets[i] for i in own], [seen[i] for i in own], catalogue,
                             model="lora", subset="llm_only", n=len(own))
-    seen_items = {u: [ds.item_index[i] for i in ids] for u, ids in by_user.items()}
-    for name, lists in heuristic_rows(seen_items, users, catalogue_items, K, seed).items():
+    seen_items = {u: [ds.item_index[i] for i in ids] for u, ids in t.by_user.items()}
+    for name, lists in heuristic_rows(seen_items, users, t.catalogue_items, K, seed).items():
         recs += tag_records(lists, targets, seen, catalogue, model=name, n=len(users))
     return recs
 
