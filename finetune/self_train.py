@@ -56,7 +56,7 @@ from llmrec.data import ItemVocab
 from llmrec.errors import AdapterError, DataError
 from llmrec.eval.tag_metrics import RETRIEVAL_KS, TagCatalogue, match_scores
 from llmrec.interests import (
-    _seen_title_patterns,
+    seen_title_patterns,
     interests_wire,
     round_robin,
     to_profile_parts,
@@ -134,7 +134,7 @@ def build_cases(built: Sequence[CutExample], items: dict[str, Item], vocab: Item
             built=b, targets=targets, seen=vocab.encode(before),
             history_tags=tuple(history_tags([items[i] for i in before], mining.max_tags, attrs)),
             sft_tags=tuple(answer_tags(b.example.messages[-1]["content"], wire, mining.max_tags)),
-            titles=_seen_title_patterns(b.narrative.item_ids, items)))
+            titles=seen_title_patterns(b.narrative.item_ids, items)))
     return cases, skipped
 
 

@@ -302,7 +302,7 @@ def mine_interests(
     """
     t0 = time.perf_counter()
     model = label or (backend.name if adapter is None else f"{backend.name}+{adapter}")
-    titles = [_seen_title_patterns(n.item_ids, items) for n in narratives]
+    titles = [seen_title_patterns(n.item_ids, items) for n in narratives]
     prompts = [interest_messages(n.text, config, attrs) for n in narratives]
     wire = interests_wire(config)
 
@@ -343,7 +343,7 @@ def mine_interests(
     return profiles, stats
 
 
-def _seen_title_patterns(item_ids: Sequence[str], items: dict[str, Item] | None) -> re.Pattern | None:
+def seen_title_patterns(item_ids: Sequence[str], items: dict[str, Item] | None) -> re.Pattern | None:
     """One regex matching any seen item's title (word-bounded) inside a normalised tag."""
     if not items:
         return None
