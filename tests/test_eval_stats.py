@@ -67,6 +67,28 @@ def test_aggregate_adds_paired_difference_records_against_sasrec_ce():
     assert plain[0]["value"] == pytest.approx(0.15) and plain[0]["std"] == 0.0
 
 
+
+def test_aggregate_adds_differences_against_the_baseline_that_leads_on_validation():
+    from llmrec.config import EvaluateConfig
+    from llmrec.eval.run import Scores, aggregate
+
+    scores = Scores()
+    users = [str(u) for u in range(30)]
+    for s, knn in (("valid", 0.3), ("all", 0.2)):  # item-kNN leads SASRec+ on validation
+        scores.add("sasrec_ce", s, 30, {"ndcg@10": 0.1}, {u: 0.1 for u in users})
+        scores.add("item_knn", s, 30, {"ndcg@10": knn}, {u: knn for u in users})
+        scores.add("three_tower_heuristic_tags", s, 30, {"ndcg@10": 0.15}, {u: 0.15 for u in users})
+        scores.add("three_tower_notag", s, 30, {"ndcg@10": 0.9}, {u: 0.9 for u in users})  # not a baseline
+    scores.seeds_of = {m: [0] for m in ("sasrec_ce", "item_knn", "three_tower_heuristic_tags", "three_tower_notag")}
+    recs = aggregate(scores, EvaluateConfig(dataset="toy", bootstrap_samples=100))
+    lead = {(r["model"], r["slice"]): r for r in recs if r["metric"] == "ndcg@10_diff_vs_item_knn"}
+    assert set(lead) == {("three_tower_heuristic_tags", "valid"), ("three_tower_heuristic_tags", "all")}
+    assert lead[("three_tower_heuristic_tags", "all")]["value"] == pytest.approx(-0.05)
+    # SASRec+ leading on validation: no second set of differences.
+    scores.drop("item_knn")
+    assert not [r for r in aggregate(scores, EvaluateConfig(dataset="toy", bootstrap_samples=100))
+                if "_diff_vs_item_knn" in r["metric"]]
+
 def test_resumed_rows_keep_their_per_user_scores_for_the_paired_test(tiny, caplog):
     from llmrec.config import EvaluateConfig
     from llmrec.eval.protocol import user_key

@@ -10,7 +10,8 @@ from llmrec.config import EvaluateConfig, TowerConfig
 from llmrec.data import ItemVocab
 from llmrec.eval.llm_rows import ColdStartScorer, RerankScorer
 from llmrec.eval.protocol import Protocol, SliceView, long_tail_by_mass, sample_users, score_slice
-from llmrec.eval.report import render_markdown, target_lines, write_report
+from llmrec.eval.report import leader_verdict, render_markdown, target_lines, write_report
+from llmrec.eval.tables import strongest_baseline
 from llmrec.eval.run import run_evaluation
 
 
@@ -166,6 +167,27 @@ def test_verdict_chooses_the_fused_row_on_validation_never_on_test():
     assert "three_tower_llm_tags, chosen" in target_lines(swapped)[0]
     # Without validation records there is no verdict (never a fallback to test).
     assert "Targets not computed" in target_lines([r for r in records if r["slice"] != "valid"])[0]
+
+
+
+def test_second_verdict_against_the_baseline_that_leads_on_validation():
+    rec = _rec
+    # item_knn leads on validation (though SASRec+ content is better on test): the second verdict judges against it.
+    records = [rec("sasrec_ce", "all", "ndcg@10", 0.10), rec("sasrec_ce", "valid", "ndcg@10", 0.10),
+               rec("item_knn", "all", "ndcg@10", 0.20), rec("item_knn", "valid", "ndcg@10", 0.15),
+               rec("sasrec_ce_content", "all", "ndcg@10", 0.30), rec("sasrec_ce_content", "valid", "ndcg@10", 0.12),
+               rec("three_tower_notag", "valid", "ndcg@10", 0.50),  # not a baseline, never the leader
+               rec("three_tower_heuristic_tags", "all", "ndcg@10", 0.11),
+               rec("three_tower_heuristic_tags", "valid", "ndcg@10", 0.13),
+               rec("three_tower_heuristic_tags", "all", "ndcg@10_diff_vs_item_knn", -0.09, lo=-0.12, hi=-0.05,
+                   significant=True)]
+    assert strongest_baseline(records) == "item_knn"
+    lines = leader_verdict(records)
+    assert lines[0] == "## Verdict against the strongest baseline: item_knn (best validation NDCG@10 of the baselines)"
+    assert "| all | three_tower_heuristic_tags | 0.1100 | 0.2000 | 0.55x | >= 1.05x | not met | significant |" in lines
+    assert "item_knn NDCG@10" in "\n".join(lines)
+    # When SASRec+ leads on validation there is one verdict only.
+    assert leader_verdict([r for r in records if r["model"] not in ("item_knn", "sasrec_ce_content")]) == []
 
 
 class _Model:

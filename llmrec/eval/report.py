@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Sequence
 
 from llmrec.eval.plots import plot_ndcg_by_history, plot_ndcg_by_slice
-from llmrec.eval.tables import (BASELINE, FALLBACK_LIMIT, diff_table, render_table, share_table, table_values,
-                                target_lines)
+from llmrec.eval.tables import (BASELINE, FALLBACK_LIMIT, diff_table, render_table, share_table,
+                                strongest_baseline, table_values, target_lines)
 
 __all__ = ["render_markdown", "target_lines", "write_report"]
 ATTRIBUTION = {
@@ -51,6 +51,7 @@ def render_markdown(records: Sequence[dict], settings: dict, plots: Sequence[Pat
         f"## NDCG@{k} difference vs SASRec+ (paired over users, seeds pooled; 95% bootstrap interval, "
         "* significant)", "", *diff_table(records, k), "",
         f"## Verdict (fused three-tower vs SASRec+, NDCG@{k})", "", *target_lines(records, k), "",
+        *leader_verdict(records, k),
         f"## All users: MRR, coverage@{k}, long-tail share@{k}", "",
         "| model | mrr | coverage | long-tail share |", "|---|---|---|---|",
     ]
@@ -94,6 +95,15 @@ def render_markdown(records: Sequence[dict], settings: dict, plots: Sequence[Pat
                 lines.append(f"- {m}: {notes[m]['slices']}; tags table {notes[m]['tags'].get('path')}.")
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def leader_verdict(records: Sequence[dict], k: int = 10) -> list[str]:
+    """The same verdict against the strongest baseline, when that is not SASRec+ (chosen on validation)."""
+    leader = strongest_baseline(records, k)
+    if leader is None or leader == BASELINE:
+        return []
+    return [f"## Verdict against the strongest baseline: {leader} (best validation NDCG@{k} of the baselines)", "",
+            *target_lines(records, k, reference=leader), ""]
 
 
 def write_report(records: Sequence[dict], settings: dict, md_path: str | Path) -> list[Path]:

@@ -31,6 +31,7 @@ from llmrec.eval.rows import (ABLATIONS, BASE_TOWER_ROWS, BASELINE_ROWS, COLDSTA
                               RANKER_ROWS, REFERENCE_ROW, SASREC_ROWS, TowerScorer, absent_rows, planned_pairs,
                               resumable_rows, row_config)
 from llmrec.eval.stats import paired_difference
+from llmrec.eval.tables import FUSED_ROWS, strongest_baseline
 from llmrec.progress import progress_bar
 from retrieval.base import SequenceScorer
 
@@ -408,6 +409,25 @@ def aggregate(scores: Scores, config: EvaluateConfig) -> list[dict]:
         if d is not None:
             out.append(record(BENCHMARK, diff_metric, d.mean, "fraction", **{**ctx, "n": d.n}, std=0.0,
                               lo=d.lo, hi=d.hi, significant=d.significant))
+    return out + leader_differences(scores, config, out)
+
+
+def leader_differences(scores: Scores, config: EvaluateConfig, records: list[dict]) -> list[dict]:
+    """Paired NDCG differences of the fused rows against the strongest baseline (chosen on validation), when
+    that is not SASRec+: the verdict compares with whichever baseline leads."""
+    leader = strongest_baseline(records, config.k)
+    if leader is None or leader == REFERENCE_ROW:
+        return []
+    metric, out = f"ndcg@{config.k}_diff_vs_{leader}", []
+    for (model, s), per_user in scores.per_user.items():
+        ref = scores.per_user.get((leader, s))
+        if model not in FUSED_ROWS or ref is None:
+            continue
+        d = paired_difference(per_user, ref, n_boot=config.bootstrap_samples, seed=config.sample_seed)
+        if d is not None:
+            out.append(record(BENCHMARK, metric, d.mean, "fraction", model=model, slice=s,
+                              seeds=",".join(str(x) for x in scores.seeds_of[model]), n=d.n,
+                              dataset=config.dataset, std=0.0, lo=d.lo, hi=d.hi, significant=d.significant))
     return out
 
 
