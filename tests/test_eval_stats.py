@@ -84,6 +84,13 @@ def test_aggregate_adds_differences_against_the_baseline_that_leads_on_validatio
     lead = {(r["model"], r["slice"]): r for r in recs if r["metric"] == "ndcg@10_diff_vs_item_knn"}
     assert set(lead) == {("three_tower_heuristic_tags", "valid"), ("three_tower_heuristic_tags", "all")}
     assert lead[("three_tower_heuristic_tags", "all")]["value"] == pytest.approx(-0.05)
+    # LLM-tag rows' validation is marked optimistic (their tags were mined as of the test time); others are not.
+    scores.add("three_tower_llm_lora_tags", "valid", 30, {"ndcg@10": 0.2}, {u: 0.2 for u in users})
+    scores.seeds_of["three_tower_llm_lora_tags"] = [0]
+    marked = {(r["model"], r["slice"]): r.get("optimistic", False)
+              for r in aggregate(scores, EvaluateConfig(dataset="toy", bootstrap_samples=100)) if r["metric"] == "ndcg@10"}
+    assert marked[("three_tower_llm_lora_tags", "valid")] is True
+    assert marked[("three_tower_heuristic_tags", "valid")] is False and marked[("item_knn", "valid")] is False
     # SASRec+ leading on validation: no second set of differences.
     scores.drop("item_knn")
     assert not [r for r in aggregate(scores, EvaluateConfig(dataset="toy", bootstrap_samples=100))
@@ -106,7 +113,7 @@ def test_resumed_rows_keep_their_per_user_scores_for_the_paired_test(tiny, caplo
     caplog.set_level(logging.INFO, logger="llmrec.eval.run")
     run = run_evaluation(tiny, config, resume=earlier)
     lines = [r.getMessage() for r in caplog.records if r.name == "llmrec.eval.run"]
-    assert any("resumed 1 finished" in line for line in lines)
+    assert any("resumed 1 finished" in line for line in lines) and run.settings["resumed_pairs"] == 1
     assert not [line for line in lines if "sasrec_ce" in line and "ndcg@" in line]  # taken over, not retrained
     get = {(r["model"], r["slice"], r["metric"]): r for r in run.records}
     diff = get[("popularity", "all", "ndcg@10_diff_vs_sasrec_ce")]

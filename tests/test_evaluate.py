@@ -11,7 +11,7 @@ from llmrec.data import ItemVocab
 from llmrec.eval.llm_rows import ColdStartScorer, RerankScorer
 from llmrec.eval.protocol import Protocol, SliceView, long_tail_by_mass, sample_users, score_slice
 from llmrec.eval.report import leader_verdict, render_markdown, target_lines, write_report
-from llmrec.eval.tables import strongest_baseline
+from llmrec.eval.tables import render_table, strongest_baseline
 from llmrec.eval.run import run_evaluation
 
 
@@ -146,6 +146,9 @@ def test_report_files_and_target_ratios(tmp_path):
     assert "three_tower_llm_rerank (fallback > 20%)" in md
     assert "- sasrec_ce_content: SASRec+ with the towers' item content" in md and "three_tower_ids_only:" not in md
     assert md == render_markdown(records, settings, paths[1:])
+    assert "run time: " in md and "taken over" not in md
+    assert "run time of the last invocation: 4.4 s (20 finished (row, seed) pairs were taken over" in render_markdown(
+        records, {**settings, "seconds": 4.4, "resumed_pairs": 20})
     for png in paths[1:]:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
@@ -165,6 +168,11 @@ def test_verdict_chooses_the_fused_row_on_validation_never_on_test():
     swapped = [dict(r, value={0.13: 0.11, 0.11: 0.13}.get(r["value"], r["value"])) if r["slice"] == "valid" else r
                for r in records]
     assert "three_tower_llm_tags, chosen" in target_lines(swapped)[0]
+    # A row whose validation is optimistic (tags mined as of the test time) is never chosen, however high.
+    leaky = records + [rec("three_tower_llm_lora_tags", "valid", "ndcg@10", 0.50, optimistic=True),
+                       rec("three_tower_llm_lora_tags", "all", "ndcg@10", 0.50)]
+    assert "three_tower_heuristic_tags, chosen" in target_lines(leaky)[0]
+    assert "0.5000 ± 0.0100 (optimistic)" in render_table(leaky, "ndcg@10")
     # Without validation records there is no verdict (never a fallback to test).
     assert "Targets not computed" in target_lines([r for r in records if r["slice"] != "valid"])[0]
 

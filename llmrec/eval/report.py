@@ -23,6 +23,15 @@ ATTRIBUTION = {
 }
 
 
+def run_time(settings: dict) -> str:
+    """The run time as measured: a resumed run only times its own invocation, and says so."""
+    seconds, resumed = settings.get("seconds", "?"), settings.get("resumed_pairs", 0)
+    if resumed:
+        return (f"run time of the last invocation: {seconds} s ({resumed} finished (row, seed) pairs were taken "
+                "over from earlier invocations, whose time is not included)")
+    return f"run time: {seconds} s"
+
+
 def render_markdown(records: Sequence[dict], settings: dict, plots: Sequence[Path] = ()) -> str:
     """The whole report: settings, the two tables, the targets, the other metrics, notes and plots."""
     cfg = settings.get("evaluate_config", {})
@@ -33,7 +42,7 @@ def render_markdown(records: Sequence[dict], settings: dict, plots: Sequence[Pat
         f"# Offline comparison: {settings.get('dataset', {}).get('name', '?')}", "",
         f"Command: `{settings.get('command', 'llmrec evaluate')}`  ",
         f"Git commit: {commit}; split hash: {settings.get('split_hash', '?')}; "
-        f"seeds: {', '.join(map(str, cfg.get('seeds', [])))}; run time: {settings.get('seconds', '?')} s.", "",
+        f"seeds: {', '.join(map(str, cfg.get('seeds', [])))}; {run_time(settings)}.", "",
         *([] if settings.get("complete", True) else
           ["**Partial report: the run is still going (or was stopped); rows below are the finished ones.**", ""]),
         "Protocol: leave-one-out by time (last event = test, the one before = validation), full-catalogue "

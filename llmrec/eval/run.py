@@ -87,6 +87,7 @@ class Evaluation:
         self.notes: dict[str, object] = {}
         self.raw: list[dict] = []  # one entry per (model, seed, slice): what a resumed run takes over
         self.finished: list[list] = []  # [model, seed] pairs whose every slice is scored
+        self.resumed = 0  # of them, taken over from an earlier run (`restore`)
         self.tags_cache: dict[str, dict[str, list[str]]] = {}
         self.backend, self.own_backend = backend, False
         self.imagined = None
@@ -137,7 +138,8 @@ class Evaluation:
                           "head_mass": config.long_tail_mass},
             "model_configs": {m: row_config(m, config) for m in self.rows},
             "absent": self.absent, "notes": self.notes, "model_reports": self.reports, "betas": self.scores.betas,
-            "seconds": round(time.perf_counter() - self.t_start, 1), "complete": complete,
+            "seconds": round(time.perf_counter() - self.t_start, 1), "resumed_pairs": self.resumed,
+            "complete": complete,
             "raw": self.raw, "finished": self.finished,
         }
         return EvaluationRun(records=aggregate(self.scores, config), settings=settings)
@@ -153,6 +155,7 @@ class Evaluation:
                 scores.add(entry["model"], entry["slice"], entry["n"], entry["metrics"],
                            entry.get("ndcg_by_user", {}))
                 self.raw.append(entry)
+        self.resumed = len(taken)
         for model, seed in taken:
             self.finished.append([model, seed])
             if model in BASELINE_ROWS:
@@ -374,7 +377,9 @@ class Evaluation:
             self.score_towers(row, seed, res, lambda s, t=tags: t, ["all", "valid", "long_tail"])
             self.notes[row] = {"tags": info, "slices": "all, valid and long_tail only: tags were mined from the "
                                "full visible history, which a short or cold user does not have (mined as of the "
-                               "test time, so the valid numbers of this row are optimistic)"}
+                               "test time, so the valid numbers of this row are optimistic: they are marked, "
+                               "and the verdict never chooses this row on them; its beta and early stopping "
+                               "were chosen on them too)"}
 
     def score_ablations(self, seed: int) -> None:
         from retrieval.train import train_towers
@@ -397,6 +402,9 @@ def aggregate(scores: Scores, config: EvaluateConfig) -> list[dict]:
                "n": scores.n_of[(model, s)], "dataset": config.dataset}
         if model in scores.betas:
             ctx["beta"] = ",".join(f"{b:g}" for b in scores.betas[model])
+        if s == "valid" and model in LLM_TAG_ROWS:
+            # Tags mined as of the test time saw the validation target: never a basis for choosing this row.
+            ctx["optimistic"] = True
         for metric in runs[0]:
             v = np.array([r[metric] for r in runs])
             out.append(record(BENCHMARK, metric, float(v.mean()), "fraction",

@@ -72,6 +72,8 @@ def render_table(records: Sequence[dict], metric: str, k: int = 10) -> str:
                 cells.append("–")
                 continue
             cell = f"{r['value']:.4f} ± {r['std']:.4f}" + significance_mark(diffs.get(model, {}).get(s))
+            if r.get("optimistic"):
+                cell += " (optimistic)"
             if r["n"] != full_n[s]:
                 cell += f" (n={r['n']})"
             cells.append(cell)
@@ -113,9 +115,11 @@ def share_table(records: Sequence[dict]) -> list[str]:
 
 
 def chosen_fused_row(records: Sequence[dict], k: int = 10) -> str | None:
-    """The fused row with the best VALIDATION NDCG@k (None when no fused row has a validation record)."""
+    """The fused row with the best VALIDATION NDCG@k (None when no fused row has a validation record). Rows whose
+    validation record is marked `optimistic` (tags mined as of the test time, which saw the validation target)
+    are never chosen."""
     values = table_values(records, f"ndcg@{k}")
-    have = [m for m in FUSED_ROWS if "valid" in values.get(m, {})]
+    have = [m for m in FUSED_ROWS if "valid" in values.get(m, {}) and not values[m]["valid"].get("optimistic")]
     return max(have, key=lambda m: values[m]["valid"]["value"]) if have else None
 
 
