@@ -387,3 +387,32 @@ def test_resume_takes_over_finished_rows_and_retrains_changed_ones(tiny, caplog)
     caplog.clear()
     run_evaluation(tiny, EvaluateConfig(models=("popularity",), **base), resume=moved)
     assert _scored_rows(caplog) == {"popularity"}
+
+
+def test_llm_tag_rows_record_llm_share_over_each_slices_users(tiny, tmp_path):
+    import pyarrow.parquet as pq
+
+    from llmrec.eval.run import Evaluation
+    from llmrec.interests import profiles_to_table
+    from llmrec.schema import InterestProfile, Tag
+
+    path = tmp_path / "profiles.parquet"
+    config = EvaluateConfig(dataset="tiny", models=("three_tower_llm_lora_tags",), seeds=(0,), max_users=12,
+                            cold_lengths=(0,), short_lengths=(1,), use_llm=False, llm_lora_tags=str(path))
+    ev = Evaluation(tiny, config)
+    users = ev.proto.slices["all"].users
+
+    def shares(sources):
+        pq.write_table(profiles_to_table([InterestProfile(user_id=u, tags=(Tag(text="1990s drama"),), source=src)
+                                          for u, src in sources.items()]), path)
+        ev.sources.clear()
+        return {r["metric"]: r["value"] for r in ev.llm_share_records() if r["slice"] == "all"}
+
+    ev.scores.add("three_tower_llm_lora_tags", "all", len(users), {"ndcg@10": 0.1}, {})
+    ev.scores.seeds_of["three_tower_llm_lora_tags"] = [0]
+    # A fallback-only table: the row is served entirely by stand-ins, llm_share 0.
+    assert shares(dict.fromkeys(users, "fallback")) == {"llm_share": 0.0, "fallback_share": 1.0}
+    # Half the slice's users valid LLM answers; users missing from the table count as not served by the LLM.
+    half = {u: ("llm" if n % 2 == 0 else "heuristic") for n, u in enumerate(users[:-2])}
+    expect = sum(v == "llm" for v in half.values()) / len(users)
+    assert shares(half) == {"llm_share": pytest.approx(expect), "fallback_share": pytest.approx(1 - expect)}

@@ -31,6 +31,7 @@ from llmrec.eval.rows import (ABLATIONS, BASE_TOWER_ROWS, BASELINE_ROWS, COLDSTA
                               RANKER_ROWS, REFERENCE_ROW, SASREC_ROWS, TowerScorer, absent_rows, planned_pairs,
                               resumable_rows, row_config)
 from llmrec.eval.stats import paired_difference
+from llmrec.eval.tag_metrics import tag_sources
 from llmrec.eval.tables import FUSED_ROWS, strongest_baseline
 from llmrec.progress import progress_bar
 from retrieval.base import SequenceScorer
@@ -88,6 +89,7 @@ class Evaluation:
         self.raw: list[dict] = []  # one entry per (model, seed, slice): what a resumed run takes over
         self.finished: list[list] = []  # [model, seed] pairs whose every slice is scored
         self.resumed = 0  # of them, taken over from an earlier run (`restore`)
+        self.sources: dict[str, dict[str, str]] = {}  # LLM-tag row -> user -> profile source
         self.tags_cache: dict[str, dict[str, list[str]]] = {}
         self.backend, self.own_backend = backend, False
         self.imagined = None
@@ -142,7 +144,28 @@ class Evaluation:
             "complete": complete,
             "raw": self.raw, "finished": self.finished,
         }
-        return EvaluationRun(records=aggregate(self.scores, config), settings=settings)
+        return EvaluationRun(records=aggregate(self.scores, config) + self.llm_share_records(), settings=settings)
+
+    def llm_share_records(self) -> list[dict]:
+        """Per LLM-tag row and scored slice: llm_share, the share of the slice's users whose tags came from a
+        validated LLM answer, and fallback_share, the rest (a flagged fallback, a heuristic stand-in, no row in
+        the table, or a table without a `source` column)."""
+        out = []
+        for row, key in LLM_TAG_ROWS.items():
+            if row not in self.scores.seeds_of or getattr(self.config, key) is None:
+                continue
+            if row not in self.sources:
+                self.sources[row] = tag_sources(tags_parquet(getattr(self.config, key)))
+            for (model, s), n in self.scores.n_of.items():
+                if model != row:
+                    continue
+                users = self.proto.slices[s].users
+                llm = sum(self.sources[row].get(u) == "llm" for u in users) / max(len(users), 1)
+                ctx = {"model": row, "slice": s, "seeds": ",".join(str(x) for x in self.scores.seeds_of[row]),
+                       "n": n, "dataset": self.config.dataset, "std": 0.0}
+                out += [record(BENCHMARK, "llm_share", llm, "fraction", **ctx),
+                        record(BENCHMARK, "fallback_share", 1.0 - llm, "fraction", **ctx)]
+        return out
 
     def restore(self, resume: Mapping) -> None:
         """Take over the finished (row, seed) pairs of an earlier run with the same split and row config."""

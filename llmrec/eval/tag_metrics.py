@@ -32,10 +32,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from llmrec.errors import DataError
 from llmrec.metrics import hr_at_k, ndcg_at_k, target_ranks
@@ -192,6 +194,16 @@ def source_shares(sources: Iterable[str]) -> dict[str, float]:
     if total == 0:
         raise DataError("no profile to count sources over")
     return {f"{s}_share": counts[s] / total for s in SOURCES}
+
+
+def tag_sources(path: str | Path) -> dict[str, str]:
+    """user_id -> profile source of a mined-tags Parquet; a table without a `source` column maps every user to
+    "unknown" (never to "llm")."""
+    table = pq.read_table(path)
+    users = [str(u) for u in table["user_id"].to_pylist()]
+    if "source" not in table.column_names:
+        return dict.fromkeys(users, "unknown")
+    return dict(zip(users, (str(x) for x in table["source"].to_pylist())))
 
 
 def profile_shares(table: pa.Table | Mapping[str, Sequence[str]]) -> dict[str, float]:
