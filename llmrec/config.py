@@ -483,6 +483,10 @@ class EvaluateConfig(StageConfig):
     towers: TowerConfig = Field(default_factory=TowerConfig)  # ablation rows flip one switch each
     llm_tags: str | None = None  # mined-tags Parquet (or its folder) of `llmrec mine-interests`, base model
     llm_lora_tags: str | None = None  # the same, mined with the LoRA adapter
+    # The same tables mined as of the VALIDATION time (`mine-interests --as-of valid`): when given, the row
+    # trains, early-stops and picks beta on these, and only the test slices read the test-time table above.
+    llm_tags_valid: str | None = None
+    llm_lora_tags_valid: str | None = None
     use_llm: bool = True  # False: skip the rows that call an LLM (re-ranking, cold start)
     llm: LLMConfig = Field(default_factory=LLMConfig)
     rerank: RerankConfig = Field(default_factory=RerankConfig)

@@ -181,6 +181,28 @@ def test_mine_interests_reads_its_config_file_and_flags(ml100k, monkeypatch, tmp
     assert written["llm"]["backend"] == "transformers" and written["llm"]["enable_lora"] is False
 
 
+
+def test_mine_interests_as_of_valid_is_recorded_and_checked_by_the_evaluation(ml100k, monkeypatch, tmp_path: Path):
+    import llmrec.llm
+    from llmrec.errors import DataError
+    from llmrec.eval.protocol import require_as_of
+    from llmrec.llm import FakeBackend
+
+    monkeypatch.setattr(llmrec.llm, "make_backend", lambda config: FakeBackend())
+    for stage in ("test", "valid"):
+        args = ["mine-interests", "--out", str(tmp_path / stage), "--users", "2", "--backend", "transformers"]
+        res = CliRunner().invoke(app, args + ([] if stage == "test" else ["--as-of", "valid"]))
+        assert res.exit_code == 0, res.output
+        assert json.loads((tmp_path / stage / "manifest.json").read_text())["as_of"] == stage
+    require_as_of(tmp_path / "valid", "valid")
+    require_as_of(tmp_path / "valid" / "profiles.parquet", "valid")
+    with pytest.raises(DataError, match="mined as of 'test'.*--as-of valid"):
+        require_as_of(tmp_path / "test", "valid")
+    with pytest.raises(DataError, match="missing"):
+        require_as_of(tmp_path / "nowhere", "valid")
+    res = CliRunner().invoke(app, ["mine-interests", "--out", str(tmp_path / "x"), "--as-of", "train"])
+    assert res.exit_code != 0 and "--as-of must be test or valid" in res.output
+
 def test_train_retriever_keeps_the_config_files_seed_unless_given(tiny, tmp_path: Path):
     from retrieval.towers import ThreeTowerModel
 

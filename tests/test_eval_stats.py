@@ -91,6 +91,9 @@ def test_aggregate_adds_differences_against_the_baseline_that_leads_on_validatio
               for r in aggregate(scores, EvaluateConfig(dataset="toy", bootstrap_samples=100)) if r["metric"] == "ndcg@10"}
     assert marked[("three_tower_llm_lora_tags", "valid")] is True
     assert marked[("three_tower_heuristic_tags", "valid")] is False and marked[("item_knn", "valid")] is False
+    # ...unless the row was trained and validated on tags mined as of the validation time.
+    honest = aggregate(scores, EvaluateConfig(dataset="toy", bootstrap_samples=100, llm_lora_tags_valid="v.parquet"))
+    assert not [r for r in honest if r.get("optimistic")]
     # SASRec+ leading on validation: no second set of differences.
     scores.drop("item_knn")
     assert not [r for r in aggregate(scores, EvaluateConfig(dataset="toy", bootstrap_samples=100))

@@ -416,3 +416,37 @@ def test_llm_tag_rows_record_llm_share_over_each_slices_users(tiny, tmp_path):
     half = {u: ("llm" if n % 2 == 0 else "heuristic") for n, u in enumerate(users[:-2])}
     expect = sum(v == "llm" for v in half.values()) / len(users)
     assert shares(half) == {"llm_share": pytest.approx(expect), "fallback_share": pytest.approx(1 - expect)}
+
+
+def test_llm_tag_row_trains_and_validates_on_the_validation_time_table(tiny, tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    import retrieval.train
+    from llmrec.errors import DataError
+    from llmrec.interests import profiles_to_table
+    from llmrec.schema import InterestProfile, Tag
+
+    users = sorted(tiny.events["user_id"].unique())
+    for stage, tag in (("test", "1990s drama"), ("valid", "1980s comedy")):
+        (tmp_path / stage).mkdir()
+        pq.write_table(profiles_to_table([InterestProfile(user_id=u, tags=(Tag(text=tag),), source="llm")
+                                          for u in users]), tmp_path / stage / "profiles.parquet")
+        (tmp_path / stage / "manifest.json").write_text(json.dumps({"as_of": stage}))
+    seen = []
+    real = retrieval.train.train_towers
+    monkeypatch.setattr(retrieval.train, "train_towers",
+                        lambda *a, llm_tags=None, **kw: seen.append(llm_tags) or real(*a, llm_tags=llm_tags, **kw))
+    towers = TowerConfig(encoder="hashed-bow", cache_dir=str(tmp_path / "cache"), dim=16, hidden=32, max_len=20,
+                         layers=1, heads=2, batch_size=8, tag_batch_size=32, uniform_negatives=32, epochs=1,
+                         patience=1, threads=1, beta_grid=(1.0,))
+    config = EvaluateConfig(dataset="tiny", models=("three_tower_llm_lora_tags",), seeds=(0,), max_users=12,
+                            cold_lengths=(0,), short_lengths=(1,), use_llm=False, towers=towers,
+                            llm_lora_tags=str(tmp_path / "test"), llm_lora_tags_valid=str(tmp_path / "valid"))
+    run = run_evaluation(tiny, config)
+    assert {t for tags in seen[0].values() for t in tags} == {"1980s comedy"}  # never the test-time table
+    assert "tags_valid" in run.settings["notes"]["three_tower_llm_lora_tags"]
+    valid = [r for r in run.records if r["model"] == "three_tower_llm_lora_tags" and r["slice"] == "valid"]
+    assert valid and not [r for r in valid if r.get("optimistic")]
+    # A table mined as of the test time is refused as the validation-time one.
+    with pytest.raises(DataError, match="mined as of 'test'"):
+        run_evaluation(tiny, config.model_copy(update={"llm_lora_tags_valid": str(tmp_path / "test")}))

@@ -1,7 +1,8 @@
 """`llmrec mine-interests`: narratives -> LLM interests + tags per user -> Parquet + manifest.
 
 The narratives are rendered as of each user's TEST target from the events a model may see for it
-(`Split.history("test")`), so nothing mined here leaks the held-out item. The output folder holds
+(`Split.history("test")`), so nothing mined here leaks the held-out item. `--as-of valid` renders them as of
+the validation target instead (`Split.history("valid")`): the table an evaluation trains and validates on. The output folder holds
 `profiles.parquet` (one row per user, `llmrec.interests.PROFILES_SCHEMA`), `config.json` (mining and
 narrative configs, command options) and `manifest.json` (split hash, prompt hashes, model, adapter,
 package version, `MiningStats`); the last stdout line is a JSON summary.
@@ -54,6 +55,8 @@ def register(app: typer.Typer) -> None:
         executor: str = typer.Option(None, help="local (in-process engine) or ray (Ray Data actors); default local."),
         shard_size: int = typer.Option(None, min=1, help="Users per shard: the unit of atomic write and resume; "
                                                          "default JobConfig's (256)."),
+        as_of_stage: str = typer.Option("test", "--as-of", help="Mine as of each user's test target (serving, "
+                                        "test slices) or validation target (`llmrec evaluate --llm-*-tags-valid`)."),
         config_file: Path = typer.Option(None, "--config", help="RecommenderConfig JSON (its mining, llm, jobs "
                                                                 "parts); the options above override it."),
     ) -> None:
@@ -72,11 +75,13 @@ def register(app: typer.Typer) -> None:
 
         if backend not in (None, "vllm", "transformers"):
             raise typer.BadParameter(f"--backend must be vllm or transformers, got {backend!r}")
+        if as_of_stage not in ("test", "valid"):
+            raise typer.BadParameter(f"--as-of must be test or valid, got {as_of_stage!r}")
         ds = resolve_dataset(dataset)
         split = split_leave_one_out(ds.events, targets=ds.behavior_vocab.target_names())
-        as_of = split.as_of("test")
+        as_of = split.as_of(as_of_stage)
         chosen = sorted(as_of.index, key=lambda u: (len(u), u))[:users] if users else list(as_of.index)
-        events = split.history("test")
+        events = split.history(as_of_stage)
         events = events[events["user_id"].isin(set(chosen))]
         given = load_config(RecommenderConfig, config_file, mining={"batch_size": batch_size,
                                                                     "narrative_tokens": narrative_tokens},
@@ -111,7 +116,7 @@ def register(app: typer.Typer) -> None:
             config={"mining": config.mining.model_dump(mode="json"), "narrative": config.narrative.model_dump(mode="json"),
                     "llm": config.llm.model_dump(mode="json"), "jobs": config.jobs.model_dump(mode="json"),
                     "dataset": dataset, "users": users},
-            manifest={"split_hash": split.hash, "model": model or "smollm2-135m-instruct", "adapter": adapter,
+            manifest={"split_hash": split.hash, "as_of": as_of_stage, "model": model or "smollm2-135m-instruct", "adapter": adapter,
                       "dataset": ds.name, "n_users": len(profiles)},
         )
         summary = {"out": str(out), "users": len(profiles), "adapter": adapter, "executor": executor,

@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -32,6 +33,7 @@ import pandas as pd
 
 from llmrec.config import EvaluateConfig
 from llmrec.data import Dataset, ItemVocab, sort_events, user_sequences
+from llmrec.errors import DataError
 from llmrec.data.split import Split, split_leave_one_out, truncate_history
 from llmrec.metrics import (
     coverage_at_k,
@@ -115,6 +117,19 @@ def tags_parquet(path: str | Path) -> Path:
     """A mined-tags Parquet, given itself or the `llmrec mine-interests` folder holding profiles.parquet."""
     path = Path(path)
     return path / "profiles.parquet" if path.is_dir() else path
+
+
+def require_as_of(path: str | Path, stage: str) -> None:
+    """Fail unless the `llmrec mine-interests` folder of `path` says it was mined as of `stage` (its manifest's
+    "as_of"; folders from before the option were mined as of the test time)."""
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    manifest = folder / "manifest.json"
+    if not manifest.is_file():
+        raise DataError(f"{manifest}: missing; cannot tell when the tags in {path} were mined (need as_of {stage!r})")
+    got = json.loads(manifest.read_text()).get("as_of", "test")
+    if got != stage:
+        raise DataError(f"{manifest}: tags mined as of {got!r}, this input needs {stage!r} "
+                        f"(`llmrec mine-interests --as-of {stage}`)")
 
 
 def target_behaviors(dataset: Dataset, config: EvaluateConfig) -> tuple[str, ...]:

@@ -69,7 +69,9 @@ def row_config(model: str, config: EvaluateConfig) -> dict:
     switch = {**ABLATIONS.get(model, {}), **ID_TOWER_ROWS.get(model, {})}
     towers = config.towers.model_copy(update=switch).model_dump(mode="json")
     if model in LLM_TAG_ROWS:
-        return {"towers": towers, "tags": getattr(config, LLM_TAG_ROWS[model])}
+        key = LLM_TAG_ROWS[model]
+        valid = getattr(config, f"{key}_valid")
+        return {"towers": towers, "tags": getattr(config, key), **({"tags_valid": valid} if valid else {})}
     if model == "three_tower_llm_rerank":
         return {"towers": towers, "rerank": config.rerank.model_dump(mode="json"), "top": config.rerank_top,
                 "users": config.rerank_users, "llm": config.llm.model_dump(mode="json"),

@@ -23,7 +23,8 @@ from llmrec.bench import record
 from llmrec.config import EvaluateConfig
 from llmrec.data import Dataset
 from llmrec.eval.llm_rows import coldstart_rows, imagine_cold_histories, ranker_row, rerank_row
-from llmrec.eval.protocol import (Protocol, SliceView, build_protocol, long_tail_by_mass, sample_users, score_slice,
+from llmrec.eval.protocol import (Protocol, SliceView, build_protocol, long_tail_by_mass, require_as_of, sample_users,
+                                  score_slice,
                                   score_view, tags_parquet)
 from llmrec.eval.protocol import target_behaviors
 from llmrec.eval.rows import (ABLATIONS, BASE_TOWER_ROWS, BASELINE_ROWS, COLDSTART_ROWS, ID_TOWER_ROWS,
@@ -154,13 +155,15 @@ class Evaluation:
         for row, key in LLM_TAG_ROWS.items():
             if row not in self.scores.seeds_of or getattr(self.config, key) is None:
                 continue
-            if row not in self.sources:
-                self.sources[row] = tag_sources(tags_parquet(getattr(self.config, key)))
+            valid_path = getattr(self.config, f"{key}_valid")
+            for name, path in ((row, getattr(self.config, key)), (f"{row}@valid", valid_path or getattr(self.config, key))):
+                if name not in self.sources:
+                    self.sources[name] = tag_sources(tags_parquet(path))
             for (model, s), n in self.scores.n_of.items():
                 if model != row:
                     continue
-                users = self.proto.slices[s].users
-                llm = sum(self.sources[row].get(u) == "llm" for u in users) / max(len(users), 1)
+                users, sources = self.proto.slices[s].users, self.sources[f"{row}@valid" if s == "valid" else row]
+                llm = sum(sources.get(u) == "llm" for u in users) / max(len(users), 1)
                 ctx = {"model": row, "slice": s, "seeds": ",".join(str(x) for x in self.scores.seeds_of[row]),
                        "n": n, "dataset": self.config.dataset, "std": 0.0}
                 out += [record(BENCHMARK, "llm_share", llm, "fraction", **ctx),
@@ -394,15 +397,24 @@ class Evaluation:
             if not self.due(row, seed):
                 continue
             tags, info = read_tags_table(tags_parquet(getattr(self.config, key)))
+            valid_path = getattr(self.config, f"{key}_valid")
+            if valid_path is None:
+                valid_tags, valid_info = tags, info
+            else:
+                require_as_of(valid_path, "valid")
+                valid_tags, valid_info = read_tags_table(tags_parquet(valid_path))
             cfg = self.config.towers.model_copy(update={"seed": seed})
-            res = train_towers(self.train_dataset, self.proto.split, cfg, llm_tags=tags, tags_info=info)
-            # Mined tags summarise a warm user's whole visible history: no short or cold slice has them.
-            self.score_towers(row, seed, res, lambda s, t=tags: t, ["all", "valid", "long_tail"])
-            self.notes[row] = {"tags": info, "slices": "all, valid and long_tail only: tags were mined from the "
-                               "full visible history, which a short or cold user does not have (mined as of the "
-                               "test time, so the valid numbers of this row are optimistic: they are marked, "
-                               "and the verdict never chooses this row on them; its beta and early stopping "
-                               "were chosen on them too)"}
+            # Training, early stopping and beta read the validation-time tags; test slices the test-time ones.
+            res = train_towers(self.train_dataset, self.proto.split, cfg, llm_tags=valid_tags, tags_info=valid_info)
+            self.score_towers(row, seed, res, lambda s, t=tags, v=valid_tags: v if s == "valid" else t,
+                              ["all", "valid", "long_tail"])
+            when = ("valid: tags mined as of the validation time (no leak), test slices: as of the test time"
+                    if valid_path else "mined as of the test time, so the valid numbers of this row are optimistic: "
+                    "they are marked, and the verdict never chooses this row on them; its beta and early stopping "
+                    "were chosen on them too")
+            self.notes[row] = {"tags": info, **({"tags_valid": valid_info} if valid_path else {}),
+                               "slices": "all, valid and long_tail only: tags were mined from the full visible "
+                               f"history, which a short or cold user does not have ({when})"}
 
     def score_ablations(self, seed: int) -> None:
         from retrieval.train import train_towers
@@ -425,7 +437,7 @@ def aggregate(scores: Scores, config: EvaluateConfig) -> list[dict]:
                "n": scores.n_of[(model, s)], "dataset": config.dataset}
         if model in scores.betas:
             ctx["beta"] = ",".join(f"{b:g}" for b in scores.betas[model])
-        if s == "valid" and model in LLM_TAG_ROWS:
+        if s == "valid" and model in LLM_TAG_ROWS and getattr(config, f"{LLM_TAG_ROWS[model]}_valid") is None:
             # Tags mined as of the test time saw the validation target: never a basis for choosing this row.
             ctx["optimistic"] = True
         for metric in runs[0]:
