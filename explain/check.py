@@ -5,6 +5,8 @@ A text fails, with the reason, when it
 - does not name the item by its own title (the MovieLens "Title, The" form may be written "The Title");
 - names a year, decade or genre/category that neither the item nor a cited evidence item has (an interest
   is only in the facts when it matches the item, see `explain.facts.interest_matches`);
+- dates the item wrongly: the first year or decade within a few words after the item's title ("Eraser is a
+  1995 action thriller", "Cape Fear (1990)") is not the item's own, even if an evidence item has it;
 - names a person, place or other title: a capitalised word that is not a sentence start and not a word of
   the facts, or a run of two or more capitalised words that is not one of the fact phrases
   ("Michele Romy" is made of title words but is not the title);
@@ -109,7 +111,8 @@ def sensitive_terms(text: str, facts: ExplainFacts) -> list[str]:
     """Sensitive words in the text that the item's own facts (title, genres, description, brand) do not name."""
     own = " ".join([facts.item.title, " ".join(facts.item.genres), facts.item.text or "", facts.item.brand or ""])
     own = own.casefold()
-    low = text.casefold()
+    # The user's own history titles are facts too ("The Gay Divorcee"): masked, never read as a claim.
+    low = _mask(text, [f for it in facts.evidence for f in title_forms(it.title)]).casefold()
     return [f"{kind}: {m.group(0)!r}" for kind, rx in _SENSITIVE_RE.items() for m in rx.finditer(low)
             if m.group(0) not in own]
 
@@ -142,6 +145,37 @@ def invented_names(masked: str, facts: ExplainFacts) -> list[str]:
     return bad
 
 
+DATE_WINDOW = 4  # words after the item's title in which a year or decade is read as the item's own
+
+
+def misdated_item(text: str, facts: ExplainFacts) -> str | None:
+    """The reason when a year or decade right after the item's title is not the item's ("Eraser is a 1995
+    action thriller" for a 1996 film). Only the first date within `DATE_WINDOW` words of the title, in the
+    same clause and before any evidence title, is read as the item's."""
+    year = facts.item.year
+    if year is None:
+        return None
+    own = {f.casefold() for f in title_forms(facts.item.title)}
+    evidence = sorted({f for it in facts.evidence for f in title_forms(it.title)} - own, key=len, reverse=True)
+    # Evidence titles are masked first, so an item title inside one ("The Godfather" in "The Godfather: Part II
+    # (1974)") is not read as the item.
+    text = _mask(text, evidence)
+    for form in title_forms(facts.item.title):
+        for m in re.finditer(rf"(?<!\w){re.escape(form)}(?!\w)", text, flags=re.IGNORECASE):
+            after = text[m.end():]
+            clause = re.split(r"[;.!?§]", after, maxsplit=1)[0]
+            window = " ".join(clause.split()[:DATE_WINDOW + 1])
+            found = sorted([(y.start(), int(y.group(1)), "year") for y in YEAR.finditer(window)]
+                           + [(d.start(), parse_decade(d), "decade") for d in DECADE.finditer(window.casefold())])
+            if not found:
+                continue
+            _, value, kind = found[0]
+            if (kind == "year" and value != year) or (kind == "decade" and value != decade_of(year)):
+                named = str(value) if kind == "year" else f"{value}s"
+                return f"dates the item {named}; {facts.item.title!r} is from {year}"
+    return None
+
+
 def check_explanation(text: str, facts: ExplainFacts, vocabulary: frozenset[str] = frozenset(),
                       max_chars: int = 160) -> str | None:
     """None when `text` names only what `facts` hold and reads as one clean sentence; else the reason it fails.
@@ -160,6 +194,9 @@ def check_explanation(text: str, facts: ExplainFacts, vocabulary: frozenset[str]
         return f"names a personal attribute not in the item's facts ({', '.join(sensitive)})"
     masked = _mask(text, _fact_phrases(facts))
     problem = repetition(masked)  # on the masked text: a title's words are not the text repeating itself
+    if problem:
+        return problem
+    problem = misdated_item(text, facts)
     if problem:
         return problem
     years = {int(y) for y in YEAR.findall(masked)} - facts.years()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from typing import Annotated, Any
 
@@ -113,7 +113,16 @@ def explain_messages(facts: ExplainFacts, config: ExplainConfig) -> Messages:
 
 
 def template_text(facts: ExplainFacts, config: ExplainConfig) -> str:
-    """A plain sentence from the facts alone; it always passes `check_explanation`."""
+    """A plain sentence from the facts alone; it always passes `check_explanation`. Long titles: it names
+    fewer evidence items (the last ones first) until the sentence fits `config.max_chars`."""
+    for n in range(len(facts.evidence), 0, -1):
+        text = _template_text(replace(facts, evidence=facts.evidence[:n], acts=facts.acts[:n]), config)
+        if len(text) <= config.max_chars:
+            return text
+    return _template_text(replace(facts, evidence=(), acts=()), config)
+
+
+def _template_text(facts: ExplainFacts, config: ExplainConfig) -> str:
     item, noun = facts.item, facts.domain.item
     if facts.evidence:
         theirs = set().union(*(item_genres(e) for e in facts.evidence))

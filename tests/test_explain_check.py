@@ -67,6 +67,56 @@ def test_every_quoted_failure_is_rejected_with_its_reason(text, item, interest, 
     assert reason is not None and expected in reason
 
 
+ERASER = Item(item_id="405", title="Eraser", genres=("Action", "Thriller"), year=1996)
+CHAMBER = Item(item_id="r1", title="Chamber, The", genres=("Drama",), year=1995)
+GODFATHER = Item(item_id="127", title="Godfather, The", genres=("Action", "Crime", "Drama"), year=1972)
+GODFATHER2 = Item(item_id="187", title="Godfather: Part II, The", genres=("Action", "Crime", "Drama"), year=1974)
+DIVORCEE = Item(item_id="d1", title="Gay Divorcee, The", genres=("Comedy", "Musical"), year=1934)
+DUCK = Item(item_id="d2", title="Duck Soup", genres=("Comedy", "War"), year=1933)
+STRANGELOVE = Item(item_id="s1", title="Dr. Strangelove or: How I Learned to Stop Worrying and Love the Bomb",
+                   genres=("Sci-Fi", "War"), year=1963)
+ODYSSEY = Item(item_id="s2", title="2001: A Space Odyssey", genres=("Drama", "Mystery", "Sci-Fi", "Thriller"),
+               year=1968)
+TROOPERS = Item(item_id="s3", title="Starship Troopers", genres=("Action", "Adventure", "Sci-Fi", "War"), year=1997)
+
+
+def test_an_evidence_title_is_never_read_as_a_sensitive_claim():
+    text = "You liked The Gay Divorcee (1934); Duck Soup (1933) is also comedy."
+    assert check_explanation(text, facts(DUCK, evidence=[DIVORCEE]), VOCAB) is None
+    assert "sexuality" in check_explanation("Duck Soup is a gay comedy from 1933, made for you.",
+                                            facts(DUCK, evidence=[DIVORCEE]), VOCAB)
+
+
+def test_templates_with_long_titles_name_fewer_evidence_items_and_still_pass():
+    f = facts(STRANGELOVE, evidence=[ODYSSEY, TROOPERS])
+    text = template_text(f, ExplainConfig())
+    assert len(text) <= ExplainConfig().max_chars and "2001: A Space Odyssey" in text and "Troopers" not in text
+    assert check_explanation(text, f, VOCAB) is None
+
+
+@pytest.mark.parametrize("text, f, ok", [
+    # Seen in `make demo`: the wrong year passed because an evidence item is from 1995.
+    ("Eraser is a 1995 action thriller, right in line with your taste for 1990s action thrills.",
+     facts(ERASER, evidence=[CHAMBER]), False),
+    ("Eraser (1995) is an action thriller like The Chamber.", facts(ERASER, evidence=[CHAMBER]), False),
+    ("Cape Fear, a 1980s thriller, is a fine choice for you.", facts(CAPE, evidence=[ALIENS]), False),
+    # The item's own date, and another date that belongs to an evidence title or to the user's taste, pass.
+    ("Eraser is a 1996 action thriller, right in line with your taste for 1990s action thrills.",
+     facts(ERASER, evidence=[CHAMBER]), True),
+    ("Eraser is like The Chamber (1995), another thriller-paced drama you liked.",
+     facts(ERASER, evidence=[CHAMBER]), True),
+    ("You liked The Chamber (1995); Eraser (1996) is also a thriller.", facts(ERASER, evidence=[CHAMBER]), True),
+    # An item title inside an evidence title is the evidence's (seen in the rubric sample).
+    ("You liked The Godfather: Part II (1974); The Godfather (1972) is also crime and drama.",
+     facts(GODFATHER, evidence=[GODFATHER2]), True),
+    ("You liked The Godfather: Part II (1974); The Godfather (1974) is also crime and drama.",
+     facts(GODFATHER, evidence=[GODFATHER2]), False),
+])
+def test_a_date_right_after_the_item_title_must_be_the_items_own(text, f, ok):
+    reason = check_explanation(text, f, VOCAB)
+    assert (reason is None) if ok else (reason is not None and "dates the item" in reason), reason
+
+
 def test_mismatched_interests_never_reach_the_facts():
     # "1990s action" shares the decade with a 1996 comedy but would pin "action" on it.
     assert not interest_matches("1990s action", WIVES)
