@@ -173,6 +173,13 @@ def test_verdict_chooses_the_fused_row_on_validation_never_on_test():
                        rec("three_tower_llm_lora_tags", "all", "ndcg@10", 0.50)]
     assert "three_tower_heuristic_tags, chosen" in target_lines(leaky)[0]
     assert "0.5000 ± 0.0100 (optimistic)" in render_table(leaky, "ndcg@10")
+    # Slices the judged row lacks are judged on the best row on validation that has them.
+    partial = records + [rec("sasrec_ce", "short_1", "ndcg@10", 0.05),
+                         rec("three_tower_heuristic_tags", "short_1", "ndcg@10", 0.04)]
+    lines = target_lines([dict(r, value={0.13: 0.11, 0.11: 0.13}.get(r["value"], r["value"]))
+                          if r["slice"] == "valid" else r for r in partial])
+    assert "three_tower_llm_tags, chosen" in lines[0] and "On short_1, which three_tower_llm_tags has no scores" in lines[0]
+    assert any(line.startswith("| short_1 | three_tower_heuristic_tags | 0.0400 | 0.0500 | 0.80x") for line in lines)
     # Without validation records there is no verdict (never a fallback to test).
     assert "Targets not computed" in target_lines([r for r in records if r["slice"] != "valid"])[0]
 
