@@ -156,14 +156,15 @@ def misdated_item(text: str, facts: ExplainFacts) -> str | None:
     if year is None:
         return None
     own = {f.casefold() for f in title_forms(facts.item.title)}
-    evidence = sorted({f for it in facts.evidence for f in title_forms(it.title)} - own, key=len, reverse=True)
+    evidence = sorted({f for it in facts.evidence for f in title_forms(it.title) if f.casefold() not in own},
+                      key=len, reverse=True)
     # Evidence titles are masked first, so an item title inside one ("The Godfather" in "The Godfather: Part II
     # (1974)") is not read as the item.
     text = _mask(text, evidence)
     for form in title_forms(facts.item.title):
         for m in re.finditer(rf"(?<!\w){re.escape(form)}(?!\w)", text, flags=re.IGNORECASE):
             after = text[m.end():]
-            clause = re.split(r"[;.!?§]", after, maxsplit=1)[0]
+            clause = re.split(rf"[;.!?{_MASK.strip()}]", after, maxsplit=1)[0]
             window = " ".join(clause.split()[:DATE_WINDOW + 1])
             found = sorted([(y.start(), int(y.group(1)), "year") for y in YEAR.finditer(window)]
                            + [(d.start(), parse_decade(d), "decade") for d in DECADE.finditer(window.casefold())])

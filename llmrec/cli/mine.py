@@ -2,7 +2,8 @@
 
 The narratives are rendered as of each user's TEST target from the events a model may see for it
 (`Split.history("test")`), so nothing mined here leaks the held-out item. `--as-of valid` renders them as of
-the validation target instead (`Split.history("valid")`): the table an evaluation trains and validates on. The output folder holds
+the validation target instead (`Split.history("valid")`): the table an evaluation trains and validates on.
+The output folder holds
 `profiles.parquet` (one row per user, `llmrec.interests.PROFILES_SCHEMA`), `config.json` (mining and
 narrative configs, command options) and `manifest.json` (split hash, prompt hashes, model, adapter,
 package version, `MiningStats`); the last stdout line is a JSON summary.
@@ -116,8 +117,8 @@ def register(app: typer.Typer) -> None:
             config={"mining": config.mining.model_dump(mode="json"), "narrative": config.narrative.model_dump(mode="json"),
                     "llm": config.llm.model_dump(mode="json"), "jobs": config.jobs.model_dump(mode="json"),
                     "dataset": dataset, "users": users},
-            manifest={"split_hash": split.hash, "as_of": as_of_stage, "model": model or "smollm2-135m-instruct", "adapter": adapter,
-                      "dataset": ds.name, "n_users": len(profiles)},
+            manifest={"split_hash": split.hash, "as_of": as_of_stage, "model": model or "smollm2-135m-instruct",
+                      "adapter": adapter, "dataset": ds.name, "n_users": len(profiles)},
         )
         summary = {"out": str(out), "users": len(profiles), "adapter": adapter, "executor": executor,
                    **{k: v for k, v in stats.to_dict().items() if k != "errors"}}

@@ -33,8 +33,8 @@ import pandas as pd
 
 from llmrec.config import EvaluateConfig
 from llmrec.data import Dataset, ItemVocab, sort_events, user_sequences
-from llmrec.errors import DataError
 from llmrec.data.split import Split, split_leave_one_out, truncate_history
+from llmrec.errors import DataError
 from llmrec.metrics import (
     coverage_at_k,
     hr_at_k,

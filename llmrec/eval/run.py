@@ -155,8 +155,8 @@ class Evaluation:
         for row, key in LLM_TAG_ROWS.items():
             if row not in self.scores.seeds_of or getattr(self.config, key) is None:
                 continue
-            valid_path = getattr(self.config, f"{key}_valid")
-            for name, path in ((row, getattr(self.config, key)), (f"{row}@valid", valid_path or getattr(self.config, key))):
+            test_path = getattr(self.config, key)
+            for name, path in ((row, test_path), (f"{row}@valid", getattr(self.config, f"{key}_valid") or test_path)):
                 if name not in self.sources:
                     self.sources[name] = tag_sources(tags_parquet(path))
             for (model, s), n in self.scores.n_of.items():
