@@ -429,12 +429,13 @@ class Evaluation:
 
 
 def aggregate(scores: Scores, config: EvaluateConfig) -> list[dict]:
-    """Mean/std over seeds per (row, slice, metric), plus the paired NDCG difference against SASRec+."""
-    out = []
-    diff_metric = f"ndcg@{config.k}_diff_vs_{REFERENCE_ROW}"
+    """Mean/std over seeds per (row, slice, metric), plus the paired NDCG difference against SASRec+, and for
+    the fused rows against the strongest baseline (chosen on validation) when that is not SASRec+."""
+    out, contexts = [], {}
     for (model, s), runs in scores.values.items():
-        ctx = {"model": model, "slice": s, "seeds": ",".join(str(x) for x in scores.seeds_of[model]),
-               "n": scores.n_of[(model, s)], "dataset": config.dataset}
+        ctx = contexts[(model, s)] = {"model": model, "slice": s, "n": scores.n_of[(model, s)],
+                                      "seeds": ",".join(str(x) for x in scores.seeds_of[model]),
+                                      "dataset": config.dataset}
         if model in scores.betas:
             ctx["beta"] = ",".join(f"{b:g}" for b in scores.betas[model])
         if s == "valid" and model in LLM_TAG_ROWS and getattr(config, f"{LLM_TAG_ROWS[model]}_valid") is None:
@@ -444,34 +445,28 @@ def aggregate(scores: Scores, config: EvaluateConfig) -> list[dict]:
             v = np.array([r[metric] for r in runs])
             out.append(record(BENCHMARK, metric, float(v.mean()), "fraction",
                               **ctx, std=float(v.std(ddof=1)) if v.size > 1 else 0.0))
-        ref = scores.per_user.get((REFERENCE_ROW, s))
-        if model == REFERENCE_ROW or ref is None:
-            continue
-        d = paired_difference(scores.per_user[(model, s)], ref, n_boot=config.bootstrap_samples,
-                              seed=config.sample_seed)
-        if d is not None:
-            out.append(record(BENCHMARK, diff_metric, d.mean, "fraction", **{**ctx, "n": d.n}, std=0.0,
-                              lo=d.lo, hi=d.hi, significant=d.significant))
-    return out + leader_differences(scores, config, out)
-
-
-def leader_differences(scores: Scores, config: EvaluateConfig, records: list[dict]) -> list[dict]:
-    """Paired NDCG differences of the fused rows against the strongest baseline (chosen on validation), when
-    that is not SASRec+: the verdict compares with whichever baseline leads."""
-    leader = strongest_baseline(records, config.k)
-    if leader is None or leader == REFERENCE_ROW:
-        return []
-    metric, out = f"ndcg@{config.k}_diff_vs_{leader}", []
-    for (model, s), per_user in scores.per_user.items():
-        ref = scores.per_user.get((leader, s))
-        if model not in FUSED_ROWS or ref is None:
-            continue
-        d = paired_difference(per_user, ref, n_boot=config.bootstrap_samples, seed=config.sample_seed)
-        if d is not None:
-            out.append(record(BENCHMARK, metric, d.mean, "fraction", model=model, slice=s,
-                              seeds=",".join(str(x) for x in scores.seeds_of[model]), n=d.n,
-                              dataset=config.dataset, std=0.0, lo=d.lo, hi=d.hi, significant=d.significant))
+        out += difference_record(scores, config, model, s, REFERENCE_ROW, ctx)
+    leader = strongest_baseline(out, config.k)
+    if leader is not None and leader != REFERENCE_ROW:
+        for (model, s), ctx in contexts.items():
+            if model in FUSED_ROWS:
+                out += difference_record(scores, config, model, s, leader, ctx)
     return out
+
+
+def difference_record(scores: Scores, config: EvaluateConfig, model: str, slice_name: str, reference: str,
+                      ctx: dict) -> list[dict]:
+    """The paired per-user NDCG difference of `model` against `reference` on one slice, as a one-record list
+    (empty when `reference` has no scores there, or is `model`)."""
+    ref = scores.per_user.get((reference, slice_name))
+    if model == reference or ref is None:
+        return []
+    d = paired_difference(scores.per_user[(model, slice_name)], ref, n_boot=config.bootstrap_samples,
+                          seed=config.sample_seed)
+    if d is None:
+        return []
+    return [record(BENCHMARK, f"ndcg@{config.k}_diff_vs_{reference}", d.mean, "fraction", **{**ctx, "n": d.n},
+                   std=0.0, lo=d.lo, hi=d.hi, significant=d.significant)]
 
 
 def evaluate(dataset: Dataset, config: EvaluateConfig | None = None, backend=None) -> list[dict]:
