@@ -18,7 +18,7 @@ TINY_USERS = 20  # `--tiny`: the first 20 train users by id, a handful of optimi
 
 def tiny_config(**overrides: Any) -> FinetuneConfig:
     """A run of a few steps on short examples, for tests and smoke runs (seconds on an idle CPU)."""
-    base = dict(narrative_max_tokens=64, n_evidence=1, n_tags=5, tag_horizon=5, max_seq_len=512,
+    base = dict(narrative_max_tokens=64, n_tags=5, tag_horizon=5, max_seq_len=512,
                 max_train_tokens=700, batch_size=2, max_valid_examples=2, eval_every_steps=1, warmup_steps=0,
                 learning_rate=2e-3, valid_fraction=0.2)
     return FinetuneConfig(**{**base, **overrides})

@@ -17,8 +17,9 @@ never read) and per cut fraction f in `FinetuneConfig.cut_fractions`:
    genre, genre pair; elsewhere also brand and keyword tags) with its taste weight (`taste_weights`: liked 2,
    watched 1, purchased 2, clicked 0.5, disliked and others 0; a dataset's declared types by their polarity and
    weight). The `n_interests` best-voted combinations that have an
-   item visible in the narrative become the interests; their evidence is up to `n_evidence` such visible
-   items (best weight, then most recent), cited by their narrative line number.
+   item visible in the narrative become the interests; their evidence is up to `n_evidence` (default: the
+   answer format's `MiningConfig.max_evidence`, 0 by default, then no line is cited) such visible items (best
+   weight, then most recent), cited by their narrative line number.
 4. Tag target (RecGPT's tag pre-alignment). The first `tag_horizon` after-events vote for their items' tags
    with taste weight x 0.9^position (the sooner, the more it counts); the `n_tags` best, best first, are
    each listed under the interest whose attributes overlap them most among those with room left
@@ -42,7 +43,7 @@ import pandas as pd
 from finetune.train_lora import SFTExample
 from llmrec.config import FinetuneConfig, MiningConfig, NarrativeConfig
 from llmrec.data.behaviors import COMMON_BEHAVIORS, BehaviorVocab
-from llmrec.interests import interest_messages, interests_wire
+from llmrec.interests import interest_messages, interests_wire, wire_interest
 from llmrec.narrative import NarrativeReport, render_narratives
 from llmrec.schema import Item, Narrative
 from llmrec.tags import item_tags, tag_attributes
@@ -119,12 +120,18 @@ class Cut:
     after: pd.DataFrame
 
 
+def evidence_lines(config: FinetuneConfig, mining: MiningConfig) -> int:
+    """Evidence line numbers per target interest: `FinetuneConfig.n_evidence`, else the answer format's
+    `MiningConfig.max_evidence` (0: the target cites none, as mining then asks)."""
+    return mining.max_evidence if config.n_evidence is None else config.n_evidence
+
+
 def check_configs(config: FinetuneConfig, mining: MiningConfig) -> None:
     """The SFT targets must fit the wire schemas the mining stage decodes with."""
     if not mining.min_interests <= config.n_interests <= mining.max_interests:
         raise ValueError(f"FinetuneConfig.n_interests={config.n_interests} must lie within MiningConfig "
                          f"[min_interests={mining.min_interests}, max_interests={mining.max_interests}]")
-    if config.n_evidence > mining.max_evidence:
+    if evidence_lines(config, mining) > mining.max_evidence:
         raise ValueError(f"FinetuneConfig.n_evidence={config.n_evidence} exceeds MiningConfig.max_evidence="
                          f"{mining.max_evidence}")
     if config.n_tags > mining.max_tags:
@@ -159,8 +166,9 @@ def cut_histories(train_events: pd.DataFrame, config: FinetuneConfig, report: SF
 
 def interest_target(before: pd.DataFrame, visible: Sequence[str], items: dict[str, Item],
                     config: FinetuneConfig, attrs: AttributeVocab | None = None,
-                    taste: dict[str, float] | None = None) -> list[dict[str, Any]]:
-    """Dominant attribute combinations of the history before t, with evidence line numbers (step 3).
+                    taste: dict[str, float] | None = None, n_evidence: int = 0) -> list[dict[str, Any]]:
+    """Dominant attribute combinations of the history before t, with up to `n_evidence` evidence line numbers
+    (step 3; an interest needs a visible supporting line even when it cites none).
 
     `visible`: the item of each narrative line, in line order (`Narrative.item_ids`); `taste`: the taste
     weight per behaviour (`taste_weights`; None: `TASTE_WEIGHTS`).
@@ -182,7 +190,7 @@ def interest_target(before: pd.DataFrame, visible: Sequence[str], items: dict[st
         if not evidence:
             continue
         evidence.sort(key=lambda i: (-weight_of[i], -recency[i], i))
-        out.append({"n": tag, "e": [line_of[i] for i in evidence[: config.n_evidence]], "t": []})
+        out.append({"n": tag, "e": [line_of[i] for i in evidence[:n_evidence]], "t": []})
         if len(out) == config.n_interests:
             break
     return out
@@ -293,7 +301,8 @@ def build_cut_examples(
     examples: list[CutExample] = []
     for cut in cuts:
         narrative = by_key[cut.key]
-        interests = interest_target(cut.before, narrative.item_ids, items, config, attrs, taste)
+        interests = interest_target(cut.before, narrative.item_ids, items, config, attrs, taste,
+                                    evidence_lines(config, mining))
         if len(interests) < config.n_interests:
             report.skip("too_few_interests_with_visible_evidence")
             continue
@@ -307,7 +316,8 @@ def build_cut_examples(
         for interest, tags in zip(interests, groups):
             interest["t"] = tags
         # Validate against the decoding schema: a target the parser would reject must never be trained on.
-        answer = dump_answer(wire.model_validate([[x["n"], x["e"], x["t"]] for x in interests]).model_dump())
+        answer = dump_answer(wire.model_validate([wire_interest(x["n"], x["e"], x["t"], mining)
+                                                  for x in interests]).model_dump())
         examples.append(CutExample(cut=cut, narrative=narrative, example=SFTExample(
             user_id=cut.user_id, task="interests", cut_time=cut.t.to_pydatetime(),
             messages=(*interest_messages(narrative.text, mining, attrs), {"role": "assistant", "content": answer}))))

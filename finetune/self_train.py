@@ -56,10 +56,11 @@ from llmrec.data import ItemVocab
 from llmrec.errors import AdapterError, DataError
 from llmrec.eval.tag_metrics import RETRIEVAL_KS, TagCatalogue, match_scores
 from llmrec.interests import (
-    seen_title_patterns,
     interests_wire,
     round_robin,
+    seen_title_patterns,
     to_profile_parts,
+    wire_interest,
 )
 from llmrec.llm import LLMBackend, Messages
 from llmrec.llm.structured import (
@@ -181,7 +182,7 @@ class Sample:
     reward: float
 
 
-def clean_answer(parsed: Any, item_ids: Sequence[str], wire: Any) -> str:
+def clean_answer(parsed: Any, item_ids: Sequence[str], wire: Any, mining: MiningConfig) -> str:
     """The wire answer of what mining kept from a sample (`to_profile_parts`): cited lines that exist, tags
     that survived, the first `max_tags` of them, so training never teaches what the parser drops."""
     line_of: dict[str, int] = {}
@@ -190,7 +191,7 @@ def clean_answer(parsed: Any, item_ids: Sequence[str], wire: Any) -> str:
     groups: dict[str, list[str]] = {i.name: [] for i in parsed.interests}
     for tag in parsed.tags:
         groups[tag.interest].append(tag.text)
-    obj = [[i.name, [line_of[e] for e in i.evidence], groups[i.name]] for i in parsed.interests]
+    obj = [wire_interest(i.name, [line_of[e] for e in i.evidence], groups[i.name], mining) for i in parsed.interests]
     return dump_answer(wire.model_validate(obj).model_dump())
 
 
@@ -223,9 +224,9 @@ def sample_round(cases: Sequence[Case], backend: LLMBackend, adapter: str | Path
             continue
         parsed = to_profile_parts(res.value, case.built.narrative.item_ids, case.titles, mining, attrs)
         tags = tuple(t.text for t in parsed.tags)
-        out[i // config.samples].append(Sample(answer=clean_answer(parsed, case.built.narrative.item_ids, wire),
-                                               tags=tags, reward=tag_reward(tags, case.targets, case.seen,
-                                                                            catalogue)))
+        answer = clean_answer(parsed, case.built.narrative.item_ids, wire, mining)
+        reward = tag_reward(tags, case.targets, case.seen, catalogue)
+        out[i // config.samples].append(Sample(answer=answer, tags=tags, reward=reward))
     return out, stats
 
 

@@ -207,7 +207,8 @@ def build_recommender(dataset: Dataset, out: str | Path, config: RecommenderConf
         n_llm = sum(p.source == "llm" for p in profiles)
         n_heur = sum(p.source == "heuristic" for p in profiles)
         log.info(f"[2/5] interests/tags: {len(profiles)} users ({n_llm} valid LLM, "
-                 f"{len(profiles) - n_llm - n_heur} flagged fallback, {n_heur} heuristic, not mined; JSON validity {mining.to_dict()['json_valid_rate']}, grounding exists {mining.grounding:.2f} / grounded {mining.grounded:.2f}) "
+                 f"{len(profiles) - n_llm - n_heur} flagged fallback, {n_heur} heuristic, not mined; "
+                 f"JSON validity {mining.to_dict()['json_valid_rate']}, {mining.evidence_summary()}) "
                  f"in {timings['mine']:.0f}s")
 
         t = time.perf_counter()

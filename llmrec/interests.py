@@ -3,13 +3,20 @@
 RecGPT runs the two tasks as separate calls. On 2 CPU cores prefill and decoding are the whole cost, so
 llmrec asks for both in one answer and the narrative is read once:
 
-    [[interest, [history line numbers], ["modifier + core" tag, ...]], ...]
+    [[interest, ["modifier + core" tag, ...]], ...]
 
 Positional arrays instead of keyed objects (the keys cost ~40 of SmolLM2's ~170 output tokens per answer, and
-output tokens are the cost of a batch job), evidence as line numbers (1-2 tokens instead of a title's ~10), and
-the instructions all in the system message (`prompts/interests.jinja`), which every user's prompt shares as a cached prefix. Each tag
-belongs to the interest it is listed under; a user's ranked tag list takes the interests' tags round-robin
-(first tag of every interest, then the second, ...), interests in the model's order.
+output tokens are the cost of a batch job) and the instructions all in the system message
+(`prompts/interests.jinja`), which every user's prompt shares as a cached prefix. Each tag belongs to the
+interest it is listed under; a user's ranked tag list takes the interests' tags round-robin (first tag of every
+interest, then the second, ...), interests in the model's order.
+
+Evidence. With `MiningConfig.max_evidence` = 0 (the default, answer format 5) the answer cites nothing and the
+history lines are not numbered: each interest's evidence is up to `attributed_evidence` narrative items that
+carry an attribute it names (`llmrec.eval.grounding.attribute_evidence`), which costs no output tokens (citing 2
+line numbers per interest cost ~26% of the answer: 110 vs 81 tokens on ML-100K) and is grounded by construction.
+With max_evidence > 0 (format 4) the lines are numbered and the answer cites them per interest,
+[[interest, [lines], [tags]], ...], and the grounding rates below measure those citations.
 
 The call goes through `llmrec.llm.structured.generate_validated`: schema-constrained
 (`json_schema=Wire.model_json_schema()`) and validated with the same pydantic model anyway, then checked
@@ -18,8 +25,8 @@ and users that fail twice get a flagged fallback (`source="fallback"`) built fro
 frequent tags. An answer cut off by the token budget is salvaged by closing the JSON after its last complete
 interest, then validated like any other. Counts of all of this are in `MiningStats`.
 
-Grounding: a cited line number names the item of that narrative line (`Narrative.item_ids`); numbers
-outside the narrative are dropped and counted ("exists": grounding = kept / cited). "grounded" asks more: the
+Grounding (format 4 only): a cited line number names the item of that narrative line (`Narrative.item_ids`);
+numbers outside the narrative are dropped and counted ("exists": grounding = kept / cited). "grounded" asks more: the
 cited item must carry an attribute the interest or its tags name, or the interest must name its title
 (`llmrec.eval.grounding`; needs the catalogue, `items`).
 """
@@ -39,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints,
 
 from llmrec.config import MiningConfig
 from llmrec.data import strip_year
-from llmrec.eval.grounding import count_grounded, grounding_rates
+from llmrec.eval.grounding import attribute_evidence, count_grounded, grounding_rates
 from llmrec.llm import LLMBackend, Messages
 from llmrec.llm.prompts import render_prompt
 from llmrec.llm.structured import (  # noqa: F401 (salvage_truncated re-exported)
@@ -67,11 +74,15 @@ class WireInterest(NamedTuple):
     t: list[str]
 
 
-def _legacy_objects(data: Any) -> Any:
-    """The keyed form of answer format 3, {"i": [{"n", "e", "t"}, ...]}, as positional arrays: adapters tuned on
-    it still parse on a backend that does not enforce the schema (constrained decoding only emits arrays)."""
+def _legacy_objects(data: Any, evidence: bool) -> Any:
+    """Older answer forms as the positional arrays of this wire: the keyed form of format 3,
+    {"i": [{"n", "e", "t"}, ...]}, and, on a wire without evidence, [name, lines, tags] triples (format 4). Adapters
+    tuned on them still parse on a backend that does not enforce the schema (constrained decoding only emits
+    this wire's arrays)."""
     if isinstance(data, dict) and isinstance(data.get("i"), list):
-        return [[x.get("n"), x.get("e", []), x.get("t", [])] if isinstance(x, dict) else x for x in data["i"]]
+        data = [[x.get("n"), x.get("e", []), x.get("t", [])] if isinstance(x, dict) else x for x in data["i"]]
+    if not evidence and isinstance(data, list):
+        data = [[x[0], x[2]] if isinstance(x, list) and len(x) == 3 else x for x in data]
     return data
 
 
@@ -80,7 +91,9 @@ def _wire(min_n: int, max_n: int, max_ev: int, max_tags: int, name_chars: int, t
     name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=name_chars)]
     tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=tag_chars)]
     line = Annotated[int, Field(ge=1)]
-    one = tuple[name, Annotated[list[line], Field(max_length=max_ev)], Annotated[list[tag], Field(max_length=max_tags)]]
+    tags = Annotated[list[tag], Field(max_length=max_tags)]
+    # max_ev = 0: [name, tags], no evidence array at all (not an empty one: its brackets would cost tokens)
+    one = tuple[name, Annotated[list[line], Field(max_length=max_ev)], tags] if max_ev else tuple[name, tags]
 
     class WireProfile(RootModel[Annotated[list[one], Field(min_length=min_n, max_length=max_n)]]):
         model_config = ConfigDict(frozen=True)
@@ -88,13 +101,19 @@ def _wire(min_n: int, max_n: int, max_ev: int, max_tags: int, name_chars: int, t
         @model_validator(mode="before")
         @classmethod
         def _accept_legacy(cls, data: Any) -> Any:
-            return _legacy_objects(data)
+            return _legacy_objects(data, evidence=max_ev > 0)
 
         @property
         def i(self) -> list[WireInterest]:
-            return [WireInterest(*x) for x in self.root]
+            return [WireInterest(*x) if len(x) == 3 else WireInterest(x[0], [], x[1]) for x in self.root]
 
     return WireProfile
+
+
+def wire_interest(name: str, lines: Sequence[int], tags: Sequence[str], config: MiningConfig) -> list[Any]:
+    """One interest in the wire's positional form (the SFT and self-training targets): [name, lines, tags], or
+    [name, tags] when the answer cites no lines (`max_evidence` = 0)."""
+    return [name, list(lines), list(tags)] if config.max_evidence else [name, list(tags)]
 
 
 def interests_wire(config: MiningConfig) -> type[RootModel]:
@@ -160,7 +179,9 @@ class MiningStats:
     evidence_cited: int = 0
     evidence_dropped: int = 0  # line numbers naming no line of the narrative
     evidence_grounded: int = 0  # cited lines whose item supports the interest (llmrec.eval.grounding)
+    evidence_attributed: int = 0  # evidence items attached by attribute match to answers that cite no lines
     duplicate_interests_dropped: int = 0
+    interests_kept: int = 0  # interests of the LLM-mined profiles (fallbacks not counted)
     tags_kept: int = 0
     tags_title_dropped: int = 0  # tags that contain the title of an item already seen
     tags_duplicate_dropped: int = 0
@@ -181,6 +202,12 @@ class MiningStats:
         title the interest names); `grounding` is the weaker "exists" check. 0.0 when mined without `items`."""
         return grounding_rates(self.evidence_cited, self.evidence_dropped, self.evidence_grounded)["grounded"]
 
+    def evidence_summary(self) -> str:
+        """One phrase for logs: the grounding of cited lines, or how much evidence was attributed instead."""
+        if self.evidence_cited:
+            return f"grounding exists {self.grounding:.2f} / grounded {self.grounded:.2f}"
+        return f"{self.evidence_attributed / max(self.interests_kept, 1):.2f} evidence items attributed per interest"
+
     @property
     def valid_rate(self) -> float:
         """Share of users whose profile came from validated model output (first try or retry)."""
@@ -189,8 +216,10 @@ class MiningStats:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         minutes = self.seconds / 60
-        d.update(grounding=round(self.grounding, 4), grounding_exists=round(self.grounding, 4),
-                 grounded=round(self.grounded, 4), valid_rate=round(self.valid_rate, 4),
+        cited = self.evidence_cited > 0  # answers that cite no lines (format 5) have no grounding rates
+        d.update(grounding=round(self.grounding, 4) if cited else None,
+                 grounding_exists=round(self.grounding, 4) if cited else None,
+                 grounded=round(self.grounded, 4) if cited else None, valid_rate=round(self.valid_rate, 4),
                  llm_share=round(self.valid_rate, 4),  # every mined user is "llm" or "fallback"
                  fallback_share=round(self.fallback / self.users, 4) if self.users else None,
                  json_valid_rate=round(self.answers_valid / self.answers, 4) if self.answers else None,
@@ -267,7 +296,8 @@ def mining_settings(config: MiningConfig, adapter: str | None) -> GenerationSett
     """The sampling knobs of mining: `batch_size` prompts per call (the whole shard when it is that wide)."""
     return GenerationSettings(max_tokens=config.max_tokens, temperature=config.temperature,
                               retry_temperature=config.retry_temperature, frequency_penalty=config.frequency_penalty,
-                              adapter=adapter, retries=1, batch_size=config.batch_size)
+                              adapter=adapter, retries=1, batch_size=config.batch_size,
+                              decode_max_lengths=config.decode_max_lengths)
 
 
 def mining_stats(gen: GenerationStats, user_ids: Sequence[str]) -> MiningStats:
@@ -320,19 +350,26 @@ def mine_interests(
     parsed = [None if r.fallback else to_profile_parts(r.value, n.item_ids, t, config, attrs)
               for r, n, t in zip(results, narratives, titles)]
 
+    attribute = config.max_evidence == 0 and config.attributed_evidence > 0 and bool(items)
     profiles = []
     for n, p in zip(narratives, parsed):
+        if p is not None and attribute:
+            p.interests = attribute_evidence(p.interests, p.tags, n.item_ids, items,
+                                             lambda tag: tag_attributes(tag, attrs),
+                                             lambda item: item_attributes(item, attrs), config.attributed_evidence)
+            stats.evidence_attributed += sum(len(i.evidence) for i in p.interests)
         if p is None:
             history = [items[x] for x in n.item_ids if x in items] if items else []
             profiles.append(fallback_profile(n.user_id, history, config, model, attrs))
             continue
         stats.evidence_cited += p.cited
         stats.evidence_dropped += p.dropped
-        if items:
+        if items and p.cited:
             stats.evidence_grounded += count_grounded(p.interests, p.tags, items,
                                                       lambda tag: tag_attributes(tag, attrs),
                                                       lambda item: item_attributes(item, attrs))
         stats.duplicate_interests_dropped += p.duplicate_interests
+        stats.interests_kept += len(p.interests)
         stats.tags_kept += len(p.tags)
         stats.tags_title_dropped += p.title
         stats.tags_duplicate_dropped += p.duplicate_tags
@@ -358,11 +395,12 @@ def fallback_profile(user_id: str, history: Sequence[Item], config: MiningConfig
                      attrs: AttributeVocab | None = None) -> InterestProfile:
     """The flagged stand-in for a user whose answers failed twice: the history's most frequent tags.
 
-    Interests are the top tags, each with up to `max_evidence` history items that carry the tag.
+    Interests are the top tags, each with up to `MiningConfig.evidence_per_interest` history items that carry it.
     """
     tags = history_tags(history, config.max_tags, attrs)
+    n = config.evidence_per_interest
     interests = tuple(
-        Interest(name=t, evidence=tuple([it.item_id for it in history if t in item_tags(it, attrs)][: config.max_evidence]),
+        Interest(name=t, evidence=tuple([it.item_id for it in history if t in item_tags(it, attrs)][:n]),
                  why="fallback: most frequent tag of the history")
         for t in tags[: config.max_interests]
     )

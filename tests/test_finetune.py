@@ -44,11 +44,14 @@ def sft(tiny, tokenizer):
     return split, config, examples, report
 
 
-def _line_items(prompt: str, user_items: dict) -> list[str]:
-    """Item ids of the prompt's numbered lines ("3. pairs | Title (year; genres)"), parsed exactly."""
+def _line_items(prompt: str, user_items: dict, numbered: bool = False) -> list[str]:
+    """Item ids of the prompt's lines ("pairs | Title (year; genres)", "3. pairs | ..." when `numbered`: answer
+    format 4), parsed exactly."""
     by_render = {render_item(it.title, it.year, it.genres, 3): iid for iid, it in user_items.items()}
     lines = prompt.split("History:\n", 1)[1].splitlines()
-    assert [line.split(". ", 1)[0] for line in lines] == [str(n) for n in range(1, len(lines) + 1)]
+    if numbered:
+        assert [line.split(". ", 1)[0] for line in lines] == [str(n) for n in range(1, len(lines) + 1)]
+        lines = [line.split(". ", 1)[1] for line in lines]
     return [by_render[line.split(" | ", 1)[1]] for line in lines]
 
 
@@ -83,9 +86,9 @@ def test_targets_validate_against_the_wire_schema_and_are_grounded(sft, tiny):
         obj = interests_wire(mining).model_validate_json(answer)
         assert len(obj.i) == config.n_interests
         for interest in obj.i:
-            assert 1 <= len(interest.e) <= config.n_evidence
-            for line in interest.e:  # every cited line shows an item carrying the interest's tag
-                assert interest.n in item_tags(tiny.item_index[shown[line - 1]])
+            assert interest.e == []  # answer format 5 (the default) cites no lines
+            # ...but every interest is shown: some narrative line's item carries its tag
+            assert any(interest.n in item_tags(tiny.item_index[i]) for i in shown)
             assert len(interest.t) <= mining.tags_per_interest
         tags = [t for interest in obj.i for t in interest.t]
         assert 1 <= len(tags) <= config.n_tags and len(set(tags)) == len(tags)
@@ -111,14 +114,18 @@ def test_cut_fractions_and_min_events_shape_the_cuts(tiny):
 def test_narrative_budget_and_target_sizes_follow_the_config(tiny, tokenizer):
     split = split_leave_one_out(tiny.events)
     small = FinetuneConfig(narrative_max_tokens=64, n_tags=3, n_evidence=1)
-    examples, _ = build_sft_examples(split.train, tiny.item_index, tiny.items, small, tokenizer)
+    format_4 = MiningConfig(max_evidence=2)  # answers that cite line numbers
+    examples, _ = build_sft_examples(split.train, tiny.item_index, tiny.items, small, tokenizer, format_4)
     assert examples
     for ex in examples:
         lines = ex.messages[-2]["content"].split("History:\n", 1)[1].splitlines()
-        narrative = "\n".join(line.split(". ", 1)[1] for line in lines)
+        narrative = "\n".join(line.split(". ", 1)[1] for line in lines)  # format 4 numbers its lines
         assert len(tokenizer(narrative, add_special_tokens=False)["input_ids"]) <= 64
         answer = json.loads(ex.messages[-1]["content"])
         assert sum(len(tags) for _, _, tags in answer) <= 3 and all(len(lines) == 1 for _, lines, _ in answer)
+        assert "history lines" in ex.messages[0]["content"]
+    with pytest.raises(ValueError, match="n_evidence"):  # the default format cites none
+        build_sft_examples(split.train, tiny.item_index, tiny.items, small, tokenizer)
 
 
 def test_config_errors_name_the_field():

@@ -7,6 +7,7 @@ import pytest
 
 from llmrec.config import MiningConfig
 from llmrec.eval.grounding import (
+    attribute_evidence,
     citation_grounded,
     count_grounded,
     grounding_rates,
@@ -75,6 +76,7 @@ def _answer(names_tags):
     return respond
 
 
+FORMAT_4 = MiningConfig(max_evidence=2)  # answers cite line numbers: the citations these tests measure
 ROMANTIC = [("90s romantic comedies", ["romantic comedy"]), ("feel-good love stories", ["romantic film"]),
             ("sci-fi adventures", ["space adventure"]), ("family animation", ["animated comedy"]),
             ("war epics", ["war drama"])]
@@ -82,7 +84,7 @@ ROMANTIC = [("90s romantic comedies", ["romantic comedy"]), ("feel-good love sto
 
 def test_citing_lines_1_2_everywhere_is_exists_1_but_grounded_low_in_mining():
     narrative = _narrative([NOIR, WESTERN, ROMCOM, SCIFI])  # lines 1, 2 are a noir and a western
-    profiles, stats = mine_interests([narrative], FakeBackend(_answer(ROMANTIC)), MiningConfig(), items=ITEMS)
+    profiles, stats = mine_interests([narrative], FakeBackend(_answer(ROMANTIC)), FORMAT_4, items=ITEMS)
     assert profiles[0].source == "llm"
     assert stats.evidence_cited == 10 and stats.grounding == 1.0  # "exists": every line number is in range
     assert stats.grounded == 0.0  # no interest names noir, mystery, western, the 1930s/40s or a title
@@ -92,11 +94,26 @@ def test_citing_lines_1_2_everywhere_is_exists_1_but_grounded_low_in_mining():
 
 def test_citations_that_match_their_interest_score_grounded_in_mining():
     narrative = _narrative([ROMCOM, SCIFI, NOIR, WESTERN])  # lines 1, 2: a 90s romcom and a 70s sci-fi
-    _, stats = mine_interests([narrative], FakeBackend(_answer(ROMANTIC)), MiningConfig(), items=ITEMS)
+    _, stats = mine_interests([narrative], FakeBackend(_answer(ROMANTIC)), FORMAT_4, items=ITEMS)
     # romcom: grounded under the 1st, 2nd and (comedy) 4th interests; Alien under the 3rd (sci-fi): 4 of 10.
     assert stats.grounding == 1.0 and stats.grounded == pytest.approx(0.4)
 
 
 def test_mining_without_a_catalogue_cannot_ground():
-    _, stats = mine_interests([_narrative([ROMCOM, SCIFI])], FakeBackend(_answer(ROMANTIC)), MiningConfig())
+    _, stats = mine_interests([_narrative([ROMCOM, SCIFI])], FakeBackend(_answer(ROMANTIC)), FORMAT_4)
     assert stats.grounding == 1.0 and stats.evidence_grounded == 0 and stats.grounded == 0.0
+
+
+def test_attributed_evidence_prefers_more_shared_attributes_then_recency():
+    romcom_90s = Item(item_id="r2", title="While You Were Sleeping (1995)", genres=("Comedy", "Romance"), year=1995)
+    comedy_70s = Item(item_id="c", title="Sleeper (1973)", genres=("Comedy", "Sci-Fi"), year=1973)
+    items = {it.item_id: it for it in (NOIR, ROMCOM, romcom_90s, comedy_70s, SCIFI)}
+    shown = ["c", "r2", "n", "r", "s"]  # narrative order: most recent first
+    interests = [Interest(name="romantic comedy"), Interest(name="knitting"), Interest(name="Alien rewatches")]
+    tags = [Tag(text="1990s romantic comedy", interest="romantic comedy")]
+    got = attribute_evidence(interests, tags, shown, items, tag_attributes, item_attributes, n=2)
+    # The two 90s romcoms share comedy, romance and the decade; the 70s comedy shares one attribute only.
+    assert got[0].evidence == ("r2", "r")
+    assert got[1].evidence == ()  # an interest no shown item supports keeps none
+    assert got[2].evidence == ("s",)  # naming a title grounds it too
+    assert attribute_evidence(interests, tags, shown, items, tag_attributes, item_attributes, n=0)[0].evidence == ()

@@ -7,12 +7,14 @@ import pytest
 
 from llmrec.config import MiningConfig
 from llmrec.interests import (
+    interest_messages,
     interests_wire,
     mine_interests,
     profiles_from_table,
     profiles_to_table,
     round_robin,
     salvage_truncated,
+    wire_interest,
 )
 from llmrec.llm import FakeBackend
 from llmrec.llm.structured import repair_truncated
@@ -20,7 +22,8 @@ from llmrec.schema import Narrative
 from llmrec.tags import history_tags
 
 N_ITEMS = 12  # items per test narrative
-WIDE = MiningConfig(tags_per_interest=4, max_tag_chars=80)  # the answers below: up to 4 tags, long titles
+# The answers below: format 4 (cited line numbers), up to 4 tags, long titles, cut to the decoded length bounds.
+WIDE = MiningConfig(max_evidence=2, tags_per_interest=4, max_tag_chars=80, decode_max_lengths=True)
 
 
 def render_test_narratives(ds, users):
@@ -41,8 +44,10 @@ def render_test_narratives(ds, users):
 
 
 def shown_lines(messages):
-    """The numbered history lines of a mining prompt, without their numbers."""
-    return [line.split(". ", 1)[1] for line in messages[1]["content"].split("History:\n", 1)[1].splitlines()]
+    """The history lines of a mining prompt, without their numbers (format 4 numbers them, format 5 does not)."""
+    lines = messages[1]["content"].split("History:\n", 1)[1].splitlines()
+    numbered = "numbered history" in messages[0]["content"]
+    return [line.split(". ", 1)[1] for line in lines] if numbered else lines
 
 
 def good_answer(messages, schema, bogus=True):
@@ -53,9 +58,12 @@ def good_answer(messages, schema, bogus=True):
         tags = [f"tag {k}a", f"tag {k}b"] if k else ["romantic comedy", "Romantic  comedy", f"{seen_title} sequel",
                                                        "dark stuff"]
         interests.append({"n": f"interest {k}", "e": [k + 1] + ([99] if bogus and k == 0 else []), "t": tags})
-    t = schema["items"]["prefixItems"][2]  # stay inside the schema, as constrained decoding does
+    positions = schema["items"]["prefixItems"]  # stay inside the schema, as constrained decoding does
+    t = positions[-1]
     for i in interests:
-        i["t"] = [x[: t["items"]["maxLength"]] for x in i["t"][: t["maxItems"]]]
+        i["t"] = [x[: t["items"].get("maxLength")] for x in i["t"][: t["maxItems"]]]
+    if len(positions) == 2:  # format 5: no cited lines
+        return json.dumps([[i["n"], i["t"]] for i in interests])
     return json.dumps([[i["n"], i["e"], i["t"]] for i in interests])
 
 
@@ -64,13 +72,14 @@ def narratives(tiny):
     return render_test_narratives(tiny, ["1", "2", "3"])
 
 
-def test_prompt_numbers_the_narrative_lines_and_keeps_instructions_in_the_shared_system_message(narratives):
-    from llmrec.interests import interest_messages
-
+def test_prompt_numbers_lines_only_when_cited_and_keeps_instructions_in_the_shared_system_message(narratives):
     a, b = (interest_messages(n.text, MiningConfig()) for n in narratives[:2])
     assert a[0] == b[0] and "History" not in a[0]["content"]  # one cached prefix for every user
     assert shown_lines(a) == narratives[0].text.splitlines()
-    assert a[1]["content"].splitlines()[1].startswith("1. ")
+    assert a[1]["content"].splitlines()[1] == narratives[0].text.splitlines()[0]  # format 5: cites none, unnumbered
+    numbered = interest_messages(narratives[0].text, WIDE)  # format 4 cites line numbers
+    assert numbered[1]["content"].splitlines()[1].startswith("1. ")
+    assert shown_lines(numbered) == narratives[0].text.splitlines()
 
 
 def test_valid_answers_become_llm_profiles_with_grounded_evidence(tiny, narratives):
@@ -158,10 +167,12 @@ class RecordingBackend(FakeBackend):
     def __init__(self, responder=None):
         super().__init__(responder)
         self.settings: list[tuple[int, float, int, str | None]] = []
+        self.schemas: list[dict | None] = []
 
     def generate(self, prompts, *, json_schema=None, max_tokens=256, temperature=0.0, adapter=None,
                  frequency_penalty=0.0):
         self.settings.append((len(prompts), temperature, max_tokens, adapter, frequency_penalty))
+        self.schemas.append(json_schema)
         return super().generate(prompts, json_schema=json_schema, max_tokens=max_tokens,
                                 temperature=temperature, adapter=adapter)
 
@@ -173,8 +184,12 @@ def test_config_fields_reach_the_backend(tiny, narratives):
     assert backend.settings == [(2, 0.1, 100, "lora1", 0.3), (1, 0.1, 100, "lora1", 0.3),
                                 (2, 0.9, 100, "lora1", 0.3), (1, 0.9, 100, "lora1", 0.3)]
     assert profiles[0].model == "fake+lora1"
-    profiles, _ = mine_interests(narratives, backend, cfg, items=tiny.item_index, label="vllm+merged")
+    # Length bounds are validated, not decoded (cheaper grammar), unless the config asks to decode them.
+    assert all("maxLength" not in json.dumps(x) and "maxItems" in json.dumps(x) for x in backend.schemas)
+    profiles, _ = mine_interests(narratives, backend, MiningConfig(decode_max_lengths=True), items=tiny.item_index,
+                                 label="vllm+merged")
     assert profiles[0].model == "vllm+merged"
+    assert backend.schemas[-1] == interests_wire(MiningConfig()).model_json_schema()
 
 
 def test_wire_schema_follows_the_config():
@@ -190,7 +205,7 @@ def test_wire_schema_follows_the_config():
 
 
 def test_truncated_answer_is_salvaged_only_when_cut_by_the_budget():
-    wire = interests_wire(MiningConfig(min_interests=1))
+    wire = interests_wire(MiningConfig(min_interests=1, max_evidence=2))
     cut = '{"i":[{"n":"romantic comedy","e":[1],"t":["a {b"]},{"n":"dark","e":[2],"t":["x"]},{"n":"90s'
     assert salvage_truncated(cut) == '{"i":[{"n":"romantic comedy","e":[1],"t":["a {b"]},{"n":"dark","e":[2],"t":["x"]}]}'
     (fixed,) = repair_truncated(cut, "length")
@@ -200,7 +215,7 @@ def test_truncated_answer_is_salvaged_only_when_cut_by_the_budget():
 
 
 def test_truncated_array_answer_is_closed_after_its_last_complete_interest():
-    wire = interests_wire(MiningConfig(min_interests=1))
+    wire = interests_wire(MiningConfig(min_interests=1, max_evidence=2))
     cut = '[["romantic comedy",[1],["a [b"]],["dark",[2],["x"]],["90s'
     assert salvage_truncated(cut) == '[["romantic comedy",[1],["a [b"]],["dark",[2],["x"]]]'
     (fixed,) = repair_truncated(cut, "length")
@@ -211,7 +226,7 @@ def test_truncated_array_answer_is_closed_after_its_last_complete_interest():
 def test_wire_is_positional_and_still_reads_the_keyed_format_3():
     """Constrained decoding emits arrays; an adapter tuned on the keyed format still parses where the backend
     does not enforce the schema (transformers), with the same meaning."""
-    wire = interests_wire(MiningConfig(min_interests=2, max_interests=2))
+    wire = interests_wire(MiningConfig(min_interests=2, max_interests=2, max_evidence=2))
     arrays = wire.model_validate_json('[["space opera",[1,2],["90s sci-fi"]],["noir",[],["dark crime"]]]')
     keyed = wire.model_validate_json('{"i":[{"n":"space opera","e":[1,2],"t":["90s sci-fi"]},'
                                      '{"n":"noir","e":[],"t":["dark crime"]}]}')
@@ -362,3 +377,50 @@ def test_echoed_placeholders_are_invalid_and_fall_back(tiny, narratives):
     assert profiles[0].source == "fallback" and stats.fallback == 1
     assert not any(i.name.startswith(("<", ".")) for i in profiles[0].interests)
     assert any("placeholder" in e["reason"] for e in stats.errors)
+
+
+def test_default_answer_format_cites_no_lines_and_still_reads_format_4():
+    """Format 5 (max_evidence = 0): [name, tags] pairs; a format-4 triple from an older adapter on a backend
+    that does not enforce the schema parses to the same name and tags, its line numbers ignored."""
+    config = MiningConfig(min_interests=2, max_interests=2)
+    assert config.max_evidence == 0 and config.evidence_per_interest == config.attributed_evidence == 2
+    wire = interests_wire(config)
+    schema = wire.model_json_schema()
+    assert len(schema["items"]["prefixItems"]) == 2
+    pairs = wire.model_validate_json('[["space opera",["90s sci-fi"]],["noir",["dark crime"]]]')
+    triples = wire.model_validate_json('[["space opera",[1,2],["90s sci-fi"]],["noir",[],["dark crime"]]]')
+    assert pairs.i == triples.i and pairs.i[0].e == [] and pairs.i[1].t == ["dark crime"]
+    assert wire_interest("noir", [3], ["dark crime"], config) == ["noir", ["dark crime"]]
+    assert wire_interest("noir", [3], ["dark crime"], MiningConfig(max_evidence=2)) == ["noir", [3], ["dark crime"]]
+    system = interest_messages("A | liked", config)[0]["content"]
+    assert "history lines" not in system and 'Format: [["...",["...","..."]]]' in system
+
+
+def pair_answer(messages, schema):
+    """A format-5 answer naming genres of the test catalogue, so evidence can be attributed."""
+    return json.dumps([["drama", ["quiet drama"]], ["comedy", ["romantic comedy"]], ["sci-fi", ["space sci-fi"]],
+                       ["thriller", ["dark thriller"]], ["moon knitting", ["lunar knitting"]]])
+
+
+def test_answers_citing_no_lines_get_evidence_attributed_from_the_narrative(tiny, narratives):
+    from llmrec.tags import item_attributes, tag_attributes
+
+    config = MiningConfig(tags_per_interest=1)
+    profiles, stats = mine_interests(narratives, FakeBackend(pair_answer), config, items=tiny.item_index)
+    assert stats.valid_first == 3 and stats.evidence_cited == 0 and stats.to_dict()["grounded"] is None
+    attributed = 0
+    for p, n in zip(profiles, narratives):
+        for interest in p.interests:
+            assert len(interest.evidence) <= config.attributed_evidence
+            assert set(interest.evidence) <= set(n.item_ids)  # only items the model was shown
+            own = [t.text for t in p.tags if t.interest == interest.name]
+            wanted = frozenset().union(*(tag_attributes(x) or () for x in [interest.name, *own]))
+            for iid in interest.evidence:  # every attributed item carries an attribute the interest names
+                assert wanted & item_attributes(tiny.item_index[iid])
+            attributed += len(interest.evidence)
+        assert p.interests[-1].evidence == ()  # an interest no shown item supports keeps none
+    assert attributed == stats.evidence_attributed > 0
+    assert stats.interests_kept == 15 and "attributed per interest" in stats.evidence_summary()
+    # Without the catalogue nothing can be attributed, and nothing is invented.
+    bare, stats = mine_interests(narratives[:1], FakeBackend(pair_answer), config)
+    assert all(i.evidence == () for i in bare[0].interests) and stats.evidence_attributed == 0

@@ -34,7 +34,8 @@ def _fake_mining(users: list[str]):
                     for k, u in enumerate(users)]
         stats = MiningStats(users=len(users), valid_first=len(users) - 2, valid_retry=1, fallback=1,
                             answers=len(users) + 2, answers_valid=len(users), prompt_tokens=200 * (len(users) + 2),
-                            output_tokens=130 * (len(users) + 2), seconds=30.0)
+                            output_tokens=130 * (len(users) + 2), seconds=30.0, interests_kept=10,
+                            evidence_attributed=15)
         save_profiles(out, profiles, stats, config={"jobs": {"shard_size": 256}, "llm": {"block_size": 32}},
                       manifest={"n_users": len(users)})
         return 40.0
@@ -63,6 +64,9 @@ def test_mining_benchmark_records_time_validity_and_tag_rows(tmp_path, monkeypat
     assert by[("lora", "valid_final", None)]["value"] == 11 / 12
     assert by[("lora", "output_tokens_per_user", None)]["value"] == 130
     assert by[("lora", "seconds", None)]["block_size"] == 32
+    # Answers that cite no lines (format 5): attributed evidence per interest, and no grounding rate of citations.
+    assert by[("lora", "evidence_attributed_per_interest", None)]["value"] == 1.5
+    assert ("lora", "grounded", None) not in by and ("lora", "grounding_exists", None) not in by
     # Tag rows: the LLM's own users apart from the fallback, heuristics and sanity rows on the same 12 users.
     assert by[("lora", "tag_ndcg", "llm_only")]["n"] == 11 and by[("lora", "tag_ndcg", None)]["n"] == 12
     for row in ("history_tags", "popular_tags", "single_tag", "random_tags"):

@@ -39,6 +39,7 @@ EVERY = {
 }
 VARIANTS = [  # second variable sets: the other side of each {% if %}
     ("interests", dict(EVERY["interests"], max_interests=5)),
+    ("interests", dict(EVERY["interests"], max_evidence=0)),
     ("rank", dict(EVERY["rank"], interests=[])),
     ("explain", dict(EVERY["explain"], year=None, brand="", about="", liked="", interest="")),
     ("imagine_history", dict(EVERY["imagine_history"], history=[], examples=[])),
@@ -119,6 +120,9 @@ def test_interests_prompt_numbers_lines_and_forbids_titles():
     assert user == "History:\n1. NARR\n2. second" and "title" in system and "5 to 8" in system
     exact = render_prompt("interests", **{**TASKS["interests"], "max_interests": 5})[0]["content"]
     assert "exactly 5" in exact
+    # Answer format 5 cites no lines, so they are not numbered (~2 prompt tokens a line saved).
+    system, user = (m["content"] for m in render_prompt("interests", **{**TASKS["interests"], "max_evidence": 0}))
+    assert user == "History:\nNARR\nsecond" and "numbered" not in system and "lines" not in system
 
 
 def test_missing_variable_is_an_error_naming_it():

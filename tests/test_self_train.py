@@ -57,8 +57,8 @@ def sft_echo(prep, samples: int, winner: bool = True):
         if draw == 1 and winner:
             return answer
         obj = json.loads(answer)
-        for k, interest in enumerate(obj):  # [name, lines, tags]
-            interest[2] = [f"{JUNK} {k}"] if interest[2] else []
+        for k, interest in enumerate(obj):  # [name, tags] (answer format 5)
+            interest[-1] = [f"{JUNK} {k}"] if interest[-1] else []
         return json.dumps(obj)
 
     return respond

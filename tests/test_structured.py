@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 import json
+from typing import Annotated
 
 import pytest
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from llmrec.errors import ModelError
 from llmrec.llm import FakeBackend, Generation
@@ -16,6 +17,7 @@ from llmrec.llm.structured import (
     repair_truncated,
     repair_unconstrained,
     salvage_truncated,
+    without_max_lengths,
 )
 
 
@@ -171,3 +173,24 @@ def test_settings_are_frozen_and_reject_unknown_keys():
         GenerationSettings(max_tokens=10, retry_temperature=3.0)
     with pytest.raises(ValidationError):
         SETTINGS.max_tokens = 3  # type: ignore[misc]
+
+
+class Bounded(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    w: list[Annotated[str, StringConstraints(min_length=1, max_length=4)]] = Field(min_length=1, max_length=2)
+
+
+def test_max_lengths_can_be_left_to_validation_instead_of_the_decoding_grammar():
+    schema = Bounded.model_json_schema()
+    loose = without_max_lengths(schema)
+    assert "maxLength" in json.dumps(schema) and "maxLength" not in json.dumps(loose)
+    assert '"minLength": 1' in json.dumps(loose)  # kept: without it the model pads with empty strings
+    assert loose["properties"]["w"]["maxItems"] == 2  # array bounds stay: they keep answers short
+    assert without_max_lengths({"properties": {"maxLength": {"type": "integer"}}}) == {
+        "properties": {"maxLength": {"type": "integer"}}}  # a property that happens to carry the name stays
+    backend = Scripted(lambda p, n: json.dumps({"w": ["toolong" if n == 0 else "ok"]}), enforces=True)
+    settings = GenerationSettings(max_tokens=20, decode_max_lengths=False)
+    out, stats = generate_validated(backend, [chat("p")], schema=Bounded, check=None, fallback=lambda i: None,
+                                    config=settings)
+    assert backend.calls[0]["schema"] == loose and out[0].value.w == ["ok"]  # still validated after decoding
+    assert (stats.parse_failures, stats.valid_first, stats.valid_final) == (1, 0, 1)

@@ -12,6 +12,7 @@ package version, `MiningStats`); the last stdout line is a JSON summary.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -50,7 +51,7 @@ def register(app: typer.Typer) -> None:
         users: int = typer.Option(None, min=1, help="Mine only the first N users (by id order); default all."),
         narrative_tokens: int = typer.Option(None, "--narrative-tokens", "--max-tokens", min=32,
                                              help="Narrative token budget (MiningConfig.narrative_tokens; default "
-                                                  "192); --max-tokens is a deprecated alias."),
+                                                  "128); --max-tokens is a deprecated alias."),
         batch_size: int = typer.Option(None, min=1, help="Prompts per backend call (wide batches decode faster); "
                                                          "default MiningConfig's (256)."),
         executor: str = typer.Option(None, help="local (in-process engine) or ray (Ray Data actors); default local."),
@@ -89,11 +90,13 @@ def register(app: typer.Typer) -> None:
                             llm={"model": model, "backend": backend}, jobs={"shard_size": shard_size,
                                                                            "executor": executor})
         model = given.llm.model
-        served, merged_from = model, None
+        served, merged_from, merge_seconds = model, None, 0.0
         if adapter is not None:  # one adapter for the whole job: serve it merged into the weights
             from llmrec.llm.model import merged_model
 
+            t = time.perf_counter()  # a first run merges (~10-30 s), later ones find the merge cached
             served, merged_from = str(merged_model(model, adapter)), adapter
+            merge_seconds = time.perf_counter() - t
         # The mining prompt's budget (MiningConfig.narrative_tokens) is the narrative budget. One adapter for
         # the whole job is served merged into the weights (base decoding speed), so no LoRA engine either way.
         config = RecommenderConfig.model_validate(merge_given(given.model_dump(), {
@@ -118,7 +121,8 @@ def register(app: typer.Typer) -> None:
                     "llm": config.llm.model_dump(mode="json"), "jobs": config.jobs.model_dump(mode="json"),
                     "dataset": dataset, "users": users},
             manifest={"split_hash": split.hash, "as_of": as_of_stage, "model": model or "smollm2-135m-instruct",
-                      "adapter": adapter, "dataset": ds.name, "n_users": len(profiles)},
+                      "adapter": adapter, "dataset": ds.name, "n_users": len(profiles),
+                      "merge_seconds": round(merge_seconds, 2)},
         )
         summary = {"out": str(out), "users": len(profiles), "adapter": adapter, "executor": executor,
                    **{k: v for k, v in stats.to_dict().items() if k != "errors"}}

@@ -86,3 +86,30 @@ def grounding_rates(cited: int, dropped: int, grounded: int) -> dict[str, float]
     if cited == 0:
         return {"exists": 0.0, "grounded": 0.0}
     return {"exists": 1.0 - dropped / cited, "grounded": grounded / cited}
+
+
+def attribute_evidence(interests: Sequence[Interest], tags: Sequence[Tag], item_ids: Sequence[str],
+                       items: Mapping[str, Item], tag_attributes: TagAttributes, item_attributes: ItemAttributes,
+                       n: int) -> list[Interest]:
+    """`interests` with up to `n` evidence items each, attributed from the narrative's items rather than cited.
+
+    For an answer that cites no lines (`MiningConfig.max_evidence` = 0): an item is evidence for an interest when
+    `citation_grounded` holds (it carries an attribute the interest or its tags name, or the interest names its
+    title); the items sharing most attributes come first, then the most recent (`item_ids` is in narrative order,
+    most recent first). An interest that no item supports keeps no evidence. Grounded by construction, so these
+    are not counted as citations in the grounding rates.
+    """
+    by_interest: dict[str, list[str]] = {}
+    for tag in tags:
+        if tag.interest is not None:
+            by_interest.setdefault(tag.interest, []).append(tag.text)
+    known = list(dict.fromkeys(i for i in item_ids if i in items))
+    out = []
+    for interest in interests:
+        own = by_interest.get(interest.name, [])
+        wanted = interest_attributes(interest.name, own, tag_attributes)
+        scored = [(len(wanted & frozenset(item_attributes(items[iid]))), pos, iid) for pos, iid in enumerate(known)
+                  if citation_grounded(interest.name, own, items[iid], tag_attributes, item_attributes)]
+        best = [iid for _, _, iid in sorted(scored, key=lambda s: (-s[0], s[1]))[:n]]
+        out.append(Interest(name=interest.name, evidence=tuple(best), why=interest.why))
+    return out

@@ -51,6 +51,9 @@ class GenerationSettings(BaseModel):
     adapter: str | None = None  # LoRA adapter folder, None = base model
     retries: int = Field(default=1, ge=0, le=5)  # batched re-asks of the failed prompts before the fallback
     batch_size: int | None = Field(default=None, ge=1)  # prompts per backend.generate call; None = all in one
+    # False: strings' maximum lengths are left out of the decoding schema and only validated after decoding, so an
+    # over-long string is a counted parse failure and retried (see `without_max_lengths`)
+    decode_max_lengths: bool = True
 
 
 @dataclass(frozen=True)
@@ -185,6 +188,22 @@ def _parse(schema: type[M], text: str, finish_reason: str, repair: Repair | None
         raise
 
 
+def without_max_lengths(schema: Any) -> Any:
+    """`schema` (a JSON schema) without the maximum lengths of its strings.
+
+    Grammar-constrained decoders (xgrammar) expand a bounded string into a counted repetition, which makes every
+    step's token mask costlier; measured on 256 mining prompts with SmolLM2 on 2 cores, 136 s instead of 149 s
+    for the same answers. Minimum lengths stay (minLength 1 is cheap, and without it the model pads with empty
+    strings: 18 of 981 answers in a full ML-100K run), and so do array bounds, which keep answers short.
+    """
+    if isinstance(schema, dict):
+        bound = "maxLength" if schema.get("type") == "string" else None
+        return {k: without_max_lengths(v) for k, v in schema.items() if k != bound}
+    if isinstance(schema, list):
+        return [without_max_lengths(v) for v in schema]
+    return schema
+
+
 def _generate(backend: LLMBackend, prompts: Sequence[Messages], wire: dict[str, Any], settings: GenerationSettings,
               temperature: float, stats: GenerationStats) -> list[Generation]:
     """All prompts through the backend, `batch_size` per call (None: one call)."""
@@ -221,6 +240,7 @@ def generate_validated(
     t0 = time.perf_counter()
     stats = GenerationStats(prompts=len(prompts), enforces_schema=enforces_schema(backend))
     wire = schema.model_json_schema()
+    wire = wire if config.decode_max_lengths else without_max_lengths(wire)
     done: dict[int, Validated] = {}
     last_text: dict[int, str] = {}
     pending = list(range(len(prompts)))
