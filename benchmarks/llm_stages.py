@@ -28,7 +28,8 @@ Mining metrics (records: benchmark, metric, value, unit, model, path, k, n):
   fallback_share (users given the flagged history-tag stand-in); fallback_rate = fallback_share.
 - grounding_exists: share of cited evidence lines that are lines of the narrative (the old "grounding");
   grounded: share whose item carries an attribute the interest or its tags name, or whose title the interest
-  names (`llmrec.eval.grounding`).
+  names (`llmrec.eval.grounding`). Both only for answers that cite lines (format 4); answers that cite none
+  (format 5, the default) get evidence_attributed_per_interest instead (`evidence_records`).
 - output_tokens_per_s, users_per_min: wall clock, whole mining (retries included).
 
 Speed (slice "speed"): the LoRA model on the first --throughput-users users, SAME prompts, through vLLM and
@@ -154,6 +155,18 @@ def tag_records(lists: Sequence[Sequence[str]], targets: Sequence[int], seen: Se
     return out
 
 
+def evidence_records(bench: str, stats: Mapping, ctx: Mapping) -> list[dict]:
+    """Grounding rates of cited lines (answer format 4), or, for answers that cite none (format 5), the evidence
+    items attributed per LLM-mined interest (grounded by construction, so no rate is reported for them).
+    `stats`: `MiningStats.to_dict()`."""
+    if stats.get("evidence_cited"):
+        cited = {"cited": stats["evidence_cited"]}
+        return [record(bench, "grounding_exists", stats["grounding_exists"], "fraction", **cited, **ctx),
+                record(bench, "grounded", stats["grounded"], "fraction", **cited, **ctx)]
+    per_interest = stats["evidence_attributed"] / max(stats["interests_kept"], 1)
+    return [record(bench, "evidence_attributed_per_interest", per_interest, "items", **ctx)]
+
+
 def score_llm(model: str, profiles: Sequence[InterestProfile], stats: MiningStats, targets: Sequence[int],
               seen: Sequence[np.ndarray], catalogue: TagCatalogue, path: str, tower: Tower | None = None
               ) -> list[dict]:
@@ -167,14 +180,12 @@ def score_llm(model: str, profiles: Sequence[InterestProfile], stats: MiningStat
         record(BENCH, "llm_share", shares["llm_share"], "fraction", **ctx),
         record(BENCH, "fallback_share", shares["fallback_share"], "fraction", **ctx),
         record(BENCH, "fallback_rate", shares["fallback_share"], "fraction", **ctx),
-        record(BENCH, "grounding_exists", stats.grounding, "fraction", cited=stats.evidence_cited, **ctx),
-        record(BENCH, "grounded", stats.grounded, "fraction", cited=stats.evidence_cited, **ctx),
         record(BENCH, "output_tokens_per_s", stats.output_tokens / stats.seconds, "tokens/s", **ctx),
         record(BENCH, "users_per_min", 60 * n / stats.seconds, "users/min", **ctx),
         record(BENCH, "tags_per_user", stats.tags_kept / max(n - stats.fallback, 1), "tags", **ctx),
         record(BENCH, "prompt_tokens_per_user", stats.prompt_tokens / max(stats.answers, 1), "tokens", **ctx),
         record(BENCH, "output_tokens_per_user", stats.output_tokens / max(stats.answers, 1), "tokens", **ctx),
-    ]
+    ] + evidence_records(BENCH, stats.to_dict(), ctx)
     tags = [[t.text for t in p.tags] for p in profiles]
     recs += tag_records(tags, targets, seen, catalogue, tower, **ctx)
     # The same over the users whose tags the model itself produced (fallbacks are history tags).

@@ -38,7 +38,14 @@ sys.path.insert(0, str(_HERE.parent))
 
 import pyarrow.parquet as pq  # noqa: E402
 
-from benchmarks.llm_stages import K, heuristic_rows, tag_records, tag_setup, visible_events  # noqa: E402
+from benchmarks.llm_stages import (  # noqa: E402
+    K,
+    evidence_records,
+    heuristic_rows,
+    tag_records,
+    tag_setup,
+    visible_events,
+)
 from llmrec.bench import record, write_records  # noqa: E402
 from llmrec.data import resolve_dataset  # noqa: E402
 from llmrec.data.split import split_leave_one_out  # noqa: E402
@@ -85,17 +92,7 @@ def mining_records(stats: dict, seconds: float, n: int, ctx: dict) -> list[dict]
         record(BENCH, "prompt_tokens_per_user", stats["prompt_tokens"] / answers, "tokens", **ctx),
         record(BENCH, "output_tokens_per_user", stats["output_tokens"] / answers, "tokens", **ctx),
         record(BENCH, "output_tokens_per_s", stats["output_tokens"] / stats["seconds"], "tokens/s", **ctx),
-    ] + evidence_records(stats, ctx)
-
-
-def evidence_records(stats: dict, ctx: dict) -> list[dict]:
-    """Grounding rates of cited lines (answer format 4), or, for answers that cite none (format 5), the evidence
-    items attributed per LLM-mined interest (grounded by construction, so no rate is reported for them)."""
-    if stats.get("evidence_cited"):
-        return [record(BENCH, "grounding_exists", stats["grounding_exists"], "fraction", **ctx),
-                record(BENCH, "grounded", stats["grounded"], "fraction", **ctx)]
-    per_interest = stats["evidence_attributed"] / max(stats["interests_kept"], 1)
-    return [record(BENCH, "evidence_attributed_per_interest", per_interest, "items", **ctx)]
+    ] + evidence_records(BENCH, stats, ctx)
 
 
 def tag_rows(dataset: str, profiles_path: Path, seed: int) -> list[dict]:

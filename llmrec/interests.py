@@ -353,15 +353,15 @@ def mine_interests(
     attribute = config.max_evidence == 0 and config.attributed_evidence > 0 and bool(items)
     profiles = []
     for n, p in zip(narratives, parsed):
-        if p is not None and attribute:
-            p.interests = attribute_evidence(p.interests, p.tags, n.item_ids, items,
-                                             lambda tag: tag_attributes(tag, attrs),
-                                             lambda item: item_attributes(item, attrs), config.attributed_evidence)
-            stats.evidence_attributed += sum(len(i.evidence) for i in p.interests)
         if p is None:
             history = [items[x] for x in n.item_ids if x in items] if items else []
             profiles.append(fallback_profile(n.user_id, history, config, model, attrs))
             continue
+        if attribute:  # the answer cites no lines: evidence from the narrative's items, by attribute match
+            p.interests = attribute_evidence(p.interests, p.tags, n.item_ids, items,
+                                             lambda tag: tag_attributes(tag, attrs),
+                                             lambda item: item_attributes(item, attrs), config.attributed_evidence)
+            stats.evidence_attributed += sum(len(i.evidence) for i in p.interests)
         stats.evidence_cited += p.cited
         stats.evidence_dropped += p.dropped
         if items and p.cited:

@@ -286,7 +286,8 @@ def test_llm_rows_record_llm_and_fallback_shares(tiny, bench):
     recs = bench.score_llm("fake", profiles, stats, [4, 5], [vocab.encode(ids)] * 2, cat, "fake")
     by = {r["metric"]: r for r in recs if "subset" not in r}
     assert by["llm_share"]["value"] == 0.0 and by["fallback_share"]["value"] == 1.0
-    assert {"tag_ndcg", "tag_hr", "specificity_hit", "novel_hit", "legacy_tag_hr", "grounded"} <= set(by)
+    assert {"tag_ndcg", "tag_hr", "specificity_hit", "novel_hit", "legacy_tag_hr"} <= set(by)
+    assert "evidence_attributed_per_interest" in by and "grounded" not in by  # format 5: no citations
     assert by["tag_hr"]["k"] == 50 and by["specificity_hit"]["unit"] == "nats"
     assert not [r for r in recs if r.get("subset") == "llm_only"]
 
@@ -339,8 +340,9 @@ def test_benchmark_main_runs_end_to_end_on_a_fake_backend(tiny, bench, tmp_path,
     assert towers == ["my-towers"] and {r["model"] for r in recs if r["metric"] == "tower_hr"} == models
     llm = {r["metric"]: r["value"] for r in recs if r["model"] == "lora" and r.get("slice") is None
            and "subset" not in r}
-    assert llm["llm_share"] == 1.0 and llm["fallback_share"] == 0.0 and llm["grounding_exists"] == 1.0
-    assert 0.0 <= llm["grounded"] <= 1.0
+    assert llm["llm_share"] == 1.0 and llm["fallback_share"] == 0.0
+    # Answer format 5 (the default) cites no lines: evidence is attributed, and no citation rate is reported.
+    assert "grounding_exists" not in llm and 0.0 <= llm["evidence_attributed_per_interest"] <= 2.0
     sweep = {(r["path"], r["batch_size"]) for r in recs if r.get("slice") == "speed" and "path" in r}
     assert sweep == {(p, b) for p in ("vllm", "transformers") for b in (16, 64, 256)}
     assert [r["compare"] for r in recs if r["metric"] == "vllm_speedup"].count("same_batch") == 3
