@@ -270,7 +270,7 @@ class MiningConfig(StageConfig):
     Output tokens are the cost on CPU (decoding runs at ~2/3 of prefill speed per token even at batch 256),
     so the defaults are compact: 5 interests x 2 tags in <= 192 tokens, no cited line numbers (~26% fewer output
     tokens than citing 2 per interest); each interest's evidence is attributed from the history instead. The
-    whole job is one continuous batch (`batch_size` and JobConfig.shard_size hold all of ML-100K's users).
+    whole job is one continuous batch (JobConfig.shard_size holds all of ML-100K's users, sent in one call).
     """
 
     min_interests: int = Field(default=5, ge=1, le=20)  # minItems of the interest list (RecGPT asks >= 5)
@@ -291,8 +291,9 @@ class MiningConfig(StageConfig):
     # Greedy SmolLM2 repeats its first interest ("1990s drama" x5, rejected as < min_interests distinct):
     # measured on 64 users with the LoRA model, valid first try 2/64 at 0.0, 49/64 at 0.5, 63/64 at 1.0.
     frequency_penalty: float = Field(default=1.0, ge=0.0, le=2.0)
-    batch_size: int = Field(default=1024, ge=1)  # prompts per backend.generate call: a whole shard, which vLLM
+    # Prompts per backend.generate call; None: the whole shard (JobConfig.shard_size) in one call, which vLLM
     # decodes max_num_seqs at a time (wide batches decode faster)
+    batch_size: int | None = Field(default=None, ge=1)
     # False: names' and tags' maximum lengths are validated after decoding, not in the decoding grammar (cheaper
     # token masks; an over-long string is a counted failure, retried); llmrec.llm.structured.without_max_lengths
     decode_max_lengths: bool = False

@@ -217,9 +217,9 @@ class MiningStats:
         d = asdict(self)
         minutes = self.seconds / 60
         cited = self.evidence_cited > 0  # answers that cite no lines (format 5) have no grounding rates
-        d.update(grounding=round(self.grounding, 4) if cited else None,
-                 grounding_exists=round(self.grounding, 4) if cited else None,
-                 grounded=round(self.grounded, 4) if cited else None, valid_rate=round(self.valid_rate, 4),
+        exists = round(self.grounding, 4) if cited else None
+        d.update(grounding=exists, grounding_exists=exists, grounded=round(self.grounded, 4) if cited else None,
+                 valid_rate=round(self.valid_rate, 4),
                  llm_share=round(self.valid_rate, 4),  # every mined user is "llm" or "fallback"
                  fallback_share=round(self.fallback / self.users, 4) if self.users else None,
                  json_valid_rate=round(self.answers_valid / self.answers, 4) if self.answers else None,
@@ -351,6 +351,12 @@ def mine_interests(
               for r, n, t in zip(results, narratives, titles)]
 
     attribute = config.max_evidence == 0 and config.attributed_evidence > 0 and bool(items)
+    def attrs_of_tag(tag: str) -> frozenset[str] | None:
+        return tag_attributes(tag, attrs)
+
+    def attrs_of_item(item: Item) -> frozenset[str]:
+        return item_attributes(item, attrs)
+
     profiles = []
     for n, p in zip(narratives, parsed):
         if p is None:
@@ -358,16 +364,13 @@ def mine_interests(
             profiles.append(fallback_profile(n.user_id, history, config, model, attrs))
             continue
         if attribute:  # the answer cites no lines: evidence from the narrative's items, by attribute match
-            p.interests = attribute_evidence(p.interests, p.tags, n.item_ids, items,
-                                             lambda tag: tag_attributes(tag, attrs),
-                                             lambda item: item_attributes(item, attrs), config.attributed_evidence)
+            p.interests = attribute_evidence(p.interests, p.tags, n.item_ids, items, attrs_of_tag, attrs_of_item,
+                                             config.attributed_evidence)
             stats.evidence_attributed += sum(len(i.evidence) for i in p.interests)
         stats.evidence_cited += p.cited
         stats.evidence_dropped += p.dropped
         if items and p.cited:
-            stats.evidence_grounded += count_grounded(p.interests, p.tags, items,
-                                                      lambda tag: tag_attributes(tag, attrs),
-                                                      lambda item: item_attributes(item, attrs))
+            stats.evidence_grounded += count_grounded(p.interests, p.tags, items, attrs_of_tag, attrs_of_item)
         stats.duplicate_interests_dropped += p.duplicate_interests
         stats.interests_kept += len(p.interests)
         stats.tags_kept += len(p.tags)

@@ -3,10 +3,9 @@
 The narratives are rendered as of each user's TEST target from the events a model may see for it
 (`Split.history("test")`), so nothing mined here leaks the held-out item. `--as-of valid` renders them as of
 the validation target instead (`Split.history("valid")`): the table an evaluation trains and validates on.
-The output folder holds
-`profiles.parquet` (one row per user, `llmrec.interests.PROFILES_SCHEMA`), `config.json` (mining and
-narrative configs, command options) and `manifest.json` (split hash, prompt hashes, model, adapter,
-package version, `MiningStats`); the last stdout line is a JSON summary.
+The output folder holds `profiles.parquet` (one row per user, `llmrec.interests.PROFILES_SCHEMA`),
+`config.json` (mining and narrative configs, command options) and `manifest.json` (split hash, prompt hashes,
+model, adapter, package version, `MiningStats`, `merge_seconds`); the last stdout line is a JSON summary.
 """
 
 from __future__ import annotations
@@ -53,7 +52,7 @@ def register(app: typer.Typer) -> None:
                                              help="Narrative token budget (MiningConfig.narrative_tokens; default "
                                                   "128); --max-tokens is a deprecated alias."),
         batch_size: int = typer.Option(None, min=1, help="Prompts per backend call (wide batches decode faster); "
-                                                         "default MiningConfig's (256)."),
+                                                         "default: the whole shard in one call."),
         executor: str = typer.Option(None, help="local (in-process engine) or ray (Ray Data actors); default local."),
         shard_size: int = typer.Option(None, min=1, help="Users per shard: the unit of atomic write and resume; "
                                                          "default JobConfig's (256)."),

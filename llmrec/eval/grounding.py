@@ -61,14 +61,20 @@ def citation_grounded(name: str, tags: Sequence[str], item: Item, tag_attributes
     return names_title(name, item.title)
 
 
+def tags_by_interest(tags: Sequence[Tag]) -> dict[str, list[str]]:
+    """Tag texts per interest name: a tag belongs to the interest it was listed under (`Tag.interest`)."""
+    out: dict[str, list[str]] = {}
+    for tag in tags:
+        if tag.interest is not None:
+            out.setdefault(tag.interest, []).append(tag.text)
+    return out
+
+
 def count_grounded(interests: Sequence[Interest], tags: Sequence[Tag], items: Mapping[str, Item],
                    tag_attributes: TagAttributes, item_attributes: ItemAttributes) -> int:
     """How many (interest, evidence item) citations of one profile are grounded; an item missing from the
     catalogue is not. A tag belongs to the interest whose name it carries (`Tag.interest`)."""
-    by_interest: dict[str, list[str]] = {}
-    for tag in tags:
-        if tag.interest is not None:
-            by_interest.setdefault(tag.interest, []).append(tag.text)
+    by_interest = tags_by_interest(tags)
     grounded = 0
     for interest in interests:
         own = by_interest.get(interest.name, [])
@@ -99,10 +105,7 @@ def attribute_evidence(interests: Sequence[Interest], tags: Sequence[Tag], item_
     most recent first). An interest that no item supports keeps no evidence. Grounded by construction, so these
     are not counted as citations in the grounding rates.
     """
-    by_interest: dict[str, list[str]] = {}
-    for tag in tags:
-        if tag.interest is not None:
-            by_interest.setdefault(tag.interest, []).append(tag.text)
+    by_interest = tags_by_interest(tags)
     known = list(dict.fromkeys(i for i in item_ids if i in items))
     out = []
     for interest in interests:
