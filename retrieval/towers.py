@@ -84,6 +84,7 @@ class UserTower(nn.Module):
         self.heads = config.heads
         self.start = nn.Parameter(torch.randn(d) * 0.02)
         self.pos = nn.Embedding(config.max_len, d)
+        nn.init.normal_(self.pos.weight, std=config.position_init_std)  # small: items, not positions, lead
         self.drop = nn.Dropout(config.dropout)
         layer = nn.TransformerEncoderLayer(d, config.heads, 4 * d, config.dropout, batch_first=True, norm_first=True)
         self.blocks = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)

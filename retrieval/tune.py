@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from llmrec.config import TowerConfig
+from llmrec.config import DEFAULT_TOWER_GRID, TowerConfig
 from llmrec.data import Dataset
 from llmrec.data.split import Split
 from llmrec.errors import DataError
@@ -27,7 +27,7 @@ from retrieval.train import fit_towers
 
 log = logging.getLogger(__name__)
 
-DEFAULT_GRID: dict[str, tuple] = {"lr": (1e-3, 3e-3), "dropout": (0.2, 0.5)}
+DEFAULT_GRID = DEFAULT_TOWER_GRID
 
 
 @dataclass

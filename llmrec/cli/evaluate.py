@@ -84,7 +84,7 @@ def register(app: typer.Typer) -> None:
                                               "--config's, else vllm."),
         coldstart_cache: Path = typer.Option(None, help="JSON cache of imagined histories (reused across runs)."),
         tune_towers: bool = typer.Option(None, "--tune-towers/--no-tune-towers", help="Choose the tower settings "
-                                         "on validation first (EvaluateConfig.tower_grid: softmax x lr)."),
+                                         "on validation first (EvaluateConfig.tower_grid: lr x dropout)."),
         ranker_adapter: Path = typer.Option(None, help="LoRA adapter of `llmrec finetune --task ranker` for the "
                                                        "*_llm_ranker rows (default: the base model ranks)."),
         resume: bool = typer.Option(False, "--resume", help="Take over the finished (row, seed) pairs of the "
