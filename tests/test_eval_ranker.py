@@ -4,6 +4,7 @@ that cannot tell candidates apart leaves the retriever's ranking exactly as it w
 from __future__ import annotations
 
 from llmrec.config import EvaluateConfig, ListwiseConfig, SASRecConfig, TowerConfig
+from llmrec.eval.report import render_markdown
 from llmrec.eval.run import run_evaluation
 from llmrec.llm import FakeBackend
 
@@ -45,3 +46,5 @@ def test_tower_search_runs_on_validation_and_its_winner_trains_the_rows(tiny):
     best = search["trials"][search["best_trial"]]
     assert best["valid_ndcg@10"] == max(t["valid_ndcg@10"] for t in search["trials"])
     assert run.settings["model_configs"]["three_tower_notag"]["towers"]["lr"] == search["best"]["lr"]
+    md = render_markdown(run.records, run.settings)
+    assert f"every tower row uses the winner lr {search['best']['lr']}. Valid NDCG@10: lr 0.0001: " in md

@@ -99,6 +99,13 @@ def render_markdown(records: Sequence[dict], settings: dict, plots: Sequence[Pat
                              f"{s}: {v.get('n_matched', 0)}/{v.get('n_imagined', 0)} imagined items matched, "
                              f"{v.get('fallback', 0)} fallbacks, {v.get('seconds', 0):.0f} s"
                              for s, v in cs.items() if isinstance(v, dict)) + ".")
+        search = notes.get("tower_search")
+        if search:
+            trials = "; ".join(f"{', '.join(f'{key} {val}' for key, val in t['settings'].items())}: "
+                               f"{t['valid_ndcg@10']:.4f} (best epoch {t['best_epoch']})" for t in search["trials"])
+            lines.append(f"- Tower settings searched on validation before any tower row trained (first seed, "
+                         f"{search['seconds']:.0f} s); every tower row uses the winner "
+                         f"{', '.join(f'{key} {val}' for key, val in search['best'].items())}. Valid NDCG@{k}: {trials}.")
         for m in ("three_tower_llm_tags", "three_tower_llm_lora_tags"):
             if m in notes:
                 lines.append(f"- {m}: {notes[m]['slices']}; tags table {notes[m]['tags'].get('path')}.")
