@@ -355,7 +355,8 @@ class TowerConfig(StageConfig):
     text_features: bool = True  # item tower reads the frozen text vectors (False: an attribution row without text)
     profile_buckets: int = Field(default=256, ge=1)  # hashlib buckets shared by all profile features
     max_len: int = Field(default=100, ge=2)  # most recent items fed to the user tower (with a start token);
-    # ML-100K seed 0: 100 -> valid/test NDCG@10 0.105/0.088, 50 -> 0.090/0.074 (about half the training time)
+    # ML-100K seed 0: 100 -> valid/test NDCG@10 0.105/0.088, 50 -> 0.090/0.074 (about half the training time;
+    # measured before the position_init_std fix below)
     layers: int = Field(default=2, ge=1)  # causal self-attention blocks of the user tower
     # User-tower position embeddings start at N(0, std^2). They were N(0, 1) (torch's default: norm ~8 at dim
     # 64) against item inputs of norm ~0.35, so positions drowned the items and the tower fell back to
@@ -373,7 +374,9 @@ class TowerConfig(StageConfig):
     alpha: float = Field(default=0.5, ge=0.0, le=1.0)  # L = L_col + alpha L_tag + (1 - alpha) L_cate
     tag_batch_size: int = Field(default=256, ge=1)  # (tag, item) pairs per step for L_tag and L_cate
     batch_size: int = Field(default=64, ge=1)  # users per step (every position of each is a next-item example)
-    lr: float = Field(default=3e-3, gt=0.0)  # ML-100K: 3e-3 reached valid NDCG@10 0.090 vs 0.067 at 1e-3
+    # ML-100K: 3e-3 reached valid NDCG@10 0.090 vs 0.067 at 1e-3 (before the position fix); per dataset,
+    # `llmrec evaluate --tune-towers` searches lr x dropout on validation (Amazon Magazine chose 3e-3, 0.5)
+    lr: float = Field(default=3e-3, gt=0.0)
     weight_decay: float = Field(default=0.0, ge=0.0)
     # Budget and early stopping (retrieval.stopping). SASRec+'s budget: 200 epochs, validation every 4. On a
     # held-out ~10k-item MovieLens set, patience 8 epochs stopped the tower at best epoch 2 of 10 (NDCG@10
