@@ -68,6 +68,42 @@ def test_aggregate_adds_paired_difference_records_against_sasrec_ce():
 
 
 
+def test_each_llm_row_is_compared_with_the_same_model_without_its_llm_stage():
+    """What the LLM adds is paired against its own counterpart (not SASRec+), on the users both rows scored."""
+    from llmrec.config import EvaluateConfig
+    from llmrec.eval.report import render_markdown
+    from llmrec.eval.run import Scores, aggregate
+
+    scores = Scores()
+    users = [str(u) for u in range(30)]
+    rows = {"sasrec_ce": 0.10, "three_tower_heuristic_tags": 0.12, "three_tower_llm_lora_tags": 0.15,
+            "sasrec_ce_llm_ranker": 0.09}
+    for model, v in rows.items():
+        scores.add(model, "all", 30, {"ndcg@10": v}, {u: v for u in users})
+    scores.add("coldstart_none", "cold_user_1", 20, {"ndcg@10": 0.2}, {u: 0.2 for u in users[:20]})
+    scores.add("coldstart_early_fusion", "cold_user_1", 10, {"ndcg@10": 0.1}, {u: 0.1 for u in users[10:20]})
+    scores.seeds_of = {m: [0] for m in (*rows, "coldstart_none", "coldstart_early_fusion")}
+    recs = aggregate(scores, EvaluateConfig(dataset="toy", bootstrap_samples=100))
+    gains = {(r["model"], r["reference"]): r for r in recs if r.get("comparison") == "llm_gain"}
+    assert set(gains) == {("three_tower_llm_lora_tags", "three_tower_heuristic_tags"),
+                          ("sasrec_ce_llm_ranker", "sasrec_ce"), ("coldstart_early_fusion", "coldstart_none")}
+    lora = gains[("three_tower_llm_lora_tags", "three_tower_heuristic_tags")]
+    assert lora["metric"] == "ndcg@10_diff_vs_three_tower_heuristic_tags"
+    assert lora["value"] == pytest.approx(0.03) and lora["significant"] is True
+    assert gains[("coldstart_early_fusion", "coldstart_none")]["n"] == 10  # the shared users only
+    assert gains[("coldstart_early_fusion", "coldstart_none")]["value"] == pytest.approx(-0.1)
+    # A ranker over SASRec+ has one difference record against it, marked as the LLM gain (no duplicate).
+    vs_sasrec = [r for r in recs if r["model"] == "sasrec_ce_llm_ranker" and r["metric"] == "ndcg@10_diff_vs_sasrec_ce"]
+    assert len(vs_sasrec) == 1 and vs_sasrec[0]["value"] == pytest.approx(-0.01)
+    assert not [r for r in recs if r["model"] == "three_tower_heuristic_tags" and r.get("comparison")]
+    md = render_markdown(recs, {"evaluate_config": {"seeds": [0], "k": 10}})
+    assert "## What the LLM stage adds: NDCG@10 difference against the same model without it" in md
+    assert "| three_tower_llm_lora_tags | three_tower_heuristic_tags | +0.0300 [+0.0300, +0.0300]* | – |" in md
+    assert "| coldstart_early_fusion | coldstart_none | – | -0.1000 [-0.1000, -0.1000]* |" in md
+    without_llm = [r for r in recs if not r.get("comparison") and r["model"] in ("sasrec_ce", "three_tower_heuristic_tags")]
+    assert "What the LLM stage adds" not in render_markdown(without_llm, {"evaluate_config": {"k": 10}})
+
+
 def test_aggregate_adds_differences_against_the_baseline_that_leads_on_validation():
     from llmrec.config import EvaluateConfig
     from llmrec.eval.run import Scores, aggregate

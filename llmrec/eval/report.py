@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from llmrec.eval.plots import plot_ndcg_by_history, plot_ndcg_by_slice
-from llmrec.eval.tables import (BASELINE, FALLBACK_LIMIT, diff_table, render_table, share_table,
+from llmrec.eval.tables import (BASELINE, FALLBACK_LIMIT, diff_table, llm_gain_table, render_table, share_table,
                                 strongest_baseline, table_values, target_lines)
 
 __all__ = ["render_markdown", "target_lines", "write_report"]
@@ -59,6 +59,7 @@ def render_markdown(records: Sequence[dict], settings: dict, plots: Sequence[Pat
         f"## HR@{k}", "", render_table(records, f"hr@{k}", k), "",
         f"## NDCG@{k} difference vs SASRec+ (paired over users, seeds pooled; 95% bootstrap interval, "
         "* significant)", "", *diff_table(records, k), "",
+        *llm_gain_lines(records, k),
         f"## Verdict (fused three-tower vs SASRec+, NDCG@{k})", "", *target_lines(records, k), "",
         *leader_verdict(records, k),
         f"## All users: MRR, coverage@{k}, long-tail share@{k}", "",
@@ -111,6 +112,15 @@ def render_markdown(records: Sequence[dict], settings: dict, plots: Sequence[Pat
                 lines.append(f"- {m}: {notes[m]['slices']}; tags table {notes[m]['tags'].get('path')}.")
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def llm_gain_lines(records: Sequence[dict], k: int = 10) -> list[str]:
+    """The section on what each LLM stage adds over the same model without it (nothing when no LLM row ran)."""
+    table = llm_gain_table(records, k)
+    if not table:
+        return []
+    return [f"## What the LLM stage adds: NDCG@{k} difference against the same model without it (paired over "
+            "users, seeds pooled; 95% bootstrap interval, * significant)", "", *table, ""]
 
 
 def leader_verdict(records: Sequence[dict], k: int = 10) -> list[str]:

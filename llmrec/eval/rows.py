@@ -32,6 +32,10 @@ REFERENCE_ROW = "sasrec_ce"  # SASRec+: every row's paired NDCG difference is ta
 # Listwise LLM ranker over a retriever's top-K (llmrec.listwise), lambda chosen on validation: row -> retriever row.
 RANKER_ROWS = {"sasrec_ce_llm_ranker": "sasrec_ce", "three_tower_llm_ranker": "three_tower_heuristic_tags"}
 LLM_CALLING_ROWS = ("three_tower_llm_rerank", "coldstart_early_fusion", "coldstart_late_fusion", *RANKER_ROWS)
+# Each LLM row and the same model without its LLM stage: what the LLM adds is the paired difference between them.
+LLM_COUNTERPARTS = {**{row: "three_tower_heuristic_tags" for row in (*LLM_TAG_ROWS, "three_tower_llm_rerank")},
+                    **{row: "coldstart_none" for row, fusion in COLDSTART_ROWS.items() if fusion is not None},
+                    **RANKER_ROWS}
 
 
 def planned_pairs(rows: Sequence[str], config: EvaluateConfig) -> int:

@@ -28,7 +28,7 @@ from llmrec.eval.protocol import (Protocol, SliceView, build_protocol, long_tail
                                   score_view, tags_parquet)
 from llmrec.eval.protocol import target_behaviors
 from llmrec.eval.rows import (ABLATIONS, BASE_TOWER_ROWS, BASELINE_ROWS, COLDSTART_ROWS, ID_TOWER_ROWS,
-                              LLM_TAG_ROWS,
+                              LLM_COUNTERPARTS, LLM_TAG_ROWS,
                               RANKER_ROWS, REFERENCE_ROW, SASREC_ROWS, TowerScorer, absent_rows, planned_pairs,
                               resumable_rows, row_config)
 from llmrec.eval.stats import paired_difference
@@ -429,8 +429,10 @@ class Evaluation:
 
 
 def aggregate(scores: Scores, config: EvaluateConfig) -> list[dict]:
-    """Mean/std over seeds per (row, slice, metric), plus the paired NDCG difference against SASRec+, and for
-    the fused rows against the strongest baseline (chosen on validation) when that is not SASRec+."""
+    """Mean/std over seeds per (row, slice, metric), plus the paired NDCG difference against SASRec+, for each
+    LLM row against the same model without its LLM stage (`LLM_COUNTERPARTS`, records marked
+    comparison="llm_gain"), and for the fused rows against the strongest baseline (chosen on validation) when
+    that is not SASRec+."""
     out, contexts = [], {}
     for (model, s), runs in scores.values.items():
         ctx = contexts[(model, s)] = {"model": model, "slice": s, "n": scores.n_of[(model, s)],
@@ -445,7 +447,13 @@ def aggregate(scores: Scores, config: EvaluateConfig) -> list[dict]:
             v = np.array([r[metric] for r in runs])
             out.append(record(BENCHMARK, metric, float(v.mean()), "fraction",
                               **ctx, std=float(v.std(ddof=1)) if v.size > 1 else 0.0))
-        out += difference_record(scores, config, model, s, REFERENCE_ROW, ctx)
+        # The LLM stage's own gain, on the users both rows scored (one record when the counterpart is SASRec+).
+        without = LLM_COUNTERPARTS.get(model)
+        gain_ctx = {**ctx, "comparison": "llm_gain", "reference": without} if without else ctx
+        out += difference_record(scores, config, model, s, REFERENCE_ROW,
+                                 gain_ctx if without == REFERENCE_ROW else ctx)
+        if without and without != REFERENCE_ROW:
+            out += difference_record(scores, config, model, s, without, gain_ctx)
     leader = strongest_baseline(out, config.k)
     if leader is not None and leader != REFERENCE_ROW:
         for (model, s), ctx in contexts.items():

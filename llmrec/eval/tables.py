@@ -96,6 +96,24 @@ def diff_table(records: Sequence[dict], k: int = 10) -> list[str]:
     return lines
 
 
+def llm_gain_table(records: Sequence[dict], k: int = 10) -> list[str]:
+    """Paired NDCG@k difference of each LLM row against the same model without its LLM stage (records marked
+    comparison="llm_gain"): mean [95% interval], * where significant. Empty without such records."""
+    gains = [r for r in records if r.get("comparison") == "llm_gain" and r["metric"].startswith(f"ndcg@{k}_diff_vs_")]
+    if not gains:
+        return []
+    slices = slices_of(gains)
+    by_row: dict[tuple[str, str], dict[str, dict]] = {}
+    for r in gains:
+        by_row.setdefault((r["model"], r["reference"]), {})[r["slice"]] = r
+    lines = ["| LLM row | without the LLM stage | " + " | ".join(slices) + " |", "|---|---|" + "---|" * len(slices)]
+    for (model, reference), row in by_row.items():
+        cells = [f"{r['value']:+.4f} [{r['lo']:+.4f}, {r['hi']:+.4f}]{'*' if r.get('significant') else ''}"
+                 if (r := row.get(s)) else "–" for s in slices]
+        lines.append(f"| {model} | {reference} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def share_table(records: Sequence[dict]) -> list[str]:
     """llm_share / fallback_share per row and slice, where the records carry them (rows over the limit marked)."""
     shares = {m: table_values(records, m) for m in ("llm_share", "fallback_share")}
