@@ -277,6 +277,18 @@ def test_llm_rows_run_end_to_end_and_a_failing_row_is_reported(tiny, tmp_path):
         for s in ("cold_user_0", "cold_user_1")}
     assert "engine died" in run.settings["absent"]["three_tower_llm_rerank"]
     assert run.settings["notes"]["coldstart"]["cold_user_0"]["generated"] == 2
+    # Each fusion row reports how many of its users an LLM answer served, and its gain over coldstart_none.
+    shares = {(r["model"], r["slice"], r["metric"]): r["value"] for r in run.records
+              if r["metric"] in ("llm_share", "fallback_share")}
+    for m in ("coldstart_early_fusion", "coldstart_late_fusion"):
+        for s in ("cold_user_0", "cold_user_1"):
+            fallback = run.settings["notes"]["coldstart"][s]["fallback"] / 2
+            assert shares[(m, s, "fallback_share")] == pytest.approx(fallback)
+            assert shares[(m, s, "llm_share")] == pytest.approx(1.0 - fallback)
+    assert not [k for k in shares if k[0] == "coldstart_none"]
+    assert {(r["model"], r["reference"], r["slice"]) for r in run.records if r.get("comparison") == "llm_gain"} == {
+        (m, "coldstart_none", s) for m in ("coldstart_early_fusion", "coldstart_late_fusion")
+        for s in ("cold_user_0", "cold_user_1")}
     assert len(backend.calls) == 2  # one generation batch per cold slice, reused by the second seed
     # One cache file per slice (a user shows each slice another history): a rerun generates nothing.
     assert {p.name for p in tmp_path.glob("cold*.json")} == {"cold.cold_user_0.json", "cold.cold_user_1.json"}

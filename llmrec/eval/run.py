@@ -148,7 +148,7 @@ class Evaluation:
         return EvaluationRun(records=aggregate(self.scores, config) + self.llm_share_records(), settings=settings)
 
     def llm_share_records(self) -> list[dict]:
-        """Per LLM-tag row and scored slice: llm_share, the share of the slice's users whose tags came from a
+        """Per LLM-tag row and scored slice (and per cold-start fusion row, `coldstart_share_records`): llm_share, the share of the slice's users whose tags came from a
         validated LLM answer, and fallback_share, the rest (a flagged fallback, a heuristic stand-in, no row in
         the table, or a table without a `source` column)."""
         out = []
@@ -168,6 +168,24 @@ class Evaluation:
                        "n": n, "dataset": self.config.dataset, "std": 0.0}
                 out += [record(BENCHMARK, "llm_share", llm, "fraction", **ctx),
                         record(BENCHMARK, "fallback_share", 1.0 - llm, "fraction", **ctx)]
+        return out + self.coldstart_share_records()
+
+    def coldstart_share_records(self) -> list[dict]:
+        """Per cold-start fusion row and cold slice: llm_share, the share of the sampled users whose imagined
+        history is a validated LLM answer (new or cached), and fallback_share, those served the flagged
+        examples' fallback (from the slice's imagining stats in the notes)."""
+        out = []
+        stats = self.notes.get("coldstart") or {}
+        for row in (r for r, fusion in COLDSTART_ROWS.items() if fusion is not None and r in self.scores.seeds_of):
+            for s, st in stats.items():
+                if not isinstance(st, dict) or (row, s) not in self.scores.n_of or not st.get("n_users"):
+                    continue
+                n = st["n_users"]
+                ctx = {"model": row, "slice": s, "seeds": ",".join(str(x) for x in self.scores.seeds_of[row]),
+                       "n": self.scores.n_of[(row, s)], "dataset": self.config.dataset, "std": 0.0}
+                out += [record(BENCHMARK, "llm_share", (n - st["fallback"] - st.get("not_cold", 0)) / n, "fraction",
+                               **ctx),
+                        record(BENCHMARK, "fallback_share", st["fallback"] / n, "fraction", **ctx)]
         return out
 
     def restore(self, resume: Mapping) -> None:
