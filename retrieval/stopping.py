@@ -4,7 +4,8 @@ Why not "stop after `patience` epochs without a new best": validation NDCG@10 ov
 users moves by more than the per-epoch gain once training is past its fast start. On a held-out ~10k-item
 MovieLens set that rule (patience 8 epochs) stopped the tower at best epoch 2 of 10 (test NDCG@10 0.015,
 below popularity's 0.018), while SASRec+ on the same split trained to epoch 116 (0.053) and the tower itself,
-given patience 40 over 120 epochs, reached 0.034 at epoch 108. Three guards, each cheap:
+given patience 40 over 120 epochs, reached 0.034 at epoch 108 (all before the position-embedding fix,
+`TowerConfig.position_init_std`). Three guards, each cheap:
 
 - evaluate every `eval_every` epochs (SASRec+ uses 4): fewer, further-apart looks at the noise;
 - count patience in evaluations of the *mean of the last `smooth_evals` values*, so one lucky evaluation

@@ -100,7 +100,8 @@ def test_each_llm_row_is_compared_with_the_same_model_without_its_llm_stage():
     assert "## What the LLM stage adds: NDCG@10 difference against the same model without it" in md
     assert "| three_tower_llm_lora_tags | three_tower_heuristic_tags | +0.0300 [+0.0300, +0.0300]* | – |" in md
     assert "| coldstart_early_fusion | coldstart_none | – | -0.1000 [-0.1000, -0.1000]* |" in md
-    without_llm = [r for r in recs if not r.get("comparison") and r["model"] in ("sasrec_ce", "three_tower_heuristic_tags")]
+    without_llm = [r for r in recs
+                   if not r.get("comparison") and r["model"] in ("sasrec_ce", "three_tower_heuristic_tags")]
     assert "What the LLM stage adds" not in render_markdown(without_llm, {"evaluate_config": {"k": 10}})
 
 

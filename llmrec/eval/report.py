@@ -106,7 +106,8 @@ def render_markdown(records: Sequence[dict], settings: dict, plots: Sequence[Pat
                                f"{t['valid_ndcg@10']:.4f} (best epoch {t['best_epoch']})" for t in search["trials"])
             lines.append(f"- Tower settings searched on validation before any tower row trained (first seed, "
                          f"{search['seconds']:.0f} s); every tower row uses the winner "
-                         f"{', '.join(f'{key} {val}' for key, val in search['best'].items())}. Valid NDCG@{k}: {trials}.")
+                         f"{', '.join(f'{key} {val}' for key, val in search['best'].items())}. "
+                         f"Valid NDCG@{k}: {trials}.")
         for m in ("three_tower_llm_tags", "three_tower_llm_lora_tags"):
             if m in notes:
                 lines.append(f"- {m}: {notes[m]['slices']}; tags table {notes[m]['tags'].get('path')}.")

@@ -148,9 +148,9 @@ class Evaluation:
         return EvaluationRun(records=aggregate(self.scores, config) + self.llm_share_records(), settings=settings)
 
     def llm_share_records(self) -> list[dict]:
-        """Per LLM-tag row and scored slice (and per cold-start fusion row, `coldstart_share_records`): llm_share, the share of the slice's users whose tags came from a
+        """Per LLM-tag row and scored slice: llm_share, the share of the slice's users whose tags came from a
         validated LLM answer, and fallback_share, the rest (a flagged fallback, a heuristic stand-in, no row in
-        the table, or a table without a `source` column)."""
+        the table, or a table without a `source` column); then the cold-start rows' (`coldstart_share_records`)."""
         out = []
         for row, key in LLM_TAG_ROWS.items():
             if row not in self.scores.seeds_of or getattr(self.config, key) is None:
