@@ -82,6 +82,13 @@ def render_table(records: Sequence[dict], metric: str, k: int = 10) -> str:
     return "\n".join(lines)
 
 
+def diff_cell(diff: dict | None) -> str:
+    """A paired difference record as "mean [lo, hi]", * when significant; "–" for none."""
+    if not diff:
+        return "–"
+    return f"{diff['value']:+.4f} [{diff['lo']:+.4f}, {diff['hi']:+.4f}]{'*' if diff.get('significant') else ''}"
+
+
 def diff_table(records: Sequence[dict], k: int = 10) -> list[str]:
     """Paired NDCG@k difference vs SASRec+ per row and slice: mean [95% interval], * where significant."""
     diffs = table_values(records, diff_metric(k))
@@ -90,8 +97,7 @@ def diff_table(records: Sequence[dict], k: int = 10) -> list[str]:
     slices = [s for s in slices_of(records) if any(s in row for row in diffs.values())]
     lines = ["| model | " + " | ".join(slices) + " |", "|---|" + "---|" * len(slices)]
     for model, row in diffs.items():
-        cells = [f"{r['value']:+.4f} [{r['lo']:+.4f}, {r['hi']:+.4f}]{'*' if r.get('significant') else ''}"
-                 if (r := row.get(s)) else "–" for s in slices]
+        cells = [diff_cell(row.get(s)) for s in slices]
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     return lines
 
@@ -108,8 +114,7 @@ def llm_gain_table(records: Sequence[dict], k: int = 10) -> list[str]:
         by_row.setdefault((r["model"], r["reference"]), {})[r["slice"]] = r
     lines = ["| LLM row | without the LLM stage | " + " | ".join(slices) + " |", "|---|---|" + "---|" * len(slices)]
     for (model, reference), row in by_row.items():
-        cells = [f"{r['value']:+.4f} [{r['lo']:+.4f}, {r['hi']:+.4f}]{'*' if r.get('significant') else ''}"
-                 if (r := row.get(s)) else "–" for s in slices]
+        cells = [diff_cell(row.get(s)) for s in slices]
         lines.append(f"| {model} | {reference} | " + " | ".join(cells) + " |")
     return lines
 
