@@ -164,11 +164,15 @@ class Evaluation:
                     continue
                 users, sources = self.proto.slices[s].users, self.sources[f"{row}@valid" if s == "valid" else row]
                 llm = sum(sources.get(u) == "llm" for u in users) / max(len(users), 1)
-                ctx = {"model": row, "slice": s, "seeds": ",".join(str(x) for x in self.scores.seeds_of[row]),
-                       "n": n, "dataset": self.config.dataset, "std": 0.0}
-                out += [record(BENCHMARK, "llm_share", llm, "fraction", **ctx),
-                        record(BENCHMARK, "fallback_share", 1.0 - llm, "fraction", **ctx)]
+                out += self.share_records(row, s, llm, 1.0 - llm)
         return out + self.coldstart_share_records()
+
+    def share_records(self, row: str, slice_name: str, llm: float, fallback: float) -> list[dict]:
+        """The llm_share and fallback_share records of one (row, slice)."""
+        ctx = {"model": row, "slice": slice_name, "seeds": ",".join(str(x) for x in self.scores.seeds_of[row]),
+               "n": self.scores.n_of[(row, slice_name)], "dataset": self.config.dataset, "std": 0.0}
+        return [record(BENCHMARK, "llm_share", llm, "fraction", **ctx),
+                record(BENCHMARK, "fallback_share", fallback, "fraction", **ctx)]
 
     def coldstart_share_records(self) -> list[dict]:
         """Per cold-start fusion row and cold slice: llm_share, the share of the sampled users whose imagined
@@ -181,11 +185,8 @@ class Evaluation:
                 if not isinstance(st, dict) or (row, s) not in self.scores.n_of or not st.get("n_users"):
                     continue
                 n = st["n_users"]
-                ctx = {"model": row, "slice": s, "seeds": ",".join(str(x) for x in self.scores.seeds_of[row]),
-                       "n": self.scores.n_of[(row, s)], "dataset": self.config.dataset, "std": 0.0}
-                out += [record(BENCHMARK, "llm_share", (n - st["fallback"] - st.get("not_cold", 0)) / n, "fraction",
-                               **ctx),
-                        record(BENCHMARK, "fallback_share", st["fallback"] / n, "fraction", **ctx)]
+                out += self.share_records(row, s, (n - st["fallback"] - st.get("not_cold", 0)) / n,
+                                          st["fallback"] / n)
         return out
 
     def restore(self, resume: Mapping) -> None:
@@ -467,10 +468,10 @@ def aggregate(scores: Scores, config: EvaluateConfig) -> list[dict]:
                               **ctx, std=float(v.std(ddof=1)) if v.size > 1 else 0.0))
         # The LLM stage's own gain, on the users both rows scored (one record when the counterpart is SASRec+).
         without = LLM_COUNTERPARTS.get(model)
-        gain_ctx = {**ctx, "comparison": "llm_gain", "reference": without} if without else ctx
+        gain_ctx = {**ctx, "comparison": "llm_gain", "reference": without}
         out += difference_record(scores, config, model, s, REFERENCE_ROW,
                                  gain_ctx if without == REFERENCE_ROW else ctx)
-        if without and without != REFERENCE_ROW:
+        if without not in (None, REFERENCE_ROW):
             out += difference_record(scores, config, model, s, without, gain_ctx)
     leader = strongest_baseline(out, config.k)
     if leader is not None and leader != REFERENCE_ROW:
