@@ -48,3 +48,23 @@ def test_tower_search_runs_on_validation_and_its_winner_trains_the_rows(tiny):
     assert run.settings["model_configs"]["three_tower_notag"]["towers"]["lr"] == search["best"]["lr"]
     md = render_markdown(run.records, run.settings)
     assert f"every tower row uses the winner lr {search['best']['lr']}. Valid NDCG@10: lr 0.0001: " in md
+
+
+def test_ranker_rows_resume_over_a_finished_retriever_row_and_retrain_the_same_model(tiny):
+    """A ranker row added later (`--resume`) trains its retriever again without scoring the retriever's row twice,
+    and the seed gives the very model the resumed row was scored with."""
+    base = dict(seeds=(0,), cold_user_share=0.0, ranker_users=6, listwise=ListwiseConfig(candidates=5),
+                sasrec=SASRecConfig(maxlen=20, epochs=1, eval_every=1, patience=1))
+    first = run_evaluation(tiny, EvaluateConfig(models=("sasrec_ce",), **base))
+    backend = FlatRanker()
+    second = run_evaluation(tiny, EvaluateConfig(models=("sasrec_ce", "sasrec_ce_llm_ranker"), **base),
+                            backend=backend, resume=first.settings)
+    assert sorted(map(tuple, second.settings["finished"])) == [("sasrec_ce", 0), ("sasrec_ce_llm_ranker", 0)]
+    assert len(second.settings["model_reports"]["sasrec_ce"]) == 1  # taken over, not added again
+    note = second.settings["notes"]["sasrec_ce_llm_ranker"]
+    per_user = next(r["ndcg_by_user"] for r in first.settings["raw"]
+                    if r["model"] == "sasrec_ce" and r["slice"] == "all")
+    ranker_users = next(r["ndcg_by_user"] for r in second.settings["raw"] if r["model"] == "sasrec_ce_llm_ranker")
+    same = sum(per_user[u] for u in ranker_users) / len(ranker_users)
+    assert abs(note["base_on_same_users"]["ndcg@10"] - same) < 1e-6
+    assert len(backend.calls) == 1  # validation only: lambda = 0 wins, the test pass needs no LLM call

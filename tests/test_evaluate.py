@@ -437,7 +437,9 @@ def test_llm_tag_rows_record_llm_share_over_each_slices_users(tiny, tmp_path):
     assert shares(half) == {"llm_share": pytest.approx(expect), "fallback_share": pytest.approx(1 - expect)}
 
 
-def test_llm_tag_row_trains_and_validates_on_the_validation_time_table(tiny, tmp_path, monkeypatch):
+@pytest.mark.parametrize("row,key", [("three_tower_llm_lora_tags", "llm_lora_tags"),
+                                     ("three_tower_llm_self_tags", "llm_self_tags")])
+def test_llm_tag_row_trains_and_validates_on_the_validation_time_table(tiny, tmp_path, monkeypatch, row, key):
     import pyarrow.parquet as pq
 
     import retrieval.train
@@ -458,14 +460,34 @@ def test_llm_tag_row_trains_and_validates_on_the_validation_time_table(tiny, tmp
     towers = TowerConfig(encoder="hashed-bow", cache_dir=str(tmp_path / "cache"), dim=16, hidden=32, max_len=20,
                          layers=1, heads=2, batch_size=8, tag_batch_size=32, uniform_negatives=32, epochs=1,
                          patience=1, threads=1, beta_grid=(1.0,))
-    config = EvaluateConfig(dataset="tiny", models=("three_tower_llm_lora_tags",), seeds=(0,), max_users=12,
-                            cold_lengths=(0,), short_lengths=(1,), use_llm=False, towers=towers,
-                            llm_lora_tags=str(tmp_path / "test"), llm_lora_tags_valid=str(tmp_path / "valid"))
+    config = EvaluateConfig(dataset="tiny", models=(row,), seeds=(0,), max_users=12, cold_lengths=(0,),
+                            short_lengths=(1,), use_llm=False, towers=towers,
+                            **{key: str(tmp_path / "test"), f"{key}_valid": str(tmp_path / "valid")})
     run = run_evaluation(tiny, config)
     assert {t for tags in seen[0].values() for t in tags} == {"1980s comedy"}  # never the test-time table
-    assert "tags_valid" in run.settings["notes"]["three_tower_llm_lora_tags"]
-    valid = [r for r in run.records if r["model"] == "three_tower_llm_lora_tags" and r["slice"] == "valid"]
+    assert "tags_valid" in run.settings["notes"][row]
+    valid = [r for r in run.records if r["model"] == row and r["slice"] == "valid"]
     assert valid and not [r for r in valid if r.get("optimistic")]
     # A table mined as of the test time is refused as the validation-time one.
     with pytest.raises(DataError, match="mined as of 'test'"):
-        run_evaluation(tiny, config.model_copy(update={"llm_lora_tags_valid": str(tmp_path / "test")}))
+        run_evaluation(tiny, config.model_copy(update={f"{key}_valid": str(tmp_path / "test")}))
+
+
+def test_resume_ignores_llm_batch_sizes_but_not_what_a_row_scores():
+    from llmrec.config import ColdStartConfig
+    from llmrec.eval.rows import resumable_rows, row_config
+
+    rows = ("coldstart_late_fusion", "sasrec_ce_llm_ranker")
+    before = EvaluateConfig(coldstart=ColdStartConfig(batch_size=8))
+    settings = {"split_hash": "h", "finished": [[m, 0] for m in rows],
+                "model_configs": {m: row_config(m, before) for m in rows}}
+
+    def taken(config: EvaluateConfig) -> list:
+        return resumable_rows(settings, "h", {m: row_config(m, config) for m in rows})
+
+    faster = EvaluateConfig(coldstart=ColdStartConfig(batch_size=None),
+                            listwise=before.listwise.model_copy(update={"batch_size": 64}))
+    assert taken(faster) == [[m, 0] for m in rows]
+    other = EvaluateConfig(coldstart=ColdStartConfig(batch_size=8, max_events=10),
+                           listwise=before.listwise.model_copy(update={"lambdas": (0.0, 1.0)}))
+    assert taken(other) == []

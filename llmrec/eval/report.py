@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from llmrec.eval.plots import plot_ndcg_by_history, plot_ndcg_by_slice
+from llmrec.eval.rows import LLM_TAG_ROWS
 from llmrec.eval.tables import (BASELINE, FALLBACK_LIMIT, diff_table, llm_gain_table, render_table, share_table,
                                 strongest_baseline, table_values, target_lines)
 
@@ -108,7 +109,7 @@ def render_markdown(records: Sequence[dict], settings: dict, plots: Sequence[Pat
                          f"{search['seconds']:.0f} s); every tower row uses the winner "
                          f"{', '.join(f'{key} {val}' for key, val in search['best'].items())}. "
                          f"Valid NDCG@{k}: {trials}.")
-        for m in ("three_tower_llm_tags", "three_tower_llm_lora_tags"):
+        for m in LLM_TAG_ROWS:
             if m in notes:
                 lines.append(f"- {m}: {notes[m]['slices']}; tags table {notes[m]['tags'].get('path')}.")
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]

@@ -12,7 +12,8 @@ import numpy as np
 
 from llmrec.config import EvaluateConfig
 
-LLM_TAG_ROWS = {"three_tower_llm_tags": "llm_tags", "three_tower_llm_lora_tags": "llm_lora_tags"}
+LLM_TAG_ROWS = {"three_tower_llm_tags": "llm_tags", "three_tower_llm_lora_tags": "llm_lora_tags",
+                "three_tower_llm_self_tags": "llm_self_tags"}
 # logQ and mixed negatives exist only under the sampled softmax (the full softmax scores every item), so those
 # ablations train sampled, against three_tower_sampled_softmax as their reference.
 ABLATIONS = {"three_tower_sampled_softmax": {"softmax": "sampled"},
@@ -36,6 +37,8 @@ LLM_CALLING_ROWS = ("three_tower_llm_rerank", "coldstart_early_fusion", "coldsta
 LLM_COUNTERPARTS = {**{row: "three_tower_heuristic_tags" for row in (*LLM_TAG_ROWS, "three_tower_llm_rerank")},
                     **{row: "coldstart_none" for row, fusion in COLDSTART_ROWS.items() if fusion is not None},
                     **RANKER_ROWS}
+# Self-trained tags against the tags of the SFT adapter they started from (round 0): what self-training adds.
+ROUND_COUNTERPARTS = {"three_tower_llm_self_tags": "three_tower_llm_lora_tags"}
 
 
 def planned_pairs(rows: Sequence[str], config: EvaluateConfig) -> int:
@@ -93,16 +96,30 @@ def row_config(model: str, config: EvaluateConfig) -> dict:
             "beta": 1.0 if model in ("three_tower_notag", *ID_TOWER_ROWS) else "chosen on validation"}
 
 
+# Row-config fields that set how many prompts go to the LLM per call: how fast a row runs, not what it scores
+# (ML-100K cold start: the same imagined items for all 100 users at 8 per call and in one call). A run that
+# differs from an earlier one only in these takes the earlier pairs over.
+SPEED_FIELDS = {"coldstart": "batch_size", "listwise": "batch_size", "rerank": "batch_size"}
+
+
+def without_speed_fields(row_cfg: Mapping) -> dict:
+    """A frozen row config less its `SPEED_FIELDS`: what must be equal for `--resume` to take a pair over."""
+    return {key: ({f: x for f, x in value.items() if f != SPEED_FIELDS[key]}
+                  if key in SPEED_FIELDS and isinstance(value, Mapping) else value)
+            for key, value in row_cfg.items()}
+
+
 def resumable_rows(settings: Mapping, split_hash: str, configs: Mapping[str, dict]) -> list[list]:
     """The [model, seed] pairs of an earlier run's settings that a new run may take over unchanged.
 
-    Nothing when the split differs; per row, only when its config (as `row_config` freezes it) is equal.
+    Nothing when the split differs; per row, only when its config (as `row_config` freezes it) is equal, speed
+    fields aside (`without_speed_fields`).
     """
     if settings.get("split_hash") != split_hash:
         return []
     before = settings.get("model_configs", {})
     return [[m, s] for m, s in settings.get("finished", [])
-            if m in configs and before.get(m) == configs[m]]
+            if m in configs and m in before and without_speed_fields(before[m]) == without_speed_fields(configs[m])]
 
 
 def absent_rows(config: EvaluateConfig) -> dict[str, str]:

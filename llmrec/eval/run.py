@@ -28,9 +28,8 @@ from llmrec.eval.protocol import (Protocol, SliceView, build_protocol, long_tail
                                   score_view, tags_parquet)
 from llmrec.eval.protocol import target_behaviors
 from llmrec.eval.rows import (ABLATIONS, BASE_TOWER_ROWS, BASELINE_ROWS, COLDSTART_ROWS, ID_TOWER_ROWS,
-                              LLM_COUNTERPARTS, LLM_TAG_ROWS,
-                              RANKER_ROWS, REFERENCE_ROW, SASREC_ROWS, TowerScorer, absent_rows, planned_pairs,
-                              resumable_rows, row_config)
+                              LLM_COUNTERPARTS, LLM_TAG_ROWS, RANKER_ROWS, REFERENCE_ROW, ROUND_COUNTERPARTS,
+                              SASREC_ROWS, TowerScorer, absent_rows, planned_pairs, resumable_rows, row_config)
 from llmrec.eval.stats import paired_difference
 from llmrec.eval.tag_metrics import tag_sources
 from llmrec.eval.tables import FUSED_ROWS, strongest_baseline
@@ -299,7 +298,9 @@ class Evaluation:
         from retrieval.sasrec import train_sasrec
 
         for row, switch in SASREC_ROWS.items():
-            if not self.due(row, seed):
+            # A ranker row over this retriever trains it again when the retriever's own row was resumed: the
+            # ranker needs the model, and the same seed gives the same model (its row is not scored twice).
+            if not self.due(row, seed) and not self.ranker_due(row, seed):
                 continue
             t0 = time.perf_counter()
             cfg = self.config.sasrec.model_copy(update={**switch, "seed": seed})
@@ -307,21 +308,27 @@ class Evaluation:
             scorer, rep = train_sasrec(self.proto.split, self.proto.vocab, cfg,
                                        item_features=self.content_matrix() if cfg.content_features else None,
                                        behaviors=self.train_dataset.behavior_vocab)
-            self.reports.setdefault(row, []).append({"seed": seed, **{k: v for k, v in rep.items() if k != "curve"}})
             log.info("[evaluate] %s seed=%d trained in %.0fs (best epoch %d)", row, seed, time.perf_counter() - t0,
                      rep["best_epoch"])
-            self.add(row, seed, scorer, self.proto.slices)
-            self.finish(row, seed)
+            if self.due(row, seed):
+                self.reports.setdefault(row, []).append({"seed": seed, **{k: v for k, v in rep.items()
+                                                                          if k != "curve"}})
+                self.add(row, seed, scorer, self.proto.slices)
+                self.finish(row, seed)
             self.score_ranker(row, seed, lambda s, sc=scorer: sc)
 
+    def ranker_due(self, base_row: str, seed: int) -> list[str]:
+        """The listwise ranker rows over `base_row` still to run at `seed` (first seed only, like every LLM row)."""
+        return [r for r, b in RANKER_ROWS.items()
+                if b == base_row and seed == self.config.seeds[0] and self.due(r, seed)]
+
     def score_ranker(self, base_row: str, seed: int, base_for: Callable[[str], SequenceScorer]) -> None:
-        """The listwise LLM ranker rows over `base_row` (first seed only, like every LLM row)."""
-        for row in (r for r, b in RANKER_ROWS.items() if b == base_row):
-            if seed == self.config.seeds[0] and self.due(row, seed):
-                self.notes[row] = self.guarded([row], lambda r=row: ranker_row(
-                    self.dataset, self.proto, self.config, r, base_for, self.get_backend(), self.add, seed))
-                if row in self.rows:
-                    self.finish(row, seed)
+        """The listwise LLM ranker rows over `base_row`."""
+        for row in self.ranker_due(base_row, seed):
+            self.notes[row] = self.guarded([row], lambda r=row: ranker_row(
+                self.dataset, self.proto, self.config, r, base_for, self.get_backend(), self.add, seed))
+            if row in self.rows:
+                self.finish(row, seed)
 
     def content_matrix(self) -> np.ndarray:
         """(V, F) item content rows for sasrec_ce_content: the very features the towers' item tower reads."""
@@ -360,8 +367,8 @@ class Evaluation:
         from retrieval.train import train_towers
 
         first = seed == self.config.seeds[0]
-        first_only = ("three_tower_llm_rerank", "three_tower_llm_ranker")  # LLM rows: first seed only
-        if not any(self.due(m, seed) and (m not in first_only or first) for m in (*BASE_TOWER_ROWS, first_only[1])):
+        if not (any(self.due(m, seed) and (m != "three_tower_llm_rerank" or first) for m in BASE_TOWER_ROWS)
+                or self.ranker_due("three_tower_heuristic_tags", seed)):  # LLM rows: first seed only
             return
         base = train_towers(self.train_dataset, self.proto.split, self.config.towers.model_copy(update={"seed": seed}))
         log.info("[evaluate] three-tower seed=%d trained: beta=%s", seed, base.report["beta"])
@@ -473,6 +480,9 @@ def aggregate(scores: Scores, config: EvaluateConfig) -> list[dict]:
                                  gain_ctx if without == REFERENCE_ROW else ctx)
         if without not in (None, REFERENCE_ROW):
             out += difference_record(scores, config, model, s, without, gain_ctx)
+        if model in ROUND_COUNTERPARTS:
+            out += difference_record(scores, config, model, s, ROUND_COUNTERPARTS[model],
+                                     {**ctx, "comparison": "self_training_gain", "reference": ROUND_COUNTERPARTS[model]})
     leader = strongest_baseline(out, config.k)
     if leader is not None and leader != REFERENCE_ROW:
         for (model, s), ctx in contexts.items():

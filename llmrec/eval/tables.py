@@ -13,7 +13,8 @@ from typing import Sequence
 
 SLICE_ORDER = ("all", "short_1", "short_3", "short_5", "cold_user_0", "cold_user_1", "cold_user_3", "cold_user_5",
                "long_tail", "valid")
-FUSED_ROWS = ("three_tower_heuristic_tags", "three_tower_llm_tags", "three_tower_llm_lora_tags")
+FUSED_ROWS = ("three_tower_heuristic_tags", "three_tower_llm_tags", "three_tower_llm_lora_tags",
+              "three_tower_llm_self_tags")
 BASELINE = "sasrec_ce"
 # Rows that may lead as "the strongest baseline": everything that is not a three-tower row.
 BASELINE_CANDIDATES = ("popularity", "item_knn", "sasrec_bce", "sasrec_ce", "sasrec_ce_content")
@@ -104,14 +105,18 @@ def diff_table(records: Sequence[dict], k: int = 10) -> list[str]:
 
 def llm_gain_table(records: Sequence[dict], k: int = 10) -> list[str]:
     """Paired NDCG@k difference of each LLM row against the same model without its LLM stage (records marked
-    comparison="llm_gain"): mean [95% interval], * where significant. Empty without such records."""
-    gains = [r for r in records if r.get("comparison") == "llm_gain" and r["metric"].startswith(f"ndcg@{k}_diff_vs_")]
+    comparison="llm_gain"), and of self-trained tags against their round-0 tags ("self_training_gain"): mean
+    [95% interval], * where significant. Empty without such records."""
+    gains = [r for r in records if r.get("comparison") in ("llm_gain", "self_training_gain")
+             and r["metric"].startswith(f"ndcg@{k}_diff_vs_")]
     if not gains:
         return []
     slices = slices_of(gains)
     by_row: dict[tuple[str, str], dict[str, dict]] = {}
     for r in gains:
-        by_row.setdefault((r["model"], r["reference"]), {})[r["slice"]] = r
+        reference = r["reference"] + (" (round 0: the SFT adapter's tags)"
+                                      if r["comparison"] == "self_training_gain" else "")
+        by_row.setdefault((r["model"], reference), {})[r["slice"]] = r
     lines = ["| LLM row | without the LLM stage | " + " | ".join(slices) + " |", "|---|---|" + "---|" * len(slices)]
     for (model, reference), row in by_row.items():
         cells = [diff_cell(row.get(s)) for s in slices]
