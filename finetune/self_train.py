@@ -38,7 +38,7 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -357,14 +357,19 @@ def write_rounds(out: Path, adapter: Path, records: list[dict[str, Any]]) -> Pat
 
 
 def self_train(dataset: Any, config: SelfTrainConfig, adapter: str | Path, out: str | Path, *,
-               backend: LLMBackend, model: str | Path | None = None,
-               mining: MiningConfig | None = None) -> SelfTrainResult:
+               backend: LLMBackend | None = None, serve: Callable[[Path], LLMBackend] | None = None,
+               model: str | Path | None = None, mining: MiningConfig | None = None) -> SelfTrainResult:
     """`config.rounds` rounds of sample -> reward -> keep -> retrain from the SFT adapter `adapter` (round 0).
 
-    `backend` serves the base `model` and is handed each round's adapter folder (vLLM LoRARequest, or
-    transformers' peft wrapper); `mining` must be the one the adapter was trained with (its prompt and wire
-    schema). Writes out/round-r adapters and out/rounds.json; see the module docstring.
+    The sampler, one of: `backend`, which serves the base `model` and is handed each round's adapter folder
+    (vLLM LoRARequest, or transformers' peft wrapper); or `serve(adapter_dir)`, which returns a backend serving
+    that adapter merged into the weights (`llmrec.llm.model.merged_model`: the base model's speed, where vLLM's
+    CPU LoRA path is several times slower), closed after the round's sampling so training has the memory.
+    `mining` must be the one the adapter was trained with (its prompt and wire schema). Writes out/round-r
+    adapters and out/rounds.json; see the module docstring.
     """
+    if (backend is None) == (serve is None):
+        raise ValueError("self_train needs exactly one of backend (adapters passed per call) and serve (merged)")
     from llmrec.llm.base import read_adapter_rank
     from llmrec.llm.model import load_tokenizer, resolve_model
 
@@ -380,7 +385,14 @@ def self_train(dataset: Any, config: SelfTrainConfig, adapter: str | Path, out: 
     clear_rounds(out)
     pool, records, current = Pool(), [], adapter
     for r in range(1, config.rounds + 1):
-        samples, stats = sample_round(prep.cases, backend, current, config, prep.catalogue, mining, prep.attrs)
+        if serve is None:
+            samples, stats = sample_round(prep.cases, backend, current, config, prep.catalogue, mining, prep.attrs)
+        else:
+            sampler = serve(current)
+            try:
+                samples, stats = sample_round(prep.cases, sampler, None, config, prep.catalogue, mining, prep.attrs)
+            finally:
+                sampler.close()
         record = keep_round(r, prep.cases, samples, stats, prep.catalogue, pool)
         record["sampled_from"] = str(current)
         if pool.kept:

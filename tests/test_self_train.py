@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -224,6 +225,8 @@ def test_a_round_that_keeps_nothing_does_not_retrain(tiny, prep, tmp_path, monke
     result = st.self_train(tiny, _config(samples=3, rounds=1), sft, tmp_path / "self",
                            backend=FakeBackend(sft_echo(prep, 3, winner=False)), mining=MINING)
     assert result.final_adapter == sft and result.rounds[0]["kept"] == 0 and result.rounds[0]["adapter"] is None
+    with pytest.raises(ValueError, match="exactly one of backend"):
+        st.self_train(tiny, _config(), sft, tmp_path / "x", mining=MINING)
     with pytest.raises(AdapterError, match="round-0 adapter itself"):
         st.self_train(tiny, _config(), sft, sft, backend=FakeBackend(), mining=MINING)
     with pytest.raises(AdapterError, match="adapter_config.json"):
@@ -238,17 +241,21 @@ def test_finetune_cli_self_trains_two_rounds(ml100k, tokenizer, tmp_path, monkey
     from typer.testing import CliRunner
 
     import llmrec.llm
+    import llmrec.llm.model
     from llmrec.cli import app
 
     sft = _round0(tmp_path)
     prep = prepare_cases(ml100k, SelfTrainConfig(finetune=tiny_config(), max_users=20), tokenizer, MINING)
     fakes: list[FakeBackend] = []
+    served: list[str] = []
 
     def fake_backend(config):
+        served.append(config.model)
         fakes.append(FakeBackend(sft_echo(prep, 2)))
         return fakes[-1]
 
     monkeypatch.setattr(llmrec.llm, "make_backend", fake_backend)
+    monkeypatch.setattr(llmrec.llm.model, "merged_model", lambda model, adapter: Path(adapter) / "merged")
     out = tmp_path / "self"
     res = CliRunner().invoke(app, ["finetune", "--dataset", "ml-100k", "--task", "tags-self-train", "--tiny",
                                    "--adapter", str(sft), "--out", str(out), "--rounds", "2", "--samples", "2",
@@ -256,8 +263,9 @@ def test_finetune_cli_self_trains_two_rounds(ml100k, tokenizer, tmp_path, monkey
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert [r["round"] for r in summary["rounds"]] == [1, 2] and summary["final_adapter"] == str(out / "round-2")
-    # Round 2 sampled from round 1's adapter, in one call per round.
-    assert [c["adapter"] for c in fakes[0].calls] == [str(sft), str(out / "round-1")]
+    # Each round sampled from its adapter merged into the weights (round 2 from round 1's), in one call.
+    assert served == [str(sft / "merged"), str(out / "round-1" / "merged")]
+    assert [[c["adapter"] for c in f.calls] for f in fakes] == [[None], [None]]
     rounds = json.loads((out / "rounds.json").read_text())["rounds"]
     for r, rec in enumerate(rounds, start=1):
         assert rec["sampled"] == 2 * rec["cuts"] and rec["valid"] == rec["cuts"] and rec["kept"] > 0

@@ -48,6 +48,7 @@ def run_self_train(dataset: Any, out: Path, adapter: Path | None, config_file: P
     """Run the rounds and print a one-line JSON summary (per round: counts, mean rewards, adapter folder)."""
     from finetune.self_train import self_train
     from llmrec import llm
+    from llmrec.llm.model import merged_model
 
     if adapter is None:
         raise typer.BadParameter("--task tags-self-train needs --adapter: the SFT adapter of round 0 "
@@ -58,12 +59,11 @@ def run_self_train(dataset: Any, out: Path, adapter: Path | None, config_file: P
                                temperature=temperature, max_users=max_users)
     llm_config = LLMConfig.model_validate({k: v for k, v in {"model": model, "backend": backend}.items()
                                            if v is not None})
-    sampler = llm.make_backend(llm_config)
-    try:
-        result = self_train(dataset, config, adapter, out, backend=sampler, model=model,
-                            mining=adapter_mining(adapter))
-    finally:
-        sampler.close()
+    # Each round samples from its adapter merged into the weights (cached per adapter): vLLM's CPU LoRA path
+    # prefilled listwise-ranker prompts ~6x slower than the merged model (ML-100K, 2 cores).
+    result = self_train(dataset, config, adapter, out, model=model, mining=adapter_mining(adapter),
+                        serve=lambda a: llm.make_backend(llm_config.model_copy(
+                            update={"model": str(merged_model(model, a))})))
     keys = ("round", "sampled", "valid", "kept", "pool", "reward_kept", "reward_history_on_kept",
             "reward_sft_on_kept", "reward_history", "reward_sft_target", "adapter", "steps")
     print(json.dumps({"out": str(result.out), "final_adapter": str(result.final_adapter),
