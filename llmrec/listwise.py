@@ -15,13 +15,14 @@ reproduces the retriever's ranking exactly (log-softmax is monotone), and lambda
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from llmrec.config import ListwiseConfig
-from llmrec.llm.base import LLMBackend, Messages
+from llmrec.llm.base import LLMBackend, Messages, encode_prompts
 from llmrec.llm.prompts import render_prompt
 from llmrec.metrics import ndcg_at_k, target_ranks, topk
 from llmrec.rerank import clip_narrative, describe_item
@@ -101,13 +102,24 @@ class ListwiseCandidates:
         return fuse_topk(self.base, self.top, self.ranker, lam)
 
 
+def candidate_items(top: np.ndarray, items: Sequence[Item]) -> list[list[Item]]:
+    """[B, K] item indices (0 = padding) -> each user's candidate items, in order."""
+    return [[items[i - 1] for i in row if i > 0] for row in top]
+
+
+def prompt_tokens(tokenizer: Any, narratives: Sequence[str], top: np.ndarray, items: Sequence[Item],
+                  config: ListwiseConfig, domain: Domain | None = None) -> list[int]:
+    """Each user's ranking prompt length in tokens, chat template included: the prefill the ranker pays."""
+    prompts = [listwise_messages(n, c, config, domain) for n, c in zip(narratives, candidate_items(top, items))]
+    return [len(ids) for ids in encode_prompts(tokenizer, prompts, sys.maxsize, 0)]
+
+
 def rank_candidates(base: np.ndarray, histories: Sequence[np.ndarray], narratives: Sequence[str],
                     items: Sequence[Item], backend: LLMBackend, config: ListwiseConfig,
                     domain: Domain | None = None, adapter: str | None = None) -> ListwiseCandidates:
     """Score the retriever's top-K unseen items of each user with the listwise ranker."""
     top = topk(base, histories, config.candidates)  # [B, K]
-    cands = [[items[i - 1] for i in row if i > 0] for row in top]
-    scores = score_listwise(narratives, cands, backend, config, domain, adapter)
+    scores = score_listwise(narratives, candidate_items(top, items), backend, config, domain, adapter)
     ranker = np.zeros(top.shape, dtype=np.float64)
     for b, s in enumerate(scores):
         ranker[b, : len(s)] = s

@@ -3,6 +3,8 @@ that cannot tell candidates apart leaves the retriever's ranking exactly as it w
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from llmrec.config import EvaluateConfig, ListwiseConfig, SASRecConfig, TowerConfig
 from llmrec.eval.report import render_markdown
 from llmrec.eval.run import run_evaluation
@@ -31,8 +33,14 @@ def test_ranker_rows_choose_lambda_on_validation_and_flat_scores_keep_the_retrie
         assert set(map(float, note["valid_ndcg_by_lambda"])) == set(config.listwise.lambdas)
         got = next(r["value"] for r in run.records if r["model"] == row and r["metric"] == "ndcg@10")
         assert abs(got - note["base_on_same_users"]["ndcg@10"]) < 1e-12
+        # Cost per prompt: one prompt per validation user (lambda 0: the test pass calls no LLM).
+        assert note["prompts"] == 6 and note["prefill_tokens_per_prompt"] > 50 and note["seconds_per_prompt"] >= 0
+        assert note["served"] is None  # no ranker adapter: the base model ranks
     # Validation is scored with the LLM (one batch per row); the test pass at lambda = 0 needs no LLM call.
     assert [c["choices"] for c in backend.calls] == [list("ABCDE")] * 2 and all(c["n"] == 6 for c in backend.calls)
+    md = render_markdown(run.records, run.settings)
+    assert "- sasrec_ce_llm_ranker: listwise ranker over sasrec_ce's top 5 (adapter none, " in md
+    assert "lambda 0 chosen on their validation targets (valid NDCG@10 by lambda: 0: " in md
 
 
 def test_tower_search_runs_on_validation_and_its_winner_trains_the_rows(tiny):
@@ -68,3 +76,23 @@ def test_ranker_rows_resume_over_a_finished_retriever_row_and_retrain_the_same_m
     same = sum(per_user[u] for u in ranker_users) / len(ranker_users)
     assert abs(note["base_on_same_users"]["ndcg@10"] - same) < 1e-6
     assert len(backend.calls) == 1  # validation only: lambda = 0 wins, the test pass needs no LLM call
+
+
+def test_our_backend_serves_the_ranker_adapter_merged(tiny, tmp_path, monkeypatch):
+    """With no backend passed in, the ranker rows start one on the adapter merged into the weights and send no
+    adapter per call (vLLM's CPU LoRA path is several times slower)."""
+    import llmrec.llm
+    import llmrec.llm.model
+
+    started = []
+    monkeypatch.setattr(llmrec.llm.model, "merged_model", lambda model, adapter: Path(adapter) / "merged")
+    monkeypatch.setattr(llmrec.llm, "make_backend", lambda llm: started.append((llm.model, FlatRanker())) or
+                        started[-1][1])
+    config = EvaluateConfig(models=("sasrec_ce", "sasrec_ce_llm_ranker"), seeds=(0,), cold_user_share=0.0,
+                            ranker_users=6, listwise=ListwiseConfig(candidates=5),
+                            ranker_adapter=str(tmp_path / "ranker"),
+                            sasrec=SASRecConfig(maxlen=20, epochs=1, eval_every=1, patience=1))
+    run = run_evaluation(tiny, config)
+    assert [model for model, _ in started] == [str(tmp_path / "ranker" / "merged")]
+    assert [c["adapter"] for c in started[0][1].calls] == [None]
+    assert run.settings["notes"]["sasrec_ce_llm_ranker"]["served"] == "merged"

@@ -158,13 +158,15 @@ def coldstart_rows(proto: Protocol, config: EvaluateConfig, model, imagined, row
 
 
 def ranker_row(dataset, proto: Protocol, config: EvaluateConfig, row: str, base_for, backend, add,
-               seed: int) -> dict:
+               seed: int, adapter: str | None) -> dict:
     """The listwise LLM ranker over a retriever's top-K for a user sample: lambda chosen on their validation
     targets (`llmrec.listwise.choose_lambda`), then the test ranking at that lambda; returns the note.
 
     `base_for(slice_name)` is the retriever as it scores that slice (tags from that slice's events only).
+    `adapter` goes with every call (None where `backend` serves config.ranker_adapter merged into the weights).
+    The note's cost is per prompt (one per user served): prefill tokens and LLM seconds.
     """
-    from llmrec.listwise import ListwiseScorer, choose_lambda, rank_candidates
+    from llmrec.listwise import ListwiseScorer, choose_lambda, prompt_tokens, rank_candidates
     from llmrec.narrative import load_narrative_tokenizer, render_narratives
 
     tokenizer = load_narrative_tokenizer(config.llm.model)
@@ -176,22 +178,27 @@ def ranker_row(dataset, proto: Protocol, config: EvaluateConfig, row: str, base_
                                                               tokenizer, behaviors=dataset.behavior_vocab,
                                                               queries=dataset.queries)}
 
-    t0 = time.perf_counter()
     has_valid = set(proto.slices["valid"].users)
     valid = proto.slices["valid"].subset([u for u in users if u in has_valid])
     base_valid = np.asarray(base_for("valid").score(valid.histories, valid.users), dtype=np.float64)
     vtexts = texts(valid)
+    domain = getattr(dataset, "domain", None)
+    t0 = time.perf_counter()
     cands = rank_candidates(base_valid, valid.histories, [vtexts[u] for u in valid.users], items, backend,
-                            config.listwise, getattr(dataset, "domain", None), config.ranker_adapter)
+                            config.listwise, domain, adapter)
+    seconds = time.perf_counter() - t0
     lam, table = choose_lambda(cands, valid.targets, valid.histories, config.listwise.lambdas, config.k)
-    seconds_valid = time.perf_counter() - t0
     test = proto.slices["all"].subset(users)
     base = base_for("all")
-    scorer = ListwiseScorer(row, base, texts(test), items, backend, config.listwise, lam,
-                            getattr(dataset, "domain", None), config.ranker_adapter)
+    scorer = ListwiseScorer(row, base, texts(test), items, backend, config.listwise, lam, domain, adapter)
     t1 = time.perf_counter()
     add(row, seed, scorer, ["all"], {"all": test})
+    prompts = len(valid.users) + (len(test.users) if lam != 0.0 else 0)  # lambda 0 needs no LLM call
+    seconds += time.perf_counter() - t1 if lam != 0.0 else 0.0
+    tokens = prompt_tokens(tokenizer, [vtexts[u] for u in valid.users], cands.top, items, config.listwise, domain)
     return {"n_users": len(users), "lambda": lam, "valid_ndcg_by_lambda": table, "seed": seed,
-            "adapter": config.ranker_adapter, "backend": getattr(backend, "name", "?"),
-            "seconds_per_user": round((seconds_valid + time.perf_counter() - t1) / max(2 * len(users), 1), 3),
+            "adapter": config.ranker_adapter, "served": config.ranker_adapter and ("per call" if adapter else "merged"),
+            "backend": getattr(backend, "name", "?"), "prompts": prompts,
+            "seconds_per_prompt": round(seconds / max(prompts, 1), 3),
+            "prefill_tokens_per_prompt": round(float(np.mean(tokens)), 1) if tokens else 0.0,
             "base_on_same_users": score_slice(base, test, proto, config.score_batch_size)}

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from llmrec.eval.plots import plot_ndcg_by_history, plot_ndcg_by_slice
-from llmrec.eval.rows import LLM_TAG_ROWS
+from llmrec.eval.rows import LLM_TAG_ROWS, RANKER_ROWS
 from llmrec.eval.tables import (BASELINE, FALLBACK_LIMIT, diff_table, llm_gain_table, render_table, share_table,
                                 strongest_baseline, table_values, target_lines)
 
@@ -93,6 +93,19 @@ def render_markdown(records: Sequence[dict], settings: dict, plots: Sequence[Pat
                          f"{rr['n_users']} users, seed {rr['seed']} only, {rr['seconds']} s; the three-tower "
                          f"without re-ranking on the same users: NDCG@{k} {same.get(f'ndcg@{k}', float('nan')):.4f},"
                          f" HR@{k} {same.get(f'hr@{k}', float('nan')):.4f}.")
+        for m, retriever in RANKER_ROWS.items():
+            rk = notes.get(m)
+            if rk:
+                same = rk.get("base_on_same_users", {})
+                by_lambda = ", ".join(f"{float(lam):g}: {v:.4f}" for lam, v in rk["valid_ndcg_by_lambda"].items())
+                top = settings.get("evaluate_config", {}).get("listwise", {}).get("candidates", "K")
+                lines.append(f"- {m}: listwise ranker over {retriever}'s top {top} (adapter {rk['adapter'] or 'none'}"
+                             f", {rk['backend']} backend) for a seeded sample of {rk['n_users']} users, seed "
+                             f"{rk['seed']} only; lambda {rk['lambda']:g} chosen on their validation targets (valid "
+                             f"NDCG@{k} by lambda: {by_lambda}). Cost per prompt (one per user): "
+                             f"{rk.get('prefill_tokens_per_prompt', float('nan')):.0f} prefill tokens, "
+                             f"{rk.get('seconds_per_prompt', float('nan')):.2f} s (adapter {rk.get('served', '?')}). "
+                             f"{retriever} on the same users: NDCG@{k} {same.get(f'ndcg@{k}', float('nan')):.4f}.")
         cs = notes.get("coldstart")
         if cs:
             lines.append(f"- coldstart_*: user tower alone (beta = 1) on up to {cs['n_users']} sampled held-out "

@@ -92,6 +92,7 @@ class Evaluation:
         self.sources: dict[str, dict[str, str]] = {}  # LLM-tag row -> user -> profile source
         self.tags_cache: dict[str, dict[str, list[str]]] = {}
         self.backend, self.own_backend = backend, False
+        self.served: str | None = None  # the merged model our backend serves (None: the base model)
         self.imagined = None
         self._content = None
         self.bar = None  # finished (row, seed) pairs, while `run` runs
@@ -218,11 +219,21 @@ class Evaluation:
 
     # --- the LLM --------------------------------------------------------------------------------
 
-    def get_backend(self):
-        if self.backend is None:  # started only when an LLM row is due: it holds GBs of memory
-            from llmrec.llm import make_backend
+    def get_backend(self, adapter: str | None = None):
+        """The LLM backend, started only when an LLM row is due (it holds GBs of memory). Ours serves the base
+        model, or with `adapter` that adapter merged into the weights (one engine at a time: switching closes
+        the other); a backend the caller passed serves everything, adapters per call."""
+        if self.backend is not None and not self.own_backend:
+            return self.backend
+        from llmrec.llm import make_backend
+        from llmrec.llm.model import merged_model
 
-            self.backend, self.own_backend = make_backend(self.config.llm), True
+        served = None if adapter is None else str(merged_model(self.config.llm.model, adapter))
+        if self.backend is not None and served != self.served:
+            self.close_backend()
+        if self.backend is None:
+            llm = self.config.llm if served is None else self.config.llm.model_copy(update={"model": served})
+            self.backend, self.own_backend, self.served = make_backend(llm), True, served
         return self.backend
 
     def close_backend(self) -> None:
@@ -324,9 +335,13 @@ class Evaluation:
 
     def score_ranker(self, base_row: str, seed: int, base_for: Callable[[str], SequenceScorer]) -> None:
         """The listwise LLM ranker rows over `base_row`."""
+        def ranker(row: str) -> dict:
+            backend = self.get_backend(self.config.ranker_adapter)  # ours serves the adapter merged
+            return ranker_row(self.dataset, self.proto, self.config, row, base_for, backend, self.add, seed,
+                              None if self.own_backend else self.config.ranker_adapter)
+
         for row in self.ranker_due(base_row, seed):
-            self.notes[row] = self.guarded([row], lambda r=row: ranker_row(
-                self.dataset, self.proto, self.config, r, base_for, self.get_backend(), self.add, seed))
+            self.notes[row] = self.guarded([row], lambda r=row: ranker(r))
             if row in self.rows:
                 self.finish(row, seed)
 
