@@ -167,3 +167,19 @@ def test_resumed_rows_keep_their_per_user_scores_for_the_paired_test(tiny, caplo
     diff = get[("popularity", "all", "ndcg@10_diff_vs_sasrec_ce")]
     assert diff["value"] == pytest.approx(get[("popularity", "all", "ndcg@10")]["value"]) and diff["n"] == len(users)
     assert ("popularity", "valid", "ndcg@10_diff_vs_sasrec_ce") not in get  # the resumed row scored "all" only
+
+
+def test_a_row_on_fewer_seeds_is_paired_with_the_same_seeds_of_its_reference():
+    """An LLM row run on the first seed only is paired with its reference's first-seed scores, not with their
+    mean over seeds; a deterministic baseline (scored once, seed None) is paired with every seed."""
+    from llmrec.eval.run import Scores, run_seed
+
+    scores = Scores()
+    for seed, v in ((0, 0.1), (1, 0.3)):
+        scores.add("sasrec_ce", "all", 2, {"ndcg@10": v}, {"a": v, "b": v}, run_seed("sasrec_ce", seed))
+    scores.add("sasrec_ce_llm_ranker", "all", 2, {"ndcg@10": 0.1}, {"a": 0.1, "b": 0.1}, 0)
+    scores.add("popularity", "all", 2, {"ndcg@10": 0.05}, {"a": 0.05, "b": 0.05}, run_seed("popularity", 0))
+    assert scores.paired_runs("sasrec_ce_llm_ranker", "sasrec_ce", "all") == [{"a": 0.1, "b": 0.1}]
+    assert len(scores.paired_runs("popularity", "sasrec_ce", "all")) == 2
+    assert len(scores.paired_runs("sasrec_ce", "popularity", "all")) == 1
+    assert scores.paired_runs("sasrec_ce", "item_knn", "all") is None

@@ -315,6 +315,11 @@ def test_cli_config_comes_from_the_round0_adapter_then_the_flags(tmp_path):
     file = SelfTrainConfig(samples=6, finetune=FinetuneConfig(r=2)).to_json(tmp_path / "st.json")
     assert self_train_config(sft, file, {}, False).samples == 6
     assert adapter_mining(sft) == MINING and adapter_mining(tmp_path) == MiningConfig()
+    older = tmp_path / "older"  # an adapter whose manifest names a MiningConfig field since dropped
+    older.mkdir()
+    (older / "manifest.json").write_text(json.dumps({"mining_config": {**MINING.model_dump(mode="json"),
+                                                                       "decode_string_limits": False}}))
+    assert adapter_mining(older) == MINING
     for flags, word in ((["--task", "tags-self-train"], "--adapter"),
                         (["--task", "tags-self-train", "--adapter", str(sft), "--backend", "llama"], "--backend")):
         res = CliRunner().invoke(app, ["finetune", "--out", str(tmp_path / "o"), *flags])

@@ -54,19 +54,38 @@ class Scores:
 
     values: dict[tuple[str, str], list[dict[str, float]]] = field(default_factory=dict)
     per_user: dict[tuple[str, str], list[dict[str, float]]] = field(default_factory=dict)
+    run_seeds: dict[tuple[str, str], list[int | None]] = field(default_factory=dict)  # each entry's (`run_seed`)
     n_of: dict[tuple[str, str], int] = field(default_factory=dict)
     seeds_of: dict[str, list[int]] = field(default_factory=dict)
     betas: dict[str, list[float]] = field(default_factory=dict)
 
-    def add(self, model: str, slice_name: str, n: int, metrics: dict, by_user: dict) -> None:
+    def add(self, model: str, slice_name: str, n: int, metrics: dict, by_user: dict, seed: int | None = None) -> None:
         self.values.setdefault((model, slice_name), []).append(metrics)
         self.per_user.setdefault((model, slice_name), []).append(by_user)
+        self.run_seeds.setdefault((model, slice_name), []).append(seed)
         self.n_of[(model, slice_name)] = n
 
     def drop(self, model: str) -> None:
-        for table in (self.values, self.per_user, self.n_of):
+        for table in (self.values, self.per_user, self.run_seeds, self.n_of):
             for key in [key for key in table if key[0] == model]:
                 del table[key]
+
+    def paired_runs(self, model: str, reference: str, slice_name: str) -> list[dict[str, float]] | None:
+        """The reference's per-user NDCG entries to pair `model` with on one slice: only the seeds `model` ran
+        when it ran on fewer of them (an LLM row on the first seed against its retriever's seed-0 model, not
+        the mean of three trainings); every entry otherwise (a baseline scored once stands for every seed)."""
+        ref = self.per_user.get((reference, slice_name))
+        if ref is None:
+            return None
+        mine, theirs = self.run_seeds.get((model, slice_name), []), self.run_seeds[(reference, slice_name)]
+        if None in mine or None in theirs or not set(mine) < set(theirs):
+            return ref
+        return [runs for runs, seed in zip(ref, theirs) if seed in mine]
+
+
+def run_seed(model: str, seed: int) -> int | None:
+    """The seed a row's scores belong to; None for a deterministic baseline, scored once for every seed."""
+    return None if model in BASELINE_ROWS else seed
 
 
 class Evaluation:
@@ -110,7 +129,7 @@ class Evaluation:
             t0 = time.perf_counter()
             got = score_view(scorer, view, self.proto, self.config.score_batch_size)
             if got.metrics:
-                self.scores.add(model, s, len(view.users), got.metrics, got.ndcg_by_user)
+                self.scores.add(model, s, len(view.users), got.metrics, got.ndcg_by_user, run_seed(model, seed))
                 self.raw.append({"model": model, "seed": seed, "slice": s, "n": len(view.users),
                                  "metrics": got.metrics,
                                  "ndcg_by_user": {u: round(v, 6) for u, v in got.ndcg_by_user.items()}})
@@ -195,10 +214,16 @@ class Evaluation:
         taken = [[m, s] for m, s in resumable_rows(resume, self.proto.split.hash,
                                                    {m: row_config(m, config) for m in self.rows})
                  if s in config.seeds]
+        # A ranker row still to run re-ranks a model trained in this run: its retriever's first-seed pair is
+        # trained and scored again rather than taken over, so the two are paired on the very same model
+        # (retraining with the same seed does not reproduce a model bit for bit on CPU).
+        first = config.seeds[0]
+        again = [[RANKER_ROWS[r], first] for r in RANKER_ROWS if r in self.rows and [r, first] not in taken]
+        taken = [pair for pair in taken if pair not in again]
         for entry in resume.get("raw", []):
             if [entry["model"], entry["seed"]] in taken:
                 scores.add(entry["model"], entry["slice"], entry["n"], entry["metrics"],
-                           entry.get("ndcg_by_user", {}))
+                           entry.get("ndcg_by_user", {}), run_seed(entry["model"], entry["seed"]))
                 self.raw.append(entry)
         self.resumed = len(taken)
         for model, seed in taken:
@@ -510,7 +535,7 @@ def difference_record(scores: Scores, config: EvaluateConfig, model: str, slice_
                       ctx: dict) -> list[dict]:
     """The paired per-user NDCG difference of `model` against `reference` on one slice, as a one-record list
     (empty when `reference` has no scores there, or is `model`)."""
-    ref = scores.per_user.get((reference, slice_name))
+    ref = scores.paired_runs(model, reference, slice_name)
     if model == reference or ref is None:
         return []
     d = paired_difference(scores.per_user[(model, slice_name)], ref, n_boot=config.bootstrap_samples,
