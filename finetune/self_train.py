@@ -307,7 +307,8 @@ class Prepared:
 
 
 def prepare_cases(dataset: Any, config: SelfTrainConfig, tokenizer: Any, mining: MiningConfig) -> Prepared:
-    """The train-split cuts of `build_sft` (first `max_users` users), their SFT examples and reward data."""
+    """The train-split cuts of `build_sft`, their SFT examples (every train user: each round retrains on all of
+    them) and the reward data of the cuts sampled (those of the first `max_users` users by id)."""
     from finetune import first_users, sft_split
     from llmrec.interests import PROMPTS
     from llmrec.llm.prompts import prompt_hashes
@@ -315,14 +316,15 @@ def prepare_cases(dataset: Any, config: SelfTrainConfig, tokenizer: Any, mining:
 
     ft = config.finetune
     split = sft_split(dataset, ft)
-    train = first_users(split.train, config.max_users)  # TRAIN events only: valid/test are never passed on
+    train = split.train  # TRAIN events only: valid/test are never passed on
+    sampled = set(first_users(train, config.max_users)["user_id"].astype(str))
     attrs = vocabulary_of(dataset)
     behaviors = dataset.behavior_vocab
     built, report = build_cut_examples(train, dataset.item_index, dataset.items, ft, tokenizer, mining, attrs,
                                        behaviors, dataset.queries)
     vocab = ItemVocab.from_items(dataset.items)
-    cases, skipped = build_cases(built, dataset.item_index, vocab, ft.tag_horizon, mining, attrs,
-                                 taste_weights(behaviors))
+    cases, skipped = build_cases([b for b in built if str(b.cut.user_id) in sampled], dataset.item_index, vocab,
+                                 ft.tag_horizon, mining, attrs, taste_weights(behaviors))
     if not cases:
         raise DataError(f"no self-training cut could be built from {dataset.name}: {report.to_dict()}, {skipped}")
     manifest = {

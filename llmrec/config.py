@@ -258,7 +258,9 @@ class SelfTrainConfig(StageConfig):
     rounds: int = Field(default=2, ge=1)  # round r samples from round r-1's adapter (round 0: the SFT adapter)
     samples: int = Field(default=4, ge=1, le=64)  # answers sampled per cut per round
     temperature: float = Field(default=1.0, gt=0.0, le=2.0)  # > 0: identical prompts must give different answers
-    max_users: int | None = Field(default=None, ge=1)  # the first N train users by id (None: all): tiny runs
+    # Sample only the cuts of the first N train users by id (None: all); every round still retrains on the SFT
+    # examples of all train users, so that a round differs from round 0 by its kept answers alone.
+    max_users: int | None = Field(default=None, ge=1)
     # The cuts, SFT targets and LoRA training of every round (by default the round-0 adapter's own config)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
 

@@ -293,6 +293,7 @@ def test_config_knobs_reach_the_sampler_and_the_cuts(tiny, tokenizer, prep, tmp_
     first3 = set(first_users(sft_split(tiny, _config().finetune).train, 3)["user_id"])
     few = prepare_cases(tiny, _config(max_users=3), tokenizer, MINING)
     assert len(first3) == 3 and {c.built.cut.user_id for c in few.cases} <= first3
+    assert few.sft_examples == prep.sft_examples  # every round retrains on all train users' SFT examples
     assert len({c.built.cut.user_id for c in prep.cases}) > 3
     for bad in ({"temperature": 0.0}, {"rounds": 0}, {"samples": 0}, {"max_users": 0}, {"round": 2}):
         with pytest.raises(ValidationError, match=next(iter(bad))):

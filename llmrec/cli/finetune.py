@@ -39,8 +39,9 @@ def register(app: typer.Typer) -> None:
         temperature: float = typer.Option(None, help="--task tags-self-train: sampling temperature (default 1.0)."),
         backend: str = typer.Option(None, help="--task tags-self-train: LLM backend that samples, vllm or "
                                                "transformers (default LLMConfig's, vllm)."),
-        max_users: int = typer.Option(None, min=1, help="--task tags-self-train: only the first N train users by id "
-                                                        "(SelfTrainConfig.max_users; default all)."),
+        max_users: int = typer.Option(None, min=1, help="--task tags-self-train: sample only the cuts of the first N "
+                                                        "train users by id (SelfTrainConfig.max_users; default all); "
+                                                        "every round retrains on all SFT examples."),
     ) -> None:
         """Build SFT data from the train split, train a LoRA adapter, save it with curves and manifest."""
         from finetune import RANKER_RETRIEVERS, TINY_USERS, finetune_dataset, finetune_ranker, tiny_config
