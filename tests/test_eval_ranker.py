@@ -36,8 +36,10 @@ def test_ranker_rows_choose_lambda_on_validation_and_flat_scores_keep_the_retrie
         # Cost per prompt: one prompt per validation user (lambda 0: the test pass calls no LLM).
         assert note["prompts"] == 6 and note["prefill_tokens_per_prompt"] > 50 and note["seconds_per_prompt"] >= 0
         assert note["served"] is None  # no ranker adapter: the base model ranks
-    # Validation is scored with the LLM (one batch per row); the test pass at lambda = 0 needs no LLM call.
-    assert [c["choices"] for c in backend.calls] == [list("ABCDE")] * 2 and all(c["n"] == 6 for c in backend.calls)
+    # Validation is scored with the LLM (one untimed warm-up prompt, then one batch per row); the test pass at
+    # lambda = 0 needs no LLM call.
+    assert [c["choices"] for c in backend.calls] == [list("ABCDE")] * 4
+    assert [c["n"] for c in backend.calls] == [1, 6, 1, 6]
     md = render_markdown(run.records, run.settings)
     assert "- sasrec_ce_llm_ranker: listwise ranker over sasrec_ce's top 5 (adapter none, " in md
     assert "lambda 0 chosen on their validation targets (valid NDCG@10 by lambda: 0: " in md
@@ -103,5 +105,5 @@ def test_our_backend_serves_the_ranker_adapter_merged(tiny, tmp_path, monkeypatc
                             sasrec=SASRecConfig(maxlen=20, epochs=1, eval_every=1, patience=1))
     run = run_evaluation(tiny, config)
     assert [model for model, _ in started] == [str(tmp_path / "ranker" / "merged")]
-    assert [c["adapter"] for c in started[0][1].calls] == [None]
+    assert [c["adapter"] for c in started[0][1].calls] == [None, None]  # warm-up, validation
     assert run.settings["notes"]["sasrec_ce_llm_ranker"]["served"] == "merged"
