@@ -215,8 +215,8 @@ class Evaluation:
                                                    {m: row_config(m, config) for m in self.rows})
                  if s in config.seeds]
         # A ranker row still to run re-ranks a model trained in this run: its retriever's first-seed pair is
-        # trained and scored again rather than taken over, so the two are paired on the very same model
-        # (retraining with the same seed does not reproduce a model bit for bit on CPU).
+        # trained and scored again rather than taken over, so the two are paired on the very same model (a
+        # retrained model need not be the one an earlier run scored: code changes, run-to-run differences).
         first = config.seeds[0]
         again = [[RANKER_ROWS[r], first] for r in RANKER_ROWS if r in self.rows and [r, first] not in taken]
         taken = [pair for pair in taken if pair not in again]
@@ -334,8 +334,8 @@ class Evaluation:
         from retrieval.sasrec import train_sasrec
 
         for row, switch in SASREC_ROWS.items():
-            # A ranker row over this retriever trains it again when the retriever's own row was resumed: the
-            # ranker needs the model, and the same seed gives the same model (its row is not scored twice).
+            # A ranker row needs the model even where the retriever's own row is not run (`--models` without it);
+            # under --resume a due ranker row makes the retriever's first seed due again (`restore`).
             if not self.due(row, seed) and not self.ranker_due(row, seed):
                 continue
             t0 = time.perf_counter()
