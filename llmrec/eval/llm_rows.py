@@ -33,11 +33,12 @@ class RerankScorer:
         self.backend, self.top_n, self.config, self.profiles = backend, top_n, config, profiles
 
     def score(self, histories: Sequence[np.ndarray], user_ids: Sequence[str]) -> np.ndarray:
+        from llmrec.listwise import candidate_items
         from llmrec.rerank import score_candidates
 
         scores = np.array(self.base.score(histories, user_ids), dtype=np.float64)  # [B, V]
         top = topk(scores, histories, self.top_n)  # [B, n]
-        cands = [[self.items[i - 1] for i in row if i > 0] for row in top]
+        cands = candidate_items(top, self.items)
         llm = score_candidates([self.narratives[u] for u in user_ids], cands, self.backend, self.config,
                                self.profiles)
         for b, row in enumerate(top):
