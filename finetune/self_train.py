@@ -27,7 +27,10 @@ Nothing from the validation or test events can enter: the pool is built from `sf
 are all computed from a cut's `before`/`after` train events.
 
 Output folder: `round-1/`, `round-2/`, ... (each a peft adapter folder with config.json and a manifest that
-carries its round record) and `rounds.json` (every round's counts and mean rewards, written after each round).
+carries its round record), `rounds.json` (every round's counts and mean rewards and the run's context: split
+hash, prompt hashes, configs) and `pool.jsonl` (the kept answers), both rewritten after each round.
+`resume=True` continues such a folder at the round after its last one, from that round's adapter and pool, when
+its context equals this run's (rounds aside): a run stopped after round r costs only the rounds still due.
 """
 
 from __future__ import annotations
@@ -78,6 +81,9 @@ log = logging.getLogger(__name__)
 
 TASK = "tags-self-train"
 ROUNDS_FILE = "rounds.json"
+POOL_FILE = "pool.jsonl"
+# The facts of a run that every round depends on; a resumed run must match them (self_train_config: rounds aside)
+CONTEXT_KEYS = ("dataset", "split_hash", "prompt_hashes", "mining_config", "self_train_config")
 
 
 # --- The pool of cuts ---------------------------------------------------------------------------------
@@ -235,9 +241,11 @@ class Pool:
     """The kept answers: per cut key, the best-rewarded sample of any round that beat the history list."""
 
     kept: dict[str, tuple[Sample, SFTExample]] = field(default_factory=dict)
+    round_of: dict[str, int] = field(default_factory=dict)  # per cut key, the round that found its answer
 
-    def offer(self, case: Case, sample: Sample) -> bool:
-        """Keep `sample` for its cut unless an earlier round's kept answer scores at least as well."""
+    def offer(self, case: Case, sample: Sample, r: int = 0) -> bool:
+        """Keep `sample` (found in round `r`) for its cut unless an earlier round's kept answer scores at least
+        as well."""
         held = self.kept.get(case.key)
         if held is not None and held[0].reward >= sample.reward:
             return False
@@ -245,10 +253,39 @@ class Pool:
         self.kept[case.key] = (sample, SFTExample(
             user_id=ex.user_id, task=TASK, cut_time=ex.cut_time,
             messages=(*ex.messages[:-1], {"role": "assistant", "content": sample.answer})))
+        self.round_of[case.key] = r
         return True
 
     def examples(self) -> list[SFTExample]:
         return [ex for _, ex in sorted(self.kept.values(), key=lambda se: (se[1].user_id, str(se[1].cut_time)))]
+
+    def write(self, path: Path) -> Path:
+        """One JSON line per kept cut (key, round, reward, tags, answer), atomically replaced."""
+        tmp = path.with_name(f".{path.name}.tmp")
+        with tmp.open("w") as f:
+            for key in sorted(self.kept):
+                s = self.kept[key][0]
+                f.write(json.dumps({"key": key, "round": self.round_of.get(key, 0), "reward": s.reward,
+                                    "tags": list(s.tags), "answer": s.answer}) + "\n")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def read(cls, path: Path, cases: Sequence[Case]) -> "Pool":
+        """The pool `write` left, its answers re-attached to this run's cases (a key no case has is an error)."""
+        by_key = {c.key: c for c in cases}
+        pool = cls()
+        for n, line in enumerate(path.read_text().splitlines(), start=1):
+            try:
+                row = json.loads(line)
+                case = by_key[row["key"]]
+                sample = Sample(answer=row["answer"], tags=tuple(row["tags"]), reward=float(row["reward"]))
+            except KeyError as e:
+                raise AdapterError(f"{path}, line {n}: no field or no cut {e} in this run's cuts") from None
+            except (ValueError, TypeError) as e:
+                raise AdapterError(f"{path}, line {n}: {e}") from None
+            pool.offer(case, sample, int(row.get("round", 0)))
+        return pool
 
 
 def _mean(xs: Sequence[float]) -> float | None:
@@ -269,7 +306,7 @@ def keep_round(r: int, cases: Sequence[Case], samples: Sequence[Sequence[Sample 
         if pick is not None:
             kept_cases.append(i)
             kept_rewards.append(draws[pick].reward)
-            pooled_new += pool.offer(c, draws[pick])
+            pooled_new += pool.offer(c, draws[pick], r)
     all_rewards = [s.reward for draws in samples for s in draws if s is not None]
     return {
         "round": r, "cuts": len(cases), "sampled": stats.answers, "valid": stats.valid_final,
@@ -339,28 +376,85 @@ def prepare_cases(dataset: Any, config: SelfTrainConfig, tokenizer: Any, mining:
         dataset.item_index, vocab, attrs), attrs=attrs, manifest=manifest)
 
 
-def clear_rounds(out: Path) -> None:
-    """Remove an earlier run's round adapters and rounds.json from `out` (only those: the folder is replaced)."""
+def clear_rounds(out: Path, after: int | None = None) -> None:
+    """Remove an earlier run's round adapters, rounds.json and pool.jsonl from `out` (only those: the folder is
+    replaced); `after=r`: only the round adapters after round r, what an interrupted round left."""
     if out.is_file():
         raise AdapterError(f"--out {out} is a file, not a folder")
     for old in out.glob("round-*"):
-        if old.is_dir() and old.name.removeprefix("round-").isdigit():
+        n = old.name.removeprefix("round-")
+        if old.is_dir() and n.isdigit() and int(n) > (after or 0):
             shutil.rmtree(old)
-    (out / ROUNDS_FILE).unlink(missing_ok=True)
+    if after is None:
+        (out / ROUNDS_FILE).unlink(missing_ok=True)
+        (out / POOL_FILE).unlink(missing_ok=True)
 
 
-def write_rounds(out: Path, adapter: Path, records: list[dict[str, Any]]) -> Path:
-    """rounds.json: every finished round's record, atomically replaced after each round."""
+def run_context(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The `CONTEXT_KEYS` of a manifest, the self-training config without its `rounds`."""
+    ctx = {k: manifest.get(k) for k in CONTEXT_KEYS}
+    if isinstance(ctx["self_train_config"], dict):
+        ctx["self_train_config"] = {k: v for k, v in ctx["self_train_config"].items() if k != "rounds"}
+    return json.loads(json.dumps(ctx, default=str))
+
+
+def write_rounds(out: Path, adapter: Path, records: list[dict[str, Any]],
+                 context: dict[str, Any] | None = None) -> Path:
+    """rounds.json: every finished round's record and the run's context, atomically replaced after each round."""
     tmp = out / f".{ROUNDS_FILE}.tmp"
-    tmp.write_text(json.dumps({"task": TASK, "round_0": str(adapter), "rounds": records}, indent=2,
-                              default=str) + "\n")
+    tmp.write_text(json.dumps({"task": TASK, "round_0": str(adapter), "context": context, "rounds": records},
+                              indent=2, default=str) + "\n")
     tmp.replace(out / ROUNDS_FILE)
     return out / ROUNDS_FILE
 
 
+@dataclass
+class Resumed:
+    records: list[dict[str, Any]]
+    pool: Pool
+    current: Path  # the adapter the next round samples from
+
+
+def resume_rounds(out: Path, adapter: Path, prep: Prepared) -> Resumed:
+    """The finished rounds of an earlier run in `out`, checked against this run (same round-0 adapter, same
+    context: rounds.json's, or for a folder written before it carried one, its last adapter's manifest).
+
+    A folder without `pool.jsonl` (written before the pool was saved) resumes with an empty pool: the next
+    round's record says how many kept answers were lost (`pool_lost`), as its training set lacks them."""
+    path = out / ROUNDS_FILE
+    if not path.is_file():
+        raise AdapterError(f"--resume: no {ROUNDS_FILE} in {out}; run without --resume to start at round 1")
+    earlier = json.loads(path.read_text())
+    records = list(earlier.get("rounds") or [])
+    if Path(earlier.get("round_0", "")).resolve() != adapter.resolve():
+        raise AdapterError(f"--resume: {path} continues round-0 adapter {earlier.get('round_0')}, not {adapter}")
+    trained = [r["adapter"] for r in records if r.get("adapter")]
+    current = out / trained[-1] if trained else adapter
+    context = earlier.get("context")
+    if context is None and trained:
+        manifest = current / "manifest.json"
+        context = run_context(json.loads(manifest.read_text())) if manifest.is_file() else None
+    if context is None:
+        raise AdapterError(f"--resume: {path} records no context (split, prompts, configs) to check this run "
+                           "against; run without --resume")
+    mine = run_context(prep.manifest)
+    differ = sorted(k for k in CONTEXT_KEYS if context.get(k) != mine[k])
+    if differ:
+        raise AdapterError(f"--resume: {out}'s rounds were run with other {', '.join(differ)}; run without "
+                           "--resume (or with the same options) ")
+    pool_path = out / POOL_FILE
+    pool = Pool.read(pool_path, prep.cases) if pool_path.is_file() else Pool()
+    expected = records[-1].get("pool", 0) if records else 0
+    if len(pool.kept) != expected:
+        log.warning("--resume: %s holds %d kept answers, the last round recorded %d: the next rounds train "
+                    "without the missing ones", pool_path, len(pool.kept), expected)
+    return Resumed(records=records, pool=pool, current=current)
+
+
 def self_train(dataset: Any, config: SelfTrainConfig, adapter: str | Path, out: str | Path, *,
                backend: LLMBackend | None = None, serve: Callable[[Path], LLMBackend] | None = None,
-               model: str | Path | None = None, mining: MiningConfig | None = None) -> SelfTrainResult:
+               model: str | Path | None = None, mining: MiningConfig | None = None,
+               resume: bool = False) -> SelfTrainResult:
     """`config.rounds` rounds of sample -> reward -> keep -> retrain from the SFT adapter `adapter` (round 0).
 
     The sampler, one of: `backend`, which serves the base `model` and is handed each round's adapter folder
@@ -368,7 +462,8 @@ def self_train(dataset: Any, config: SelfTrainConfig, adapter: str | Path, out: 
     that adapter merged into the weights (`llmrec.llm.model.merged_model`: the base model's speed, where vLLM's
     CPU LoRA path is several times slower), closed after the round's sampling so training has the memory.
     `mining` must be the one the adapter was trained with (its prompt and wire schema). Writes out/round-r
-    adapters and out/rounds.json; see the module docstring.
+    adapters, out/rounds.json and out/pool.jsonl; see the module docstring. `resume`: continue `out`'s rounds
+    (`resume_rounds`) up to `config.rounds` instead of replacing them.
     """
     if (backend is None) == (serve is None):
         raise ValueError("self_train needs exactly one of backend (adapters passed per call) and serve (merged)")
@@ -384,9 +479,17 @@ def self_train(dataset: Any, config: SelfTrainConfig, adapter: str | Path, out: 
     log.info("self-training on %d cuts (%d SFT examples), %d samples each, %d rounds", len(prep.cases),
              len(prep.sft_examples), config.samples, config.rounds)
     out.mkdir(parents=True, exist_ok=True)
-    clear_rounds(out)
-    pool, records, current = Pool(), [], adapter
-    for r in range(1, config.rounds + 1):
+    context = run_context(prep.manifest)
+    if resume:
+        done = resume_rounds(out, adapter, prep)
+        pool, records, current = done.pool, done.records, done.current
+        clear_rounds(out, after=len(records))
+        lost = (records[-1].get("pool", 0) if records else 0) - len(pool.kept)
+        log.info("resuming after round %d from %s (pool %d)", len(records), current, len(pool.kept))
+    else:
+        clear_rounds(out)
+        pool, records, current, lost = Pool(), [], adapter, 0
+    for r in range(len(records) + 1, config.rounds + 1):
         if serve is None:
             samples, stats = sample_round(prep.cases, backend, current, config, prep.catalogue, mining, prep.attrs)
         else:
@@ -397,6 +500,8 @@ def self_train(dataset: Any, config: SelfTrainConfig, adapter: str | Path, out: 
                 sampler.close()
         record = keep_round(r, prep.cases, samples, stats, prep.catalogue, pool)
         record["sampled_from"] = str(current)
+        if lost:  # only the first resumed round: the pool it starts from lacks answers an earlier round kept
+            record["pool_lost"], lost = lost, 0
         if pool.kept:
             target = out / f"round-{r}"
             extra = {**prep.manifest, "round": r, "round_0_adapter": str(adapter), "rounds": [*records, record]}
@@ -410,5 +515,6 @@ def self_train(dataset: Any, config: SelfTrainConfig, adapter: str | Path, out: 
         log.info("round %d: %d sampled, %d valid, %d kept (pool %d); mean reward kept %s vs history %s vs SFT "
                  "target %s", r, record["sampled"], record["valid"], record["kept"], record["pool"],
                  record["reward_kept"], record["reward_history_on_kept"], record["reward_sft_on_kept"])
-        write_rounds(out, adapter, records)
+        pool.write(out / POOL_FILE)
+        write_rounds(out, adapter, records, context)
     return SelfTrainResult(out=out, rounds=records, final_adapter=current)

@@ -217,6 +217,64 @@ def test_each_round_retrains_on_sft_plus_kept_and_samples_from_the_last_adapter(
         assert tasks.count("tags-self-train") == rounds[0]["kept"]
 
 
+def test_resume_continues_after_the_last_round_with_its_adapter_and_pool(tiny, prep, tmp_path, monkeypatch):
+    import finetune.self_train as st
+
+    trained = []
+
+    def record_training(examples, config, out, *, model=None, manifest_extra=None):
+        trained.append(list(examples))
+        out.mkdir(parents=True)
+        (out / "adapter_config.json").write_text(json.dumps({"r": config.r}))
+        return type("R", (), {"train_examples": len(examples), "steps": 1})()
+
+    monkeypatch.setattr(st, "train_lora", record_training)
+    sft, out = _round0(tmp_path), tmp_path / "self"
+    first = FakeBackend(sft_echo(prep, 3))
+    st.self_train(tiny, _config(samples=3, rounds=1), sft, out, backend=first, mining=MINING)
+    pool_lines = (out / "pool.jsonl").read_text().splitlines()
+    kept = json.loads((out / "rounds.json").read_text())["rounds"][0]["kept"]
+    assert len(pool_lines) == kept > 0 and {json.loads(x)["round"] for x in pool_lines} == {1}
+
+    backend = FakeBackend(sft_echo(prep, 3))
+    result = st.self_train(tiny, _config(samples=3, rounds=2), sft, out, backend=backend, mining=MINING, resume=True)
+    assert [c["adapter"] for c in backend.calls] == [str(out / "round-1")]  # round 1 is not sampled again
+    assert [r["round"] for r in result.rounds] == [1, 2] and result.final_adapter == out / "round-2"
+    assert result.rounds[1]["pool"] == kept and result.rounds[1]["pooled_new"] == 0 and "pool_lost" not in result.rounds[1]
+    assert sum(e.task == "tags-self-train" for e in trained[-1]) == kept  # round 1's answers still train round 2
+    # Nothing left to do: the same rounds come back, nothing is sampled or trained
+    idle = FakeBackend(lambda m, s: pytest.fail("no round is due"))
+    assert st.self_train(tiny, _config(samples=3, rounds=2), sft, out, backend=idle, mining=MINING,
+                         resume=True).rounds == result.rounds
+
+    # A folder written before the pool was saved resumes with an empty pool, and says how many answers it lost
+    (out / "pool.jsonl").unlink()
+    records = json.loads((out / "rounds.json").read_text())
+    records["rounds"] = records["rounds"][:1]
+    (out / "rounds.json").write_text(json.dumps(records))
+    redo = st.self_train(tiny, _config(samples=3, rounds=2), sft, out, backend=FakeBackend(sft_echo(prep, 3)),
+                         mining=MINING, resume=True)
+    assert redo.rounds[1]["pool_lost"] == kept and redo.rounds[1]["pool"] == redo.rounds[1]["kept"]
+
+    # Other options, another round-0 adapter or no earlier run: refused, naming what differs
+    with pytest.raises(AdapterError, match="self_train_config"):
+        st.self_train(tiny, _config(samples=2, rounds=3), sft, out, backend=FakeBackend(), mining=MINING, resume=True)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "adapter_config.json").write_text(json.dumps({"r": 4}))
+    with pytest.raises(AdapterError, match="continues round-0 adapter"):
+        st.self_train(tiny, _config(samples=3, rounds=3), other, out, backend=FakeBackend(), mining=MINING,
+                      resume=True)
+    with pytest.raises(AdapterError, match="no rounds.json"):
+        st.self_train(tiny, _config(samples=3), sft, tmp_path / "new", backend=FakeBackend(), mining=MINING,
+                      resume=True)
+    bad = out / "pool.jsonl"
+    bad.write_text(json.dumps({"key": "no-such-cut", "round": 1, "reward": 0.5, "tags": [], "answer": "[]"}) + "\n")
+    with pytest.raises(AdapterError, match="pool.jsonl, line 1"):
+        st.self_train(tiny, _config(samples=3, rounds=3), sft, out, backend=FakeBackend(), mining=MINING,
+                      resume=True)
+
+
 def test_a_round_that_keeps_nothing_does_not_retrain(tiny, prep, tmp_path, monkeypatch):
     import finetune.self_train as st
 

@@ -42,6 +42,9 @@ def register(app: typer.Typer) -> None:
         max_users: int = typer.Option(None, min=1, help="--task tags-self-train: sample only the cuts of the first N "
                                                         "train users by id (SelfTrainConfig.max_users; default all); "
                                                         "every round retrains on all SFT examples."),
+        resume: bool = typer.Option(False, "--resume", help="--task tags-self-train: continue --out's rounds after "
+                                                            "its last one (same adapter and options) instead of "
+                                                            "replacing them."),
     ) -> None:
         """Build SFT data from the train split, train a LoRA adapter, save it with curves and manifest."""
         from finetune import RANKER_RETRIEVERS, TINY_USERS, finetune_dataset, finetune_ranker, tiny_config
@@ -55,8 +58,10 @@ def register(app: typer.Typer) -> None:
 
             run_self_train(resolve_dataset(dataset), out, adapter, config_file, flags, tiny, model=model,
                            rounds=rounds, samples=samples, temperature=temperature, max_users=max_users,
-                           backend=backend)
+                           backend=backend, resume=resume)
             return
+        if resume:
+            raise typer.BadParameter("--resume continues a --task tags-self-train folder; other tasks retrain")
         if tiny and config_file is None:
             config = tiny_config(**{k: v for k, v in flags.items() if v is not None})
         else:

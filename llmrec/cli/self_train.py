@@ -51,7 +51,8 @@ def adapter_mining(adapter: Path) -> MiningConfig:
 
 def run_self_train(dataset: Any, out: Path, adapter: Path | None, config_file: Path | None, flags: dict[str, Any],
                    tiny: bool, *, model: str | None, rounds: int | None, samples: int | None,
-                   temperature: float | None, max_users: int | None, backend: str | None) -> None:
+                   temperature: float | None, max_users: int | None, backend: str | None,
+                   resume: bool = False) -> None:
     """Run the rounds and print a one-line JSON summary (per round: counts, mean rewards, adapter folder)."""
     from finetune.self_train import self_train
     from llmrec import llm
@@ -70,7 +71,7 @@ def run_self_train(dataset: Any, out: Path, adapter: Path | None, config_file: P
     # took 7.27 s per ML-100K listwise-ranker prompt (801 tokens), the merged model 1.24 s (2 cores).
     result = self_train(dataset, config, adapter, out, model=model, mining=adapter_mining(adapter),
                         serve=lambda a: llm.make_backend(llm_config.model_copy(
-                            update={"model": str(merged_model(model, a))})))
+                            update={"model": str(merged_model(model, a))})), resume=resume)
     keys = ("round", "sampled", "valid", "kept", "pool", "reward_kept", "reward_history_on_kept",
             "reward_sft_on_kept", "reward_history", "reward_sft_target", "adapter", "steps")
     print(json.dumps({"out": str(result.out), "final_adapter": str(result.final_adapter),
