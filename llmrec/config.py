@@ -487,7 +487,7 @@ EVAL_MODELS = (
     "three_tower_no_logq",
     "three_tower_no_mixed_negatives", "three_tower_fixed_temperature", "coldstart_none", "coldstart_early_fusion",
     "coldstart_late_fusion", "sasrec_ce_content", "three_tower_ids_only", "sasrec_ce_llm_ranker",
-    "three_tower_llm_ranker", "three_tower_llm_self_tags",
+    "three_tower_llm_ranker", "three_tower_llm_self_tags", "three_tower_llm_self2_tags",
 )  # fmt: skip
 
 
@@ -523,9 +523,12 @@ class EvaluateConfig(StageConfig):
     llm_tags_valid: str | None = None
     llm_lora_tags_valid: str | None = None
     # Tags mined with a self-trained adapter (`llmrec finetune --task tags-self-train`, one round's folder): the
-    # row three_tower_llm_self_tags, against llm_lora_tags (round 0) and the heuristic tags.
+    # row three_tower_llm_self_tags, against llm_lora_tags (round 0) and the heuristic tags; llm_self2_tags: round 2's
+    # (three_tower_llm_self2_tags, against round 1 and round 0).
     llm_self_tags: str | None = None
     llm_self_tags_valid: str | None = None
+    llm_self2_tags: str | None = None
+    llm_self2_tags_valid: str | None = None
     use_llm: bool = True  # False: skip the rows that call an LLM (re-ranking, cold start)
     llm: LLMConfig = Field(default_factory=LLMConfig)
     rerank: RerankConfig = Field(default_factory=RerankConfig)

@@ -77,7 +77,7 @@ def test_each_llm_row_is_compared_with_the_same_model_without_its_llm_stage():
     scores = Scores()
     users = [str(u) for u in range(30)]
     rows = {"sasrec_ce": 0.10, "three_tower_heuristic_tags": 0.12, "three_tower_llm_lora_tags": 0.15,
-            "sasrec_ce_llm_ranker": 0.09, "three_tower_llm_self_tags": 0.14}
+            "sasrec_ce_llm_ranker": 0.09, "three_tower_llm_self_tags": 0.14, "three_tower_llm_self2_tags": 0.17}
     for model, v in rows.items():
         scores.add(model, "all", 30, {"ndcg@10": v}, {u: v for u in users})
     scores.add("coldstart_none", "cold_user_1", 20, {"ndcg@10": 0.2}, {u: 0.2 for u in users[:20]})
@@ -87,12 +87,13 @@ def test_each_llm_row_is_compared_with_the_same_model_without_its_llm_stage():
     gains = {(r["model"], r["reference"]): r for r in recs if r.get("comparison") == "llm_gain"}
     assert set(gains) == {("three_tower_llm_lora_tags", "three_tower_heuristic_tags"),
                           ("three_tower_llm_self_tags", "three_tower_heuristic_tags"),
+                          ("three_tower_llm_self2_tags", "three_tower_heuristic_tags"),
                           ("sasrec_ce_llm_ranker", "sasrec_ce"), ("coldstart_early_fusion", "coldstart_none")}
-    # Self-trained tags are also paired against the round-0 (SFT) tags they started from.
-    rounds = [r for r in recs if r.get("comparison") == "self_training_gain"]
-    assert [(r["model"], r["reference"]) for r in rounds] == [("three_tower_llm_self_tags",
-                                                                "three_tower_llm_lora_tags")]
-    assert rounds[0]["value"] == pytest.approx(-0.01)
+    # Self-trained tags are also paired against the round-0 (SFT) tags they started from, round 2 against round 1 too.
+    rounds = {(r["model"], r["reference"]): r["value"] for r in recs if r.get("comparison") == "self_training_gain"}
+    assert rounds == {("three_tower_llm_self_tags", "three_tower_llm_lora_tags"): pytest.approx(-0.01),
+                      ("three_tower_llm_self2_tags", "three_tower_llm_self_tags"): pytest.approx(0.03),
+                      ("three_tower_llm_self2_tags", "three_tower_llm_lora_tags"): pytest.approx(0.02)}
     lora = gains[("three_tower_llm_lora_tags", "three_tower_heuristic_tags")]
     assert lora["metric"] == "ndcg@10_diff_vs_three_tower_heuristic_tags"
     assert lora["value"] == pytest.approx(0.03) and lora["significant"] is True
@@ -108,6 +109,7 @@ def test_each_llm_row_is_compared_with_the_same_model_without_its_llm_stage():
     assert "| coldstart_early_fusion | coldstart_none | – | -0.1000 [-0.1000, -0.1000]* |" in md
     assert ("| three_tower_llm_self_tags | three_tower_llm_lora_tags (round 0: the SFT adapter's tags) | "
             "-0.0100 [-0.0100, -0.0100]* | – |") in md
+    assert "| three_tower_llm_self2_tags | three_tower_llm_self_tags (round 1) | +0.0300 [+0.0300, +0.0300]* | – |" in md
     without_llm = [r for r in recs
                    if not r.get("comparison") and r["model"] in ("sasrec_ce", "three_tower_heuristic_tags")]
     assert "What the LLM stage adds" not in render_markdown(without_llm, {"evaluate_config": {"k": 10}})

@@ -438,7 +438,8 @@ def test_llm_tag_rows_record_llm_share_over_each_slices_users(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("row,key", [("three_tower_llm_lora_tags", "llm_lora_tags"),
-                                     ("three_tower_llm_self_tags", "llm_self_tags")])
+                                     ("three_tower_llm_self_tags", "llm_self_tags"),
+                                     ("three_tower_llm_self2_tags", "llm_self2_tags")])
 def test_llm_tag_row_trains_and_validates_on_the_validation_time_table(tiny, tmp_path, monkeypatch, row, key):
     import pyarrow.parquet as pq
 

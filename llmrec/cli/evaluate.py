@@ -76,6 +76,9 @@ def register(app: typer.Typer) -> None:
                                                       "finetune --task tags-self-train`, one round's folder); "
                                                       "enables three_tower_llm_self_tags."),
         llm_self_tags_valid: Path = typer.Option(None, help="The same for --llm-self-tags."),
+        llm_self2_tags: Path = typer.Option(None, help="The same, mined with round 2's adapter; enables "
+                                                       "three_tower_llm_self2_tags."),
+        llm_self2_tags_valid: Path = typer.Option(None, help="The same for --llm-self2-tags."),
         no_llm: bool = typer.Option(False, "--no-llm", help="Skip the rows that call the LLM (re-ranking, "
                                                             "cold start)."),
         rerank_users: int = typer.Option(None, min=1, help="Users re-ranked by the LLM (seeded sample); "
@@ -112,7 +115,8 @@ def register(app: typer.Typer) -> None:
         over = given_overrides(start, dataset=dataset, no_llm=no_llm, backend=backend, llm_tags=llm_tags,
                                llm_lora_tags=llm_lora_tags, llm_tags_valid=llm_tags_valid,
                                llm_lora_tags_valid=llm_lora_tags_valid, llm_self_tags=llm_self_tags,
-                               llm_self_tags_valid=llm_self_tags_valid, coldstart_cache=coldstart_cache,
+                               llm_self_tags_valid=llm_self_tags_valid, llm_self2_tags=llm_self2_tags,
+                               llm_self2_tags_valid=llm_self2_tags_valid, coldstart_cache=coldstart_cache,
                                ranker_adapter=ranker_adapter, rerank_users=rerank_users,
                                coldstart_users=coldstart_users, max_users=max_users, cold_user_share=cold_user_share,
                                seeds=seeds, ablation_seeds=ablation_seeds, models=models, tune_towers=tune_towers)
@@ -140,14 +144,15 @@ def register(app: typer.Typer) -> None:
 def given_overrides(start: dict, *, dataset, no_llm, backend, llm_tags, llm_lora_tags, coldstart_cache, ranker_adapter,
                     rerank_users, coldstart_users, max_users, cold_user_share, seeds, ablation_seeds, models,
                     tune_towers=None, llm_tags_valid=None, llm_lora_tags_valid=None, llm_self_tags=None,
-                    llm_self_tags_valid=None) -> dict:
+                    llm_self_tags_valid=None, llm_self2_tags=None, llm_self2_tags_valid=None) -> dict:
     """EvaluateConfig fields from the options that were given (an unset option keeps the --config file's value)."""
     over: dict = {"dataset": dataset, "use_llm": False if no_llm else None, "tune_towers": tune_towers}
     if backend is not None:
         over["llm"] = {**start.get("llm", {}), "backend": backend}
     for key, value in (("llm_tags", llm_tags), ("llm_lora_tags", llm_lora_tags), ("llm_tags_valid", llm_tags_valid),
                        ("llm_lora_tags_valid", llm_lora_tags_valid), ("llm_self_tags", llm_self_tags),
-                       ("llm_self_tags_valid", llm_self_tags_valid),
+                       ("llm_self_tags_valid", llm_self_tags_valid), ("llm_self2_tags", llm_self2_tags),
+                       ("llm_self2_tags_valid", llm_self2_tags_valid),
                        ("coldstart_cache", coldstart_cache), ("ranker_adapter", ranker_adapter)):
         if value is not None:
             if key != "coldstart_cache" and not value.exists():

@@ -13,7 +13,7 @@ import numpy as np
 from llmrec.config import EvaluateConfig
 
 LLM_TAG_ROWS = {"three_tower_llm_tags": "llm_tags", "three_tower_llm_lora_tags": "llm_lora_tags",
-                "three_tower_llm_self_tags": "llm_self_tags"}
+                "three_tower_llm_self_tags": "llm_self_tags", "three_tower_llm_self2_tags": "llm_self2_tags"}
 # logQ and mixed negatives exist only under the sampled softmax (the full softmax scores every item), so those
 # ablations train sampled, against three_tower_sampled_softmax as their reference.
 ABLATIONS = {"three_tower_sampled_softmax": {"softmax": "sampled"},
@@ -37,8 +37,11 @@ LLM_CALLING_ROWS = ("three_tower_llm_rerank", "coldstart_early_fusion", "coldsta
 LLM_COUNTERPARTS = {**{row: "three_tower_heuristic_tags" for row in (*LLM_TAG_ROWS, "three_tower_llm_rerank")},
                     **{row: "coldstart_none" for row, fusion in COLDSTART_ROWS.items() if fusion is not None},
                     **RANKER_ROWS}
-# Self-trained tags against the tags of the SFT adapter they started from (round 0): what self-training adds.
-ROUND_COUNTERPARTS = {"three_tower_llm_self_tags": "three_tower_llm_lora_tags"}
+# Self-trained tags (round 1: three_tower_llm_self_tags, round 2: ..._self2_tags) against the tags of the SFT
+# adapter they started from (round 0), and a later round against the round before: what self-training adds.
+ROUND_ROWS = {"three_tower_llm_lora_tags": 0, "three_tower_llm_self_tags": 1, "three_tower_llm_self2_tags": 2}
+ROUND_COUNTERPARTS = {"three_tower_llm_self_tags": ("three_tower_llm_lora_tags",),
+                      "three_tower_llm_self2_tags": ("three_tower_llm_self_tags", "three_tower_llm_lora_tags")}
 
 
 def planned_pairs(rows: Sequence[str], config: EvaluateConfig) -> int:

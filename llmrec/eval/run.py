@@ -520,9 +520,9 @@ def aggregate(scores: Scores, config: EvaluateConfig) -> list[dict]:
                                  gain_ctx if without == REFERENCE_ROW else ctx)
         if without not in (None, REFERENCE_ROW):
             out += difference_record(scores, config, model, s, without, gain_ctx)
-        if model in ROUND_COUNTERPARTS:
-            out += difference_record(scores, config, model, s, ROUND_COUNTERPARTS[model],
-                                     {**ctx, "comparison": "self_training_gain", "reference": ROUND_COUNTERPARTS[model]})
+        for earlier in ROUND_COUNTERPARTS.get(model, ()):
+            out += difference_record(scores, config, model, s, earlier,
+                                     {**ctx, "comparison": "self_training_gain", "reference": earlier})
     leader = strongest_baseline(out, config.k)
     if leader is not None and leader != REFERENCE_ROW:
         for (model, s), ctx in contexts.items():

@@ -14,7 +14,7 @@ from typing import Sequence
 SLICE_ORDER = ("all", "short_1", "short_3", "short_5", "cold_user_0", "cold_user_1", "cold_user_3", "cold_user_5",
                "long_tail", "valid")
 FUSED_ROWS = ("three_tower_heuristic_tags", "three_tower_llm_tags", "three_tower_llm_lora_tags",
-              "three_tower_llm_self_tags")
+              "three_tower_llm_self_tags", "three_tower_llm_self2_tags")
 BASELINE = "sasrec_ce"
 # Rows that may lead as "the strongest baseline": everything that is not a three-tower row.
 BASELINE_CANDIDATES = ("popularity", "item_knn", "sasrec_bce", "sasrec_ce", "sasrec_ce_content")
@@ -103,6 +103,14 @@ def diff_table(records: Sequence[dict], k: int = 10) -> list[str]:
     return lines
 
 
+def round_label(row: str) -> str:
+    """"round 0: the SFT adapter's tags", "round 1", ... for a row of self-training's rounds."""
+    from llmrec.eval.rows import ROUND_ROWS
+
+    n = ROUND_ROWS[row]
+    return "round 0: the SFT adapter's tags" if n == 0 else f"round {n}"
+
+
 def llm_gain_table(records: Sequence[dict], k: int = 10) -> list[str]:
     """Paired NDCG@k difference of each LLM row against the same model without its LLM stage (records marked
     comparison="llm_gain"), and of self-trained tags against their round-0 tags ("self_training_gain"): mean
@@ -114,7 +122,7 @@ def llm_gain_table(records: Sequence[dict], k: int = 10) -> list[str]:
     slices = slices_of(gains)
     by_row: dict[tuple[str, str], dict[str, dict]] = {}
     for r in gains:
-        reference = r["reference"] + (" (round 0: the SFT adapter's tags)"
+        reference = r["reference"] + (f" ({round_label(r['reference'])})"
                                       if r["comparison"] == "self_training_gain" else "")
         by_row.setdefault((r["model"], reference), {})[r["slice"]] = r
     lines = ["| LLM row | without the LLM stage | " + " | ".join(slices) + " |", "|---|---|" + "---|" * len(slices)]
