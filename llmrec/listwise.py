@@ -16,6 +16,7 @@ reproduces the retriever's ranking exactly (log-softmax is monotone), and lambda
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -143,11 +144,16 @@ class ListwiseScorer:
                  adapter: str | None = None):
         self.name, self.base, self.narratives, self.items = name, base, narratives, items
         self.backend, self.config, self.lam, self.domain, self.adapter = backend, config, lam, domain, adapter
+        self.llm_seconds = 0.0  # wall time in `rank_candidates` (the LLM call), the retriever's scoring left out
 
     def candidates(self, histories: Sequence[np.ndarray], user_ids: Sequence[str]) -> ListwiseCandidates:
         base = np.asarray(self.base.score(histories, user_ids), dtype=np.float64)
-        return rank_candidates(base, histories, [self.narratives[u] for u in user_ids], self.items,
-                               self.backend, self.config, self.domain, self.adapter)
+        t0 = time.perf_counter()
+        try:
+            return rank_candidates(base, histories, [self.narratives[u] for u in user_ids], self.items,
+                                   self.backend, self.config, self.domain, self.adapter)
+        finally:
+            self.llm_seconds += time.perf_counter() - t0
 
     def score(self, histories: Sequence[np.ndarray], user_ids: Sequence[str]) -> np.ndarray:
         if self.lam == 0.0:  # the retriever's ranking exactly, without an LLM call

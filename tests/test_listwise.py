@@ -105,6 +105,25 @@ def test_scorer_with_lambda_zero_calls_no_llm():
     assert (out == base.scores[:2]).all()
 
 
+def test_scorer_times_its_llm_calls_not_the_retrievers_scoring():
+    import time
+
+    class SlowBase(FixedScorer):
+        def score(self, histories, user_ids):
+            time.sleep(0.3)
+            return super().score(histories, user_ids)
+
+    class SlowLLM(FakeBackend):
+        def score_choices(self, *a, **k):
+            time.sleep(0.1)
+            return super().score_choices(*a, **k)
+
+    base = SlowBase(np.arange(12, dtype=np.float64)[None, :].repeat(2, 0))
+    s = ListwiseScorer("r", base, {"u": "x", "v": "y"}, _items(11), SlowLLM(), ListwiseConfig(), 0.5)
+    s.score([np.array([1]), np.array([2])], ["u", "v"])
+    assert 0.1 <= s.llm_seconds < 0.3  # the LLM's 0.1 s, without the retriever's 0.3 s
+
+
 def test_ranker_sft_uses_train_events_only_with_uniform_target_positions(tiny):
     split = split_leave_one_out(tiny.events)
     vocab = ItemVocab.from_items(tiny.items)

@@ -195,10 +195,9 @@ def ranker_row(dataset, proto: Protocol, config: EvaluateConfig, row: str, base_
     test = proto.slices["all"].subset(users)
     base = base_for("all")
     scorer = ListwiseScorer(row, base, texts(test), items, backend, config.listwise, lam, domain, adapter)
-    t1 = time.perf_counter()
     add(row, seed, scorer, ["all"], {"all": test})
     prompts = len(valid.users) + (len(test.users) if lam != 0.0 else 0)  # lambda 0 needs no LLM call
-    seconds += time.perf_counter() - t1 if lam != 0.0 else 0.0
+    seconds += scorer.llm_seconds  # the LLM calls of the test pass, not the retriever's scoring or the metrics
     tokens = prompt_tokens(tokenizer, [vtexts[u] for u in valid.users], cands.top, items, config.listwise, domain)
     return {"n_users": len(users), "lambda": lam, "valid_ndcg_by_lambda": table, "seed": seed,
             "adapter": config.ranker_adapter, "served": config.ranker_adapter and ("per call" if adapter else "merged"),
