@@ -163,8 +163,8 @@ def evidence_records(bench: str, stats: Mapping, ctx: Mapping) -> list[dict]:
         cited = {"cited": stats["evidence_cited"]}
         return [record(bench, "grounding_exists", stats["grounding_exists"], "fraction", **cited, **ctx),
                 record(bench, "grounded", stats["grounded"], "fraction", **cited, **ctx)]
-    per_interest = stats["evidence_attributed"] / max(stats["interests_kept"], 1)
-    return [record(bench, "evidence_attributed_per_interest", per_interest, "items", **ctx)]
+    return [record(bench, "evidence_attributed_per_interest", stats["evidence_attributed_per_interest"], "items",
+                   **ctx)]
 
 
 def score_llm(model: str, profiles: Sequence[InterestProfile], stats: MiningStats, targets: Sequence[int],

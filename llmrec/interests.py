@@ -202,11 +202,16 @@ class MiningStats:
         title the interest names); `grounding` is the weaker "exists" check. 0.0 when mined without `items`."""
         return grounding_rates(self.evidence_cited, self.evidence_dropped, self.evidence_grounded)["grounded"]
 
+    @property
+    def evidence_per_interest(self) -> float:
+        """History items attributed as evidence per kept interest (answers that cite no lines, format 5)."""
+        return self.evidence_attributed / max(self.interests_kept, 1)
+
     def evidence_summary(self) -> str:
         """One phrase for logs: the grounding of cited lines, or how much evidence was attributed instead."""
         if self.evidence_cited:
             return f"grounding exists {self.grounding:.2f} / grounded {self.grounded:.2f}"
-        return f"{self.evidence_attributed / max(self.interests_kept, 1):.2f} evidence items attributed per interest"
+        return f"{self.evidence_per_interest:.2f} evidence items attributed per interest"
 
     @property
     def valid_rate(self) -> float:
@@ -220,6 +225,7 @@ class MiningStats:
         exists = round(self.grounding, 4) if cited else None
         d.update(grounding=exists, grounding_exists=exists, grounded=round(self.grounded, 4) if cited else None,
                  valid_rate=round(self.valid_rate, 4),
+                 evidence_attributed_per_interest=round(self.evidence_per_interest, 4),
                  llm_share=round(self.valid_rate, 4),  # every mined user is "llm" or "fallback"
                  fallback_share=round(self.fallback / self.users, 4) if self.users else None,
                  json_valid_rate=round(self.answers_valid / self.answers, 4) if self.answers else None,
