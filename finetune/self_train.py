@@ -441,7 +441,7 @@ def resume_rounds(out: Path, adapter: Path, prep: Prepared) -> Resumed:
     differ = sorted(k for k in CONTEXT_KEYS if context.get(k) != mine[k])
     if differ:
         raise AdapterError(f"--resume: {out}'s rounds were run with other {', '.join(differ)}; run without "
-                           "--resume (or with the same options) ")
+                           "--resume (or with the same options)")
     pool_path = out / POOL_FILE
     pool = Pool.read(pool_path, prep.cases) if pool_path.is_file() else Pool()
     expected = records[-1].get("pool", 0) if records else 0
