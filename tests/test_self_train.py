@@ -380,7 +380,8 @@ def test_cli_config_comes_from_the_round0_adapter_then_the_flags(tmp_path):
                                                                        "decode_string_limits": False}}))
     assert adapter_mining(older) == MINING
     for flags, word in ((["--task", "tags-self-train"], "--adapter"),
-                        (["--task", "tags-self-train", "--adapter", str(sft), "--backend", "llama"], "--backend")):
+                        (["--task", "tags-self-train", "--adapter", str(sft), "--backend", "llama"], "--backend"),
+                        (["--task", "interests", "--resume"], "--resume")):
         res = CliRunner().invoke(app, ["finetune", "--out", str(tmp_path / "o"), *flags])
         assert res.exit_code == 2 and word in res.output
 
