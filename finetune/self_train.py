@@ -422,8 +422,6 @@ def resume_rounds(out: Path, adapter: Path, prep: Prepared) -> Resumed:
     A folder without `pool.jsonl` (written before the pool was saved) resumes with an empty pool: the next
     round's record says how many kept answers were lost (`pool_lost`), as its training set lacks them."""
     path = out / ROUNDS_FILE
-    if not path.is_file():
-        raise AdapterError(f"--resume: no {ROUNDS_FILE} in {out}; run without --resume to start at round 1")
     earlier = json.loads(path.read_text())
     records = list(earlier.get("rounds") or [])
     if Path(earlier.get("round_0", "")).resolve() != adapter.resolve():
@@ -475,6 +473,8 @@ def self_train(dataset: Any, config: SelfTrainConfig, adapter: str | Path, out: 
     read_adapter_rank(adapter)  # AdapterError now, not after the cuts, when it is no peft adapter folder
     if out.resolve() == adapter.resolve():
         raise AdapterError(f"--out {out} is the round-0 adapter itself; write the rounds to another folder")
+    if resume and not (out / ROUNDS_FILE).is_file():  # now, not after the cuts
+        raise AdapterError(f"--resume: no {ROUNDS_FILE} in {out}; run without --resume to start at round 1")
     prep = prepare_cases(dataset, config, load_tokenizer(resolve_model(model)), mining)
     log.info("self-training on %d cuts (%d SFT examples), %d samples each, %d rounds", len(prep.cases),
              len(prep.sft_examples), config.samples, config.rounds)
