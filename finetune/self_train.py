@@ -413,6 +413,7 @@ class Resumed:
     records: list[dict[str, Any]]
     pool: Pool
     current: Path  # the adapter the next round samples from
+    lost: int  # kept answers the last round recorded that the pool file no longer holds
 
 
 def resume_rounds(out: Path, adapter: Path, prep: Prepared) -> Resumed:
@@ -442,11 +443,11 @@ def resume_rounds(out: Path, adapter: Path, prep: Prepared) -> Resumed:
                            "--resume (or with the same options)")
     pool_path = out / POOL_FILE
     pool = Pool.read(pool_path, prep.cases) if pool_path.is_file() else Pool()
-    expected = records[-1].get("pool", 0) if records else 0
-    if len(pool.kept) != expected:
-        log.warning("--resume: %s holds %d kept answers, the last round recorded %d: the next rounds train "
-                    "without the missing ones", pool_path, len(pool.kept), expected)
-    return Resumed(records=records, pool=pool, current=current)
+    lost = (records[-1].get("pool", 0) if records else 0) - len(pool.kept)
+    if lost:
+        log.warning("--resume: %s holds %d kept answers, %d fewer than the last round recorded: the next rounds "
+                    "train without the missing ones", pool_path, len(pool.kept), lost)
+    return Resumed(records=records, pool=pool, current=current, lost=lost)
 
 
 def self_train(dataset: Any, config: SelfTrainConfig, adapter: str | Path, out: str | Path, *,
@@ -482,9 +483,8 @@ def self_train(dataset: Any, config: SelfTrainConfig, adapter: str | Path, out: 
     context = run_context(prep.manifest)
     if resume:
         done = resume_rounds(out, adapter, prep)
-        pool, records, current = done.pool, done.records, done.current
+        pool, records, current, lost = done.pool, done.records, done.current, done.lost
         clear_rounds(out, after=len(records))
-        lost = (records[-1].get("pool", 0) if records else 0) - len(pool.kept)
         log.info("resuming after round %d from %s (pool %d)", len(records), current, len(pool.kept))
     else:
         clear_rounds(out)
