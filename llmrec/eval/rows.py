@@ -40,8 +40,9 @@ LLM_COUNTERPARTS = {**{row: "three_tower_heuristic_tags" for row in (*LLM_TAG_RO
 # Self-trained tags (round 1: three_tower_llm_self_tags, round 2: ..._self2_tags) against the tags of the SFT
 # adapter they started from (round 0), and a later round against the round before: what self-training adds.
 ROUND_ROWS = {"three_tower_llm_lora_tags": 0, "three_tower_llm_self_tags": 1, "three_tower_llm_self2_tags": 2}
-ROUND_COUNTERPARTS = {"three_tower_llm_self_tags": ("three_tower_llm_lora_tags",),
-                      "three_tower_llm_self2_tags": ("three_tower_llm_self_tags", "three_tower_llm_lora_tags")}
+_LATEST_FIRST = sorted(ROUND_ROWS, key=ROUND_ROWS.get, reverse=True)
+# Each self-trained row -> the rows of the earlier rounds, latest first (derived: ROUND_ROWS is the one list)
+ROUND_COUNTERPARTS = {row: tuple(e for e in _LATEST_FIRST if ROUND_ROWS[e] < n) for row, n in ROUND_ROWS.items() if n}
 
 
 def planned_pairs(rows: Sequence[str], config: EvaluateConfig) -> int:
